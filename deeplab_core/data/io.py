@@ -1,0 +1,275 @@
+"""File helpers shared by the data modules.
+
+* atomic writes: every file is written to a temporary sibling and moved into place with
+  ``os.replace``; whole output folders are built in a temporary sibling folder and swapped in,
+  so an interrupted run never leaves a half-written file or folder behind;
+* image / label reading with errors that name the offending file;
+* palette (mode ``"P"``) PNG writing with the VOC colour map;
+* the list-file format shared by the prepared lists (``<id> <image_path> <label_path>``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from deeplab_core.classes import voc_palette
+
+PathLike = str | os.PathLike
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+class ImageReadError(ValueError):
+    """An image or label file exists but cannot be decoded (corrupt, truncated, wrong format)."""
+
+    def __init__(self, path: PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read image file {str(path)!r}: {reason}")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_directory(final: PathLike) -> Iterator[Path]:
+    """Build a folder in a temporary sibling and swap it in for ``final`` on success.
+
+    On any exception the temporary folder is deleted and ``final`` is left untouched. On success
+    an existing ``final`` is replaced as a whole (its old content does not survive).
+    """
+    final = Path(final).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700 folders
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_directory(tmp, final)
+
+
+def replace_directory(src: PathLike, final: PathLike) -> None:
+    """Move folder ``src`` to ``final``, replacing whatever is there, with a short swap window."""
+    src, final = Path(src), Path(final)
+    old = None
+    if final.exists() or final.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rmdir(old)
+        os.replace(final, old)
+    try:
+        os.replace(src, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+
+
+def clean_stale_temporaries(parent: PathLike, name: str) -> None:
+    """Remove leftovers ``.<name>.tmp-*`` / ``.<name>.old-*`` of a killed earlier run."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for p in parent.glob(f".{name}.tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in parent.glob(f".{name}.old-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- reading
+def require_file(path: PathLike, what: str) -> Path:
+    """Return ``path`` if it is a file, else raise FileNotFoundError naming it and ``what``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {what}: {str(path)!r} does not exist or is not a file")
+    return path
+
+
+def require_dir(path: PathLike, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"missing {what}: {str(path)!r} does not exist or is not a folder")
+    return path
+
+
+def _open_decoded(path: Path, what: str) -> Image.Image:
+    require_file(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()  # force a full decode: truncated / corrupt data fails here
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as exc:
+        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    return img
+
+
+def read_image_rgb(path: PathLike) -> np.ndarray:
+    """Decode an image file to a uint8 HxWx3 RGB array.
+
+    Raises FileNotFoundError if the file is missing and :class:`ImageReadError` (a ValueError)
+    naming the file if it cannot be decoded.
+    """
+    path = Path(path)
+    img = _open_decoded(path, "image file")
+    try:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError) as exc:
+        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
+        raise ImageReadError(path, f"decoded to an unexpected shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def read_label_png(path: PathLike) -> np.ndarray:
+    """Read a segmentation label PNG as a uint8 HxW array of class indices.
+
+    Palette (mode ``"P"``) images give their palette indices directly (the colours are never
+    looked at); 8-bit grayscale (mode ``"L"``) images give their values. Any other mode (an RGB
+    rendering of the label, for instance) raises :class:`ImageReadError`.
+    """
+    path = Path(path)
+    img = _open_decoded(path, "label file")
+    if img.mode not in ("P", "L"):
+        raise ImageReadError(
+            path, f"label image has mode {img.mode!r}; expected a palette ('P') or 8-bit ('L') PNG "
+                  "holding class indices")
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def image_size(path: PathLike) -> tuple[int, int]:
+    """(height, width) read from the file header only."""
+    path = require_file(path, "image file")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    return h, w
+
+
+# ----------------------------------------------------------------------------- writing images
+_PALETTE_BYTES = voc_palette().tobytes()
+
+
+def encode_label_png(label: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 HxW label as a mode ``"P"`` image with the VOC palette."""
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"label must be HxW, got shape {label.shape}")
+    if label.dtype != np.uint8:
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise ValueError("label values must lie in [0, 255]")
+        label = label.astype(np.uint8)
+    h, w = label.shape
+    img = Image.frombytes("P", (w, h), np.ascontiguousarray(label).tobytes())
+    img.putpalette(_PALETTE_BYTES)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def write_label_png(path: PathLike, label: np.ndarray) -> Path:
+    """Write a VOC-style palette label PNG atomically."""
+    return atomic_write_bytes(path, encode_label_png(label))
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 HxWx3, got {image.dtype} {image.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=int(quality))
+    return buf.getvalue()
+
+
+def write_jpeg(path: PathLike, image: np.ndarray, quality: int = 90) -> Path:
+    return atomic_write_bytes(path, encode_jpeg(image, quality))
+
+
+# ----------------------------------------------------------------------------- list files
+def format_list_line(sample_id: str, image_path: str, label_path: str) -> str:
+    for field in (sample_id, image_path, label_path):
+        if any(c.isspace() for c in field) or not field:
+            raise ValueError(f"list-file fields must be non-empty and hold no whitespace: {field!r}")
+    return f"{sample_id} {image_path} {label_path}"
+
+
+def write_list_file(path: PathLike, entries: Iterable[tuple[str, str, str]]) -> Path:
+    """Write ``<id> <image_path> <label_path>`` lines (one per sample) atomically."""
+    lines = [format_list_line(*e) for e in entries]
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def read_list_file(list_file: PathLike, data_root: PathLike | None = None
+                   ) -> list[tuple[str, Path, Path]]:
+    """Parse a list file into ``(id, image_path, label_path)`` with the paths resolved.
+
+    Relative paths in the file are joined to ``data_root``; when ``data_root`` is None they are
+    relative to the folder that holds the list file (the convention the prepare step writes).
+    Absolute paths are used as they are. Blank lines and lines starting with ``#`` are skipped.
+    """
+    list_file = require_file(list_file, "list file")
+    base = Path(data_root) if data_root is not None else list_file.parent
+    out: list[tuple[str, Path, Path]] = []
+    for n, raw in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 3:
+            raise ValueError(f"{list_file}:{n}: expected '<id> <image_path> <label_path>', "
+                             f"got {len(parts)} field(s): {raw!r}")
+        sid, img, lab = parts
+        out.append((sid, base / img, base / lab))
+    return out

@@ -1,0 +1,109 @@
+"""Per-sample manifest of a list file, for data validation (one flat record per sample).
+
+Record fields: ``id, image_path, label_path, image_exists, label_exists, image_readable,
+label_readable, error, image_format, image_mode, image_channels, width, height, label_mode,
+label_width, label_height, size_match, n_pixels, label_unique (list of ints), label_num_unique,
+label_values_valid (all values in 0..20 or 255), ignore_fraction, frac_<class name>`` for the 21
+VOC classes. A missing or undecodable file does not raise: it is recorded (``*_readable`` false,
+``error`` set) so that a validation suite can report it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from deeplab_core.classes import IGNORE_INDEX, VOC_CLASSES
+from deeplab_core.data.io import PathLike, atomic_write_text, read_list_file, require_file
+
+
+def _frac_key(name: str) -> str:
+    return "frac_" + name
+
+
+def manifest_record(sample_id: str, image_path: Path, label_path: Path,
+                    class_names: Sequence[str] = VOC_CLASSES,
+                    ignore_index: int = IGNORE_INDEX) -> dict:
+    n_cls = len(class_names)
+    rec: dict = {"id": sample_id, "image_path": str(image_path), "label_path": str(label_path),
+                 "image_exists": image_path.is_file(), "label_exists": label_path.is_file(),
+                 "image_readable": False, "label_readable": False, "error": None,
+                 "image_format": None, "image_mode": None, "image_channels": None,
+                 "width": None, "height": None, "label_mode": None, "label_width": None,
+                 "label_height": None, "size_match": False, "n_pixels": None,
+                 "label_unique": [], "label_num_unique": 0, "label_values_valid": False,
+                 "ignore_fraction": None}
+    for name in class_names:
+        rec[_frac_key(name)] = None
+    errors = []
+    try:
+        with Image.open(image_path) as img:
+            rec["image_format"], rec["image_mode"] = img.format, img.mode
+            rec["image_channels"] = len(img.getbands())
+            rec["width"], rec["height"] = img.size
+            img.load()
+        rec["image_readable"] = True
+    except Exception as exc:  # recorded, not raised
+        errors.append(f"image {str(image_path)!r}: {type(exc).__name__}: {exc}")
+    try:
+        with Image.open(label_path) as lab_img:
+            rec["label_mode"] = lab_img.mode
+            rec["label_width"], rec["label_height"] = lab_img.size
+            lab = np.asarray(lab_img, dtype=np.uint8) if lab_img.mode in ("P", "L") else None
+        if lab is None:
+            errors.append(f"label {str(label_path)!r}: mode {rec['label_mode']!r} is not P or L")
+        else:
+            rec["label_readable"] = True
+            cnt = np.bincount(lab.ravel(), minlength=256)
+            total = int(cnt.sum())
+            vals = np.flatnonzero(cnt)
+            rec["n_pixels"] = total
+            rec["label_unique"] = [int(v) for v in vals]
+            rec["label_num_unique"] = int(vals.size)
+            rec["label_values_valid"] = bool(np.all((vals < n_cls) | (vals == ignore_index)))
+            rec["ignore_fraction"] = float(cnt[ignore_index] / total) if total else 0.0
+            for k, name in enumerate(class_names):
+                rec[_frac_key(name)] = float(cnt[k] / total) if total else 0.0
+    except Exception as exc:
+        errors.append(f"label {str(label_path)!r}: {type(exc).__name__}: {exc}")
+    rec["size_match"] = (rec["width"] is not None and rec["width"] == rec["label_width"]
+                         and rec["height"] == rec["label_height"])
+    rec["error"] = "; ".join(errors) if errors else None
+    return rec
+
+
+def build_manifest(list_file: PathLike, data_root: PathLike | None = None,
+                   class_names: Sequence[str] = VOC_CLASSES) -> list[dict]:
+    """One record per line of ``list_file`` (paths resolved as by ``read_list_file``)."""
+    return [manifest_record(sid, img, lab, class_names)
+            for sid, img, lab in read_list_file(list_file, data_root)]
+
+
+def write_manifest_jsonl(records: Sequence[dict], path: PathLike) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_manifest_jsonl(path: PathLike) -> list[dict]:
+    path = require_file(path, "manifest (JSON lines)")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+
+
+def write_manifest_csv(records: Sequence[dict], path: PathLike) -> Path:
+    """CSV with one column per field; ``label_unique`` joined with spaces, None as empty."""
+    buf = io.StringIO()
+    if records:
+        fields = list(records[0].keys())
+        w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        for r in records:
+            row = dict(r)
+            row["label_unique"] = " ".join(str(v) for v in r.get("label_unique") or [])
+            w.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return atomic_write_text(path, buf.getvalue())

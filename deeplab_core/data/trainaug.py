@@ -1,0 +1,253 @@
+"""Prepare step: the DeepLab ``train_aug`` list (VOC 2012 + SBD), the VOC val list and the COCO
+pretraining lists, with every label converted to a VOC palette PNG.
+
+Output layout (``out_dir``)::
+
+    labels/voc/<id>.png              VOC train + val labels (palette indices, 255 = void)
+    labels/sbd/<id>.png              SBD GTcls.Segmentation of the train_aug ids VOC lacks
+    labels/coco_train/<id>.png       COCO instances converted to VOC classes (id = 12 digits)
+    labels/coco_val/<id>.png
+    train_aug.txt  val.txt  coco_train.txt  coco_val.txt
+    summary.json
+
+List files hold one sample per line, ``<id> <image_path> <label_path>``, separated by single
+spaces. The paths are relative to the folder that holds the list file (``out_dir``) -- images
+point back into the raw dataset trees (e.g. ``../raw/VOCdevkit/VOC2012/JPEGImages/<id>.jpg``),
+labels into ``labels/`` -- so the lists do not depend on the working directory and stay valid
+when the raw and prepared folders move together. A path that cannot be made relative (another
+drive) is written absolute. :func:`deeplab_core.data.io.read_list_file` and
+:class:`deeplab_core.data.dataset.SegmentationListDataset` resolve them this way by default.
+
+train_aug = (VOC train | SBD train | SBD val) - VOC val, sorted; an id with a VOC annotation
+uses it (and the VOC image), any other id uses the SBD annotation. With no SBD, train_aug is VOC
+train. The whole ``out_dir`` is built in a temporary sibling folder and swapped in at the end:
+a killed run leaves the previous output (or none) and re-running replaces it.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from deeplab_core.classes import COCO_TO_VOC, IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES
+from deeplab_core.data.coco import (coco_paths, coco_semantic_mask, images_with_voc_classes,
+                                    load_coco_instances)
+from deeplab_core.data.io import (PathLike, atomic_directory, atomic_write_json,
+                                  clean_stale_temporaries, encode_label_png, format_list_line,
+                                  read_label_png)
+from deeplab_core.data.sbd import label_from_mat, read_sbd_split, resolve_sbd_root
+from deeplab_core.data.voc import read_split, resolve_voc_root
+
+LIST_FILES = ("train_aug.txt", "val.txt", "coco_train.txt", "coco_val.txt")
+_VALID = np.zeros(256, dtype=bool)
+_VALID[:NUM_VOC_CLASSES] = True
+_VALID[IGNORE_INDEX] = True
+
+
+def trainaug_ids(voc_train: Iterable[str], voc_val: Iterable[str],
+                 sbd_train: Iterable[str] = (), sbd_val: Iterable[str] = ()) -> list[str]:
+    """(VOC train | SBD train | SBD val) - VOC val, sorted."""
+    return sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
+
+
+def list_path(path: PathLike, base: PathLike) -> str:
+    """``path`` relative to ``base`` (lexically, so symlinked trees keep their names); absolute
+    when no relative path exists."""
+    a, b = os.path.abspath(path), os.path.abspath(base)
+    try:
+        rel = os.path.relpath(a, b)
+    except ValueError:
+        return Path(a).as_posix()
+    return Path(rel).as_posix()
+
+
+def check_label_values(label: np.ndarray, source: PathLike) -> np.ndarray:
+    bad = ~_VALID[np.unique(label)]
+    if bad.any():
+        vals = np.unique(label)[bad].tolist()
+        raise ValueError(f"label {str(source)!r} holds values {vals} outside 0..20 and 255")
+    return label
+
+
+# ----------------------------------------------------------------------------- workers
+def _convert_png(job: tuple[str, str]) -> np.ndarray:
+    src, dst = job
+    lab = check_label_values(read_label_png(src), src)
+    Path(dst).write_bytes(encode_label_png(lab))
+    return np.bincount(lab.ravel(), minlength=256)
+
+
+def _convert_mat(job: tuple[str, str]) -> np.ndarray:
+    src, dst = job
+    lab = check_label_values(label_from_mat(src), src)
+    Path(dst).write_bytes(encode_label_png(lab))
+    return np.bincount(lab.ravel(), minlength=256)
+
+
+def _convert_coco(job: tuple[list, int, int, dict, str]) -> np.ndarray:
+    anns, h, w, mapping, dst = job
+    lab = coco_semantic_mask(anns, h, w, mapping)
+    cnt = np.bincount(lab.ravel(), minlength=256)
+    if cnt[1:NUM_VOC_CLASSES].sum() > 0:
+        Path(dst).write_bytes(encode_label_png(lab))
+    return cnt
+
+
+def _run(fn: Callable, jobs: list, workers: int, progress: bool, desc: str) -> list:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    if workers > 1 and len(jobs) > workers:
+        with ProcessPoolExecutor(max_workers=workers) as ex:
+            it = ex.map(fn, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
+            if tqdm:
+                it = tqdm(it, total=len(jobs), desc=desc, disable=not progress)
+            return list(it)
+    it = jobs
+    if tqdm:
+        it = tqdm(jobs, desc=desc, disable=not progress)
+    return [fn(j) for j in it]
+
+
+def _stats(counts: list[np.ndarray]) -> dict:
+    if not counts:
+        z = [0] * NUM_VOC_CLASSES
+        return {"class_images": dict(zip(VOC_CLASSES, z)), "class_pixels": dict(zip(VOC_CLASSES, z)),
+                "ignore_pixels": 0, "pixels": 0}
+    arr = np.stack(counts)
+    return {"class_images": dict(zip(VOC_CLASSES, (arr[:, :NUM_VOC_CLASSES] > 0).sum(0).tolist())),
+            "class_pixels": dict(zip(VOC_CLASSES, arr[:, :NUM_VOC_CLASSES].sum(0).tolist())),
+            "ignore_pixels": int(arr[:, IGNORE_INDEX].sum()), "pixels": int(arr.sum())}
+
+
+# ----------------------------------------------------------------------------- main entry point
+def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: PathLike | None,
+                     out_dir: PathLike, progress: bool = True, workers: int = 1,
+                     coco_to_voc: Mapping[int, int] = COCO_TO_VOC,
+                     coco_min_area: float = 1.0) -> dict:
+    """Build the prepared lists and labels under ``out_dir`` (see the module docstring).
+
+    ``sbd_root`` / ``coco_root`` may be None to skip them (train_aug is then VOC train; the COCO
+    lists are written empty). Raises FileNotFoundError naming the missing path when a dataset
+    tree, split file, image or annotation is missing. Returns the summary also written to
+    ``summary.json``.
+    """
+    out_dir = Path(out_dir).absolute()
+    voc = resolve_voc_root(voc_root)
+    voc_train, voc_val = read_split(voc, "train"), read_split(voc, "val")
+    sbd = resolve_sbd_root(sbd_root) if sbd_root is not None else None
+    sbd_train = read_sbd_split(sbd, "train") if sbd else []
+    sbd_val = read_sbd_split(sbd, "val") if sbd else []
+    coco = Path(coco_root) if coco_root is not None else None
+    coco_files = {s: coco_paths(coco, s) for s in ("train", "val")} if coco else {}
+
+    voc_train_set, voc_val_set = set(voc_train), set(voc_val)
+    if voc_train_set & voc_val_set:
+        raise ValueError(f"VOC train and val share ids, e.g. {sorted(voc_train_set & voc_val_set)[:3]}")
+    aug = trainaug_ids(voc_train, voc_val, sbd_train, sbd_val)
+    sbd_all = set(sbd_train) | set(sbd_val)
+
+    def image_for(i: str) -> Path:
+        p = voc / "JPEGImages" / f"{i}.jpg"
+        if p.is_file():
+            return p
+        if sbd is not None and (sbd / "img" / f"{i}.jpg").is_file():
+            return sbd / "img" / f"{i}.jpg"
+        raise FileNotFoundError(f"no image for id {i!r}: looked for {str(p)!r}"
+                                + (f" and {str(sbd / 'img' / (i + '.jpg'))!r}" if sbd else ""))
+
+    voc_label_ids = sorted(voc_train_set | voc_val_set)
+    sbd_label_ids = [i for i in aug if i not in voc_train_set]
+    for i in voc_label_ids:
+        p = voc / "SegmentationClass" / f"{i}.png"
+        if not p.is_file():
+            raise FileNotFoundError(f"missing VOC label {str(p)!r} (expected VOC2012 layout: "
+                                    f"SegmentationClass/{i}.png)")
+    for i in sbd_label_ids:
+        p = sbd / "cls" / f"{i}.mat"
+        if not p.is_file():
+            raise FileNotFoundError(f"missing SBD annotation {str(p)!r} (expected SBD layout: "
+                                    f"dataset/cls/{i}.mat)")
+    images = {i: image_for(i) for i in sorted(set(aug) | voc_val_set)}
+
+    clean_stale_temporaries(out_dir.parent, out_dir.name)
+    with atomic_directory(out_dir) as tmp:
+        for sub in ("voc", "sbd", "coco_train", "coco_val"):
+            (tmp / "labels" / sub).mkdir(parents=True, exist_ok=True)
+        voc_counts = _run(_convert_png, [(str(voc / "SegmentationClass" / f"{i}.png"),
+                                          str(tmp / "labels" / "voc" / f"{i}.png"))
+                                         for i in voc_label_ids], workers, progress, "VOC labels")
+        voc_count = dict(zip(voc_label_ids, voc_counts))
+        sbd_counts = _run(_convert_mat, [(str(sbd / "cls" / f"{i}.mat"),
+                                          str(tmp / "labels" / "sbd" / f"{i}.png"))
+                                         for i in sbd_label_ids], workers, progress, "SBD labels")
+        sbd_count = dict(zip(sbd_label_ids, sbd_counts))
+
+        def entry(i: str, sub: str) -> str:
+            return format_list_line(i, list_path(images[i], out_dir),
+                                    f"labels/{sub}/{i}.png")
+
+        aug_lines = [entry(i, "voc" if i in voc_train_set else "sbd") for i in aug]
+        val_lines = [entry(i, "voc") for i in voc_val]
+        (tmp / "train_aug.txt").write_text("".join(x + "\n" for x in aug_lines))
+        (tmp / "val.txt").write_text("".join(x + "\n" for x in val_lines))
+
+        coco_summary: dict = {}
+        for split in ("train", "val"):
+            lines: list[str] = []
+            if coco:
+                img_dir, json_path = coco_files[split]
+                inst = load_coco_instances(json_path)
+                keep = images_with_voc_classes(inst, coco_to_voc, coco_min_area)
+                names = {k: Path(inst.images[k]["file_name"]).stem for k in keep}
+                mapping = {int(k): int(v) for k, v in coco_to_voc.items()}
+                jobs = [(inst.anns(k), int(inst.images[k]["height"]), int(inst.images[k]["width"]),
+                         mapping, str(tmp / "labels" / f"coco_{split}" / f"{names[k]}.png"))
+                        for k in keep]
+                counts = _run(_convert_coco, jobs, workers, progress, f"COCO {split}")
+                written = []
+                for k, cnt in zip(keep, counts):
+                    if cnt[1:NUM_VOC_CLASSES].sum() == 0:
+                        continue
+                    img = img_dir / inst.images[k]["file_name"]
+                    if not img.is_file():
+                        raise FileNotFoundError(f"missing COCO image {str(img)!r} (listed in "
+                                                f"{str(json_path)!r})")
+                    lines.append(format_list_line(names[k], list_path(img, out_dir),
+                                                  f"labels/coco_{split}/{names[k]}.png"))
+                    written.append(cnt)
+                coco_summary[split] = {"images": len(inst.images), "with_voc_classes": len(keep),
+                                       "written": len(lines),
+                                       "dropped_no_voc_pixels": len(keep) - len(lines),
+                                       **_stats(written)}
+            else:
+                coco_summary[split] = None
+            (tmp / f"coco_{split}.txt").write_text("".join(x + "\n" for x in lines))
+
+        removed = sorted(sbd_all & voc_val_set)
+        summary = {
+            "paths_relative_to": "the folder holding the list file",
+            "list_format": "<id> <image_path> <label_path>",
+            "voc": {"root": list_path(voc, out_dir), "train": len(voc_train), "val": len(voc_val)},
+            "sbd": ({"root": list_path(sbd, out_dir), "train": len(sbd_train),
+                     "val": len(sbd_val), "total": len(sbd_all)} if sbd else None),
+            "coco": ({"root": list_path(coco, out_dir), **coco_summary} if coco else None),
+            "train_aug": {
+                "total": len(aug),
+                "from_voc": sum(1 for i in aug if i in voc_train_set),
+                "from_sbd": sum(1 for i in aug if i not in voc_train_set),
+                "sbd_only": len(sbd_all - voc_train_set - voc_val_set),
+                "overlap_removed": len(removed),
+                "overlap_removed_ids": removed,
+                "voc_train_also_in_sbd": len(voc_train_set & sbd_all),
+                **_stats([voc_count[i] if i in voc_train_set else sbd_count[i] for i in aug]),
+            },
+            "val": {"total": len(voc_val), **_stats([voc_count[i] for i in voc_val])},
+        }
+        atomic_write_json(tmp / "summary.json", summary)
+    return summary

@@ -1,0 +1,53 @@
+"""bootstrap stage: the list of trainaug images holding hard classes (bicycle, chair, dining
+table, potted plant, sofa), duplicated in finetuning as DeepLab v3's bootstrapping does.
+
+Outs: data/bootstrap/hard_images.json; metrics data/metrics/bootstrap.json."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prefect import flow, task
+
+from deeplab_core.classes import VOC_CLASSES
+from pipelines import tracking
+from pipelines.common import StageError, atomic_dir, data_dir, get_params, run_stage, write_json
+
+
+@task
+def find_hard(list_file, class_ids: list[int], min_pixels: int, repeats: int) -> list[str]:
+    from deeplab_core.data.bootstrap import hard_image_list
+
+    return hard_image_list(list_file, hard_class_ids=class_ids, min_pixels=min_pixels,
+                           repeats=repeats)
+
+
+@flow(name="bootstrap")
+def bootstrap_flow() -> dict:
+    from deeplab_core.data.bootstrap import write_hard_list
+
+    params = get_params()
+    cfg = params.bootstrap
+    d = data_dir(params)
+    lf = d / "prepared" / "train_aug.txt"
+    if not lf.is_file():
+        raise StageError(f"{lf} not found: run the prepare stage")
+    class_ids = [VOC_CLASSES.index(c) for c in cfg.hard_classes]
+    with tracking.stage_run("bootstrap", {"bootstrap": cfg.model_dump()}):
+        ids = find_hard(lf, class_ids, cfg.min_pixels, cfg.repeats)
+        with atomic_dir(d / "bootstrap") as tmp:
+            write_hard_list(tmp / "hard_images.json", ids, class_ids, cfg.min_pixels, cfg.repeats,
+                            source=str(lf.relative_to(d)))
+        n_train = sum(1 for line in lf.read_text().splitlines() if line.strip())
+        metrics = {"hard_images": len(set(ids)), "added_samples": len(ids),
+                   "train_aug_samples": n_train,
+                   "hard_fraction": len(set(ids)) / max(n_train, 1)}
+        write_json(d / "metrics" / "bootstrap.json", metrics)
+        import mlflow
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    print(f"bootstrap: {metrics}; most repeated: {Counter(ids).most_common(3)}")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(bootstrap_flow)

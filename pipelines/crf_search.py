@@ -1,0 +1,139 @@
+"""crf_search stage: cache the fine-tuned model's probabilities on a held-out cross-validation
+subset of val once, then search the dense-CRF parameters (coarse-to-fine by default, or the
+papers' full grid) in worker processes. Resumable: finished configurations are never recomputed.
+
+Outs: data/crf_search/{best_params.json, table.csv, heatmaps.png}, metrics data/metrics/crf_search.json.
+The probability cache and the results journal live in data/crf_cache (persistent across runs,
+reset when the model or the CV images change)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+
+import numpy as np
+from pathlib import Path
+
+from prefect import flow, task
+
+from deeplab_core.engine.checkpoint import load_checkpoint
+from deeplab_core.engine.evaluate import predict_probs, split_cv
+from deeplab_core.engine.train import resolve_device
+from pipelines import tracking
+from pipelines.common import (StageError, atomic_dir, data_dir, get_params, run_stage,
+                              write_json)
+from pipelines.eval_data import eval_dataset, read_list_ids
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@task
+def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: Path,
+                device_name: str, eval_output_stride: int | None) -> list[Path]:
+    """Write one npz per CV image (raw image, softmax probabilities, label), once per model."""
+    from tqdm.auto import tqdm
+
+    from deeplab_core.crf.search import write_cache_item
+
+    key = {"model_md5": file_md5(model_path), "cv_ids": cv_ids, "eval_os": eval_output_stride}
+    meta_path = cache_dir / "meta.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
+        files = [cache_dir / "probs" / f"{i}.npz" for i in cv_ids]
+        if all(f.is_file() for f in files):
+            print(f"probability cache up to date ({len(files)} images)")
+            return files
+    if cache_dir.exists():
+        shutil.rmtree(cache_dir)  # model or CV set changed: old probabilities and results are void
+    (cache_dir / "probs").mkdir(parents=True)
+    model, _ = load_checkpoint(model_path)
+    if eval_output_stride:
+        from deeplab_core.models import set_output_stride
+        set_output_stride(model, eval_output_stride)
+    device = resolve_device(device_name)
+    model.to(device)
+    ds = eval_dataset(val_list, cv_ids)
+    files = []
+    for i in tqdm(range(len(ds)), desc="cache probabilities", unit="img", mininterval=2.0):
+        item = ds[i]
+        probs = predict_probs(model, item["image"].unsqueeze(0).to(device))[0].cpu().numpy()
+        label = item["label"].numpy().astype("uint8")
+        raw = np.asarray(item["raw_image"], dtype=np.uint8)
+        files.append(write_cache_item(cache_dir / "probs", item["id"], raw, probs, label))
+    write_json(meta_path, {"key": key})
+    return [Path(f) for f in files]
+
+
+@task
+def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: int) -> dict:
+    from deeplab_core.crf import search as s
+
+    common = dict(w1_grid=cfg.w1_grid, sigma_alpha_grid=cfg.sigma_alpha_grid,
+                  sigma_beta_grid=cfg.sigma_beta_grid, w2=cfg.w2, sigma_gamma=cfg.sigma_gamma,
+                  iterations=cfg.iterations, workers=cfg.workers, results_path=results_path,
+                  progress=True)
+    if cfg.strategy == "full":
+        return s.full_grid_search(files, num_classes, **common)
+    return s.coarse_to_fine_search(files, num_classes, seed=seed, **common)
+
+
+@flow(name="crf_search")
+def crf_search_flow() -> dict:
+    params = get_params()
+    cfg = params.crf_search
+    d = data_dir(params)
+    model_path = d / "models" / "finetune" / "model.pt"
+    if not model_path.is_file():
+        raise StageError(f"model not found: {model_path} (run the finetune stage)")
+    val_list = d / "prepared" / "val.txt"
+    cv_ids, _ = split_cv(read_list_ids(val_list), cfg.cv_images, params.base.seed)
+    sections = {"crf_search": cfg.model_dump(), "model.eval_output_stride":
+                params.model.eval_output_stride}
+    with tracking.stage_run("crf_search", sections):
+        cache_dir = d / "crf_cache"
+        files = build_cache(model_path, val_list, cv_ids, cache_dir, params.base.device,
+                            params.model.eval_output_stride)
+        result = search(files, cfg, params.base.num_classes, cache_dir / "results.jsonl",
+                        params.base.seed)
+        best = result["best"]
+        from deeplab_core.crf.densecrf import CRFParams
+        best_params = CRFParams.from_dict(best, ignore_extra=True).to_dict()
+        rows = sorted(result["rows"], key=lambda r: -r["miou"])
+        with atomic_dir(d / "crf_search") as tmp:
+            write_json(tmp / "best_params.json", {
+                "params": best_params, "cv_miou": best["miou"],
+                "cv_miou_without_crf": result["baseline_miou"], "cv_images": cv_ids,
+                "strategy": cfg.strategy})
+            with open(tmp / "table.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0].keys()), extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+            from deeplab_core.crf.plots import plot_heatmaps
+            coarse = [r for r in rows if r["w1"] in cfg.w1_grid
+                      and r["sigma_alpha"] in cfg.sigma_alpha_grid
+                      and r["sigma_beta"] in cfg.sigma_beta_grid]
+            plot_heatmaps(coarse or rows, tmp / "heatmaps.png",
+                          title=f"CRF search on {len(cv_ids)} CV images (mIoU %)")
+        metrics = {"cv_images": len(cv_ids), "configs_evaluated": len(rows),
+                   "crf_runs": result.get("crf_runs"), "cv_miou_crf": best["miou"],
+                   "cv_miou_plain": result["baseline_miou"],
+                   "cv_gain": best["miou"] - result["baseline_miou"],
+                   **{f"best_{k}": v for k, v in best_params.items()}}
+        write_json(d / "metrics" / "crf_search.json", metrics)
+        import mlflow
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        tracking.log_artifacts([d / "crf_search"], "crf_search")
+    print(f"crf_search: best {best_params} cv mIoU {best['miou']:.4f} "
+          f"(no CRF {result['baseline_miou']:.4f}), {len(rows)} configs")
+    return metrics
+
+
+if __name__ == "__main__":
+    run_stage(crf_search_flow)

@@ -1,0 +1,90 @@
+"""register stage: log the fine-tuned model (with its CRF parameters) as an MLflow pyfunc, register
+a new version with alias `challenger`, and promote it to `champion` only when it beats the current
+champion on the same evaluation set by at least `register.min_improvement`."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import flow, task
+
+from pipelines import tracking
+from pipelines.common import StageError, data_dir, get_params, run_stage, write_json
+
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+def decide_promotion(candidate: float, champion: float | None, same_eval_set: bool,
+                     min_improvement: float) -> tuple[bool, str]:
+    """The registry never promotes a worse model: promote only over no champion, or over one
+    measured on the same evaluation set that the candidate beats by at least min_improvement."""
+    if champion is None:
+        return True, "no champion yet"
+    if not same_eval_set:
+        return False, "champion was evaluated on a different eval set; compare by hand"
+    if candidate >= champion + min_improvement and candidate > champion:
+        return True, f"{candidate:.4f} beats champion {champion:.4f}"
+    return False, f"{candidate:.4f} does not beat champion {champion:.4f} (+{min_improvement})"
+
+
+@task
+def register_model(model_name: str, metric: str, min_improvement: float) -> dict:
+    from mlflow import MlflowClient
+
+    d = data_dir(get_params())
+    ckpt = d / "models" / "finetune" / "model.pt"
+    crf = d / "crf_search" / "best_params.json"
+    eval_file = d / "metrics" / "evaluate.json"
+    for p in (ckpt, crf, eval_file):
+        if not p.is_file():
+            raise StageError(f"register needs {p}; run the stages before it (dvc repro)")
+    ev = json.loads(eval_file.read_text())
+    value = ev.get(metric)
+    if value is None:
+        raise StageError(f"metric {metric!r} not in {eval_file}; available: {sorted(ev)}")
+    eval_set = ev["eval_set_md5"]
+
+    from pipelines.serving import log_pyfunc_model
+
+    info = log_pyfunc_model(ckpt, crf, model_name)
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    client.set_model_version_tag(model_name, version, f"eval_{metric}", str(value))
+    client.set_model_version_tag(model_name, version, "eval_set_md5", eval_set)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+
+    champ_value, same_set, champ_version = None, False, None
+    try:
+        champ = client.get_model_version_by_alias(model_name, CHAMPION)
+        champ_version = champ.version
+        if f"eval_{metric}" in champ.tags:
+            champ_value = float(champ.tags[f"eval_{metric}"])
+        same_set = champ.tags.get("eval_set_md5") == eval_set
+    except Exception:  # no champion alias yet
+        pass
+    promote, reason = decide_promotion(float(value), champ_value, same_set, min_improvement)
+    if promote:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    import mlflow
+    mlflow.log_metrics({metric: float(value), "promoted": float(promote)})
+    return {"model_name": model_name, "version": version, "metric": metric, "value": float(value),
+            "eval_set_md5": eval_set, "previous_champion": champ_version,
+            "previous_champion_value": champ_value, "promoted": promote, "reason": reason,
+            "aliases": [CHALLENGER] + ([CHAMPION] if promote else []),
+            "model_uri": f"models:/{model_name}/{version}"}
+
+
+@flow(name="register")
+def register_flow() -> dict:
+    params = get_params()
+    cfg = params.register_
+    with tracking.stage_run("register", {"register": cfg.model_dump()}):
+        out = register_model(cfg.model_name, cfg.metric, cfg.min_improvement)
+    write_json(data_dir(params) / "register" / "registration.json", out)
+    print(f"registered {out['model_uri']} ({cfg.metric}={out['value']:.4f}); "
+          f"promoted to champion: {out['promoted']} ({out['reason']})")
+    return out
+
+
+if __name__ == "__main__":
+    run_stage(register_flow)
