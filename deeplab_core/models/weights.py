@@ -1,0 +1,167 @@
+"""Loading ImageNet backbone checkpoints from local files.
+
+Checkpoints use torchvision's parameter names: ResNet (``conv1.weight``, ``bn1.*``,
+``layer1.0.conv1.weight``, ..., ``fc.*`` ignored) and VGG-16 (``features.N.*``,
+``classifier.0/3/6.*``). For VGG-16 the ImageNet fc6/fc7 become convolutions as in DeepLab v1:
+fc6 (4096 x 25088) is reshaped to 4096 x 512 x 7 x 7 and spatially decimated to the head's kernel
+(4x4 or 3x3); when the head is narrower than 4096 (LargeFOV: 1024) a seeded random subset of the
+filters is kept in fc6 and the same subset of rows and columns in fc7. ``classifier.6`` (the
+1000-way ImageNet classifier) is ignored. Xception-65 and MobileNetV2 load checkpoints saved in
+this package's own layout (``model.backbone.state_dict()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import torch
+from torch import nn
+
+from .backbones import VGG16, MobileNetV2, ResNet, Xception65
+from .deeplab import DeepLab, unwrap
+
+log = logging.getLogger(__name__)
+
+_BACKBONES = (VGG16, ResNet, Xception65, MobileNetV2)
+
+
+def decimation_indices(kernel: int, size: int = 7) -> torch.Tensor:
+    """Evenly spaced taps of a ``size`` kernel kept when subsampling it to ``kernel`` (7->4: 0,2,4,6;
+    7->3: 0,3,6)."""
+    if not 1 <= kernel <= size:
+        raise ValueError(f"cannot decimate a {size}x{size} kernel to {kernel}x{kernel}")
+    if kernel == 1:
+        return torch.tensor([size // 2])
+    return torch.linspace(0, size - 1, kernel).round().long()
+
+
+def filter_subset(total: int, keep: int, seed: int = 0) -> torch.Tensor:
+    """Sorted seeded random subset of ``keep`` of ``total`` filter indices (all when equal)."""
+    if keep > total:
+        raise ValueError(f"cannot keep {keep} of {total} filters")
+    if keep == total:
+        return torch.arange(total)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(total, generator=g)[:keep].sort().values
+
+
+def convert_vgg_fc(fc6_w: torch.Tensor, fc6_b: torch.Tensor, fc7_w: torch.Tensor, fc7_b: torch.Tensor,
+                   kernel: int, channels: int, in_channels: int, seed: int = 0,
+                   ) -> dict[str, torch.Tensor]:
+    """ImageNet fc6/fc7 (linear) -> convolutional fc6 (channels x in_channels x k x k) and fc7
+    (channels x channels x 1 x 1)."""
+    n_out, n_in = fc6_w.shape
+    if tuple(fc7_w.shape) != (n_out, n_out):
+        raise ValueError(f"fc7 weight of shape {tuple(fc7_w.shape)} does not follow fc6 ({n_out} outputs)")
+    if n_in % in_channels or n_in // in_channels != 49:
+        raise ValueError(f"fc6 weight of shape {tuple(fc6_w.shape)} is not {n_out} x {in_channels}*7*7")
+    keep = filter_subset(n_out, channels, seed)
+    idx = decimation_indices(kernel)
+    w6 = fc6_w.reshape(n_out, in_channels, 7, 7).index_select(2, idx).index_select(3, idx)
+    w6 = w6.index_select(0, keep).contiguous()
+    w7 = fc7_w.index_select(0, keep).index_select(1, keep).reshape(channels, channels, 1, 1)
+    return {"fc6.weight": w6, "fc6.bias": fc6_b[keep].clone(),
+            "fc7.weight": w7, "fc7.bias": fc7_b[keep].clone(), "keep": keep}
+
+
+def _read_checkpoint(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone checkpoint not found: {path}")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} does not hold a state dict")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()
+            if isinstance(v, torch.Tensor)}
+
+
+def _locate(model_or_backbone: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    if isinstance(model_or_backbone, _BACKBONES):
+        return model_or_backbone, None
+    try:
+        m: DeepLab = unwrap(model_or_backbone)
+    except TypeError:
+        raise TypeError(f"no known backbone in {type(model_or_backbone).__name__}") from None
+    return m.backbone, m.head
+
+
+def _check_shape(key: str, src: torch.Tensor, dst: torch.Tensor) -> None:
+    if tuple(src.shape) != tuple(dst.shape):
+        raise ValueError(f"shape mismatch for {key!r}: checkpoint {tuple(src.shape)} "
+                         f"vs model {tuple(dst.shape)}")
+
+
+def load_backbone_weights(model_or_backbone: nn.Module, path: str | pathlib.Path,
+                          strict: bool = True, seed: int = 0) -> dict[str, list[str]]:
+    """Load an ImageNet checkpoint (local file) into the backbone of ``model_or_backbone``.
+
+    Shape mismatches raise ValueError naming the key and both shapes. Missing and unexpected keys
+    are gathered into one message: a ValueError when ``strict``, else one logged warning.
+    Returns ``{"loaded": [...], "converted": [...], "missing": [...], "unexpected": [...],
+    "ignored": [...]}``.
+    """
+    sd = _read_checkpoint(path)
+    backbone, head = _locate(model_or_backbone)
+    target = backbone.state_dict()
+    skip_prefixes: tuple[str, ...] = ()
+    ignore_prefixes: tuple[str, ...] = ()
+    if isinstance(backbone, ResNet):
+        skip_prefixes = tuple(f"layer{i}." for i in range(5, 5 + backbone.cascade_blocks))
+        ignore_prefixes = ("fc.",)
+    elif isinstance(backbone, VGG16):
+        ignore_prefixes = ("classifier.",)
+    expected = {k for k in target if not k.startswith(skip_prefixes)}
+
+    report: dict[str, list[str]] = {"loaded": [], "converted": [], "missing": [], "unexpected": [],
+                                    "ignored": []}
+    updates: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k in expected:
+            _check_shape(k, v, target[k])
+            updates[k] = v
+        elif k.startswith(ignore_prefixes):
+            report["ignored"].append(k)
+        else:
+            report["unexpected"].append(k)
+    report["missing"] = sorted(k for k in expected - set(sd) if not k.endswith("num_batches_tracked"))
+
+    head_updates: list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor, str]] = []
+    pairs = head.fc_pairs() if head is not None and hasattr(head, "fc_pairs") else []
+    if isinstance(backbone, VGG16) and pairs:
+        fc_keys = [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
+        absent = [k for k in fc_keys if k not in sd]
+        if absent:
+            report["missing"] += absent
+        else:
+            for n, (fc6, fc7) in enumerate(pairs):
+                conv = convert_vgg_fc(sd["classifier.0.weight"], sd["classifier.0.bias"],
+                                      sd["classifier.3.weight"], sd["classifier.3.bias"],
+                                      fc6.kernel_size[0], fc6.out_channels, backbone.out_channels, seed)
+                for name, mod in (("fc6", fc6), ("fc7", fc7)):
+                    for p in ("weight", "bias"):
+                        key = f"head[{n}].{name}.{p}"
+                        _check_shape(key, conv[f"{name}.{p}"], getattr(mod, p))
+                        head_updates.append((mod, conv[f"{name}.{p}"], p, key))
+            for k in fc_keys:
+                report["ignored"].remove(k)
+                report["converted"].append(k)
+
+    if report["missing"] or report["unexpected"]:
+        msg = (f"checkpoint {path} does not match {type(backbone).__name__}: "
+               f"{len(report['missing'])} missing key(s) {report['missing']}; "
+               f"{len(report['unexpected'])} unexpected key(s) {report['unexpected']}")
+        if strict:
+            raise ValueError(msg)
+        log.warning(msg)
+
+    with torch.no_grad():
+        for k, v in updates.items():
+            target[k].copy_(v)
+        for mod, v, p, _ in head_updates:
+            getattr(mod, p).copy_(v)
+    report["loaded"] = sorted(updates)
+    return report

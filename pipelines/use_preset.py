@@ -1,0 +1,64 @@
+"""Apply a paper recipe (an overlay in presets/) to params.yaml, validating the result first.
+
+  python -m pipelines.use_preset presets/v3plus_xception65.yaml [--out params.yaml]
+  python -m pipelines.use_preset --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from deeplab_core.config import ConfigError, deep_merge, parse_params
+from pipelines.common import REPO
+
+PRESETS_DIR = REPO / "presets"
+
+
+def apply_preset(base_file: Path, overlay_file: Path, out_file: Path) -> dict:
+    base = yaml.safe_load(base_file.read_text()) or {}
+    overlay = yaml.safe_load(overlay_file.read_text()) or {}
+    merged = deep_merge(base, overlay)
+    parse_params(merged, f"{base_file} + {overlay_file}")  # refuse to write an invalid file
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    tmp.write_text(f"# {overlay_file.name} applied over {base_file.name}\n"
+                   + yaml.safe_dump(merged, sort_keys=False))
+    os.replace(tmp, out_file)
+    return merged
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.use_preset", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("preset", nargs="?", help="overlay file or preset name (e.g. v1_largefov)")
+    ap.add_argument("--params", default=str(REPO / "params.yaml"), help="base params file")
+    ap.add_argument("--out", default=None, help="output file (default: overwrite --params)")
+    ap.add_argument("--list", action="store_true", help="list the presets")
+    a = ap.parse_args(argv)
+    if a.list or not a.preset:
+        for p in sorted(PRESETS_DIR.glob("*.yaml")):
+            first = p.read_text().splitlines()[0].lstrip("# ")
+            print(f"{p.stem:28s} {first}")
+        return
+    overlay = Path(a.preset)
+    if not overlay.is_file():
+        overlay = PRESETS_DIR / f"{a.preset}.yaml"
+    if not overlay.is_file():
+        print(f"ERROR: preset {a.preset!r} not found (expected a file or one of "
+              f"{sorted(p.stem for p in PRESETS_DIR.glob('*.yaml'))})", file=sys.stderr)
+        sys.exit(2)
+    out = Path(a.out or a.params)
+    try:
+        apply_preset(Path(a.params), overlay, out)
+    except ConfigError as err:
+        print(f"ERROR: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {out} ({overlay.stem} over {Path(a.params).name}); run `dvc repro`")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Loading ImageNet checkpoints in torchvision's layout (fake tensors generated here)."""
+
+import logging
+
+import pytest
+import torch
+
+from deeplab_core.models import build_model, convert_vgg_fc, load_backbone_weights, unwrap
+from deeplab_core.models.backbones import ResNet
+from deeplab_core.models.weights import decimation_indices, filter_subset
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Small inputs: one intra-op thread avoids oversubscription when test processes share cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _bn(sd, prefix, c, g):
+    sd[f"{prefix}.weight"] = torch.rand(c, generator=g) + 0.5
+    sd[f"{prefix}.bias"] = torch.randn(c, generator=g)
+    sd[f"{prefix}.running_mean"] = torch.randn(c, generator=g)
+    sd[f"{prefix}.running_var"] = torch.rand(c, generator=g) + 0.5
+    sd[f"{prefix}.num_batches_tracked"] = torch.tensor(100)
+
+
+def fake_torchvision_resnet(blocks=(3, 4, 6, 3), seed=0, width=64):
+    """Random tensors with torchvision's ResNet key names and shapes (bottleneck, v1.5)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {"conv1.weight": torch.randn(width, 3, 7, 7, generator=g)}
+    _bn(sd, "bn1", width, g)
+    inplanes = width
+    for li, (n, mult) in enumerate(zip(blocks, (1, 2, 4, 8)), start=1):
+        planes = width * mult
+        for u in range(n):
+            p = f"layer{li}.{u}"
+            cin = inplanes if u == 0 else planes * 4
+            sd[f"{p}.conv1.weight"] = torch.randn(planes, cin, 1, 1, generator=g)
+            _bn(sd, f"{p}.bn1", planes, g)
+            sd[f"{p}.conv2.weight"] = torch.randn(planes, planes, 3, 3, generator=g)
+            _bn(sd, f"{p}.bn2", planes, g)
+            sd[f"{p}.conv3.weight"] = torch.randn(planes * 4, planes, 1, 1, generator=g)
+            _bn(sd, f"{p}.bn3", planes * 4, g)
+            if u == 0:
+                sd[f"{p}.downsample.0.weight"] = torch.randn(planes * 4, cin, 1, 1, generator=g)
+                _bn(sd, f"{p}.downsample.1", planes * 4, g)
+        inplanes = planes * 4
+    sd["fc.weight"] = torch.randn(1000, inplanes, generator=g)
+    sd["fc.bias"] = torch.randn(1000, generator=g)
+    return sd
+
+
+VGG_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+VGG_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+
+
+def fake_torchvision_vgg16(width_mult=1.0, fc=4096, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sd, cin = {}, 3
+    for idx, c in zip(VGG_CONV_INDICES, VGG_CHANNELS):
+        c = max(8, int(round(c * width_mult)))
+        sd[f"features.{idx}.weight"] = torch.randn(c, cin, 3, 3, generator=g)
+        sd[f"features.{idx}.bias"] = torch.randn(c, generator=g)
+        cin = c
+    sd["classifier.0.weight"] = torch.randn(fc, cin * 49, generator=g)
+    sd["classifier.0.bias"] = torch.randn(fc, generator=g)
+    sd["classifier.3.weight"] = torch.randn(fc, fc, generator=g)
+    sd["classifier.3.bias"] = torch.randn(fc, generator=g)
+    sd["classifier.6.weight"] = torch.randn(1000, fc, generator=g)
+    sd["classifier.6.bias"] = torch.randn(1000, generator=g)
+    return sd
+
+
+def test_resnet50_torchvision_checkpoint_loads(tmp_path):
+    sd = fake_torchvision_resnet()
+    path = tmp_path / "resnet50.pth"
+    torch.save(sd, path)
+    model = build_model("v3_resnet101_os16_mg124", backbone="resnet50", pretrained_backbone=path)
+    bb = unwrap(model).backbone
+    assert torch.equal(bb.conv1.weight, sd["conv1.weight"])
+    assert torch.equal(bb.layer3[5].conv2.weight, sd["layer3.5.conv2.weight"])
+    assert torch.equal(bb.layer4[0].downsample[1].running_var, sd["layer4.0.downsample.1.running_var"])
+    report = load_backbone_weights(model, path)
+    assert report["missing"] == [] and report["unexpected"] == []
+    assert set(report["ignored"]) == {"fc.weight", "fc.bias"}
+    assert "layer1.0.conv1.weight" in report["loaded"]
+
+
+def test_small_resnet_into_cascade_model_and_bare_backbone(tmp_path):
+    sd = fake_torchvision_resnet((1, 1, 1, 1), width=16)
+    path = tmp_path / "tiny.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}}, path)
+    bb = ResNet((1, 1, 1, 1), cascade_blocks=3, width=16)
+    report = load_backbone_weights(bb, path)  # blocks 5..7 are not part of ImageNet ResNet
+    assert report["missing"] == []
+    assert torch.equal(bb.layer4[0].conv2.weight, sd["layer4.0.conv2.weight"])
+
+
+def test_shape_mismatch_names_key_and_shapes(tmp_path):
+    sd = fake_torchvision_resnet((1, 1, 1, 1), width=16)
+    sd["layer2.0.conv2.weight"] = torch.randn(32, 32, 5, 5)
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    with pytest.raises(ValueError) as err:
+        load_backbone_weights(ResNet((1, 1, 1, 1), width=16), path)
+    msg = str(err.value)
+    assert "layer2.0.conv2.weight" in msg and "(32, 32, 5, 5)" in msg and "(32, 32, 3, 3)" in msg
+
+
+def test_missing_and_unexpected_keys_in_one_message(tmp_path, caplog):
+    sd = fake_torchvision_resnet((1, 1, 1, 1), width=16)
+    del sd["layer1.0.bn2.running_mean"], sd["layer3.0.conv1.weight"]
+    sd["extra.weight"] = torch.zeros(3)
+    path = tmp_path / "partial.pth"
+    torch.save(sd, path)
+    bb = ResNet((1, 1, 1, 1), width=16)
+    before = bb.conv1.weight.clone()
+    with pytest.raises(ValueError) as err:
+        load_backbone_weights(bb, path)
+    msg = str(err.value)
+    assert "layer1.0.bn2.running_mean" in msg and "layer3.0.conv1.weight" in msg
+    assert "2 missing" in msg and "extra.weight" in msg
+    assert torch.equal(bb.conv1.weight, before)  # strict: nothing loaded
+    with caplog.at_level(logging.WARNING):
+        report = load_backbone_weights(bb, path, strict=False)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "layer3.0.conv1.weight" in warnings[0].getMessage()
+    assert report["unexpected"] == ["extra.weight"]
+    assert torch.equal(bb.conv1.weight, sd["conv1.weight"])
+
+
+def test_missing_file_names_path(tmp_path):
+    path = tmp_path / "nope" / "resnet101.pth"
+    with pytest.raises(FileNotFoundError, match="resnet101.pth"):
+        load_backbone_weights(build_model("micro"), path)
+
+
+def test_vgg_largefov_conversion_from_checkpoint(tmp_path):
+    sd = fake_torchvision_vgg16(width_mult=0.125, fc=256)
+    path = tmp_path / "vgg16.pth"
+    torch.save(sd, path)
+    model = build_model("v1_largefov", width_mult=0.125, fc_channels=64)
+    report = load_backbone_weights(model, path)
+    assert "classifier.0.weight" in report["converted"]
+    assert report["ignored"] == ["classifier.6.weight", "classifier.6.bias"]
+    assert torch.equal(model.backbone.features[28].weight, sd["features.28.weight"])
+    fc6, fc7 = model.head.fc6, model.head.fc7
+    assert fc6.weight.shape == (64, 64, 3, 3) and fc7.weight.shape == (64, 64, 1, 1)
+    keep = filter_subset(256, 64, seed=0)
+    assert len(set(keep.tolist())) == 64
+    full6 = sd["classifier.0.weight"].reshape(256, 64, 7, 7)
+    torch.testing.assert_close(fc6.weight, full6[keep][:, :, ::3, ::3])
+    torch.testing.assert_close(fc6.bias, sd["classifier.0.bias"][keep])
+    torch.testing.assert_close(fc7.weight[:, :, 0, 0], sd["classifier.3.weight"][keep][:, keep])
+    # ASPP branches receive the same converted fc6/fc7
+    aspp = build_model("v2_aspp_l_vgg16", width_mult=0.125, aspp_hidden=64)
+    load_backbone_weights(aspp, path)
+    for branch in aspp.head.branches:
+        torch.testing.assert_close(branch.fc6.weight, fc6.weight)
+
+
+def test_vgg_7x7_keeps_all_filters(tmp_path):
+    sd = fake_torchvision_vgg16(width_mult=0.125, fc=64)
+    path = tmp_path / "vgg16.pth"
+    torch.save(sd, path)
+    model = build_model("v1_4x4_r4", width_mult=0.125, fc_channels=64)
+    load_backbone_weights(model, path)
+    w = sd["classifier.0.weight"].reshape(64, 64, 7, 7)
+    torch.testing.assert_close(model.head.fc6.weight, w[:, :, ::2, ::2])
+    torch.testing.assert_close(model.head.fc7.weight[:, :, 0, 0], sd["classifier.3.weight"])
+
+
+def test_full_size_vgg_fc_conversion_shapes():
+    fc6_w, fc6_b = torch.empty(4096, 25088), torch.zeros(4096)
+    fc7_w, fc7_b = torch.empty(4096, 4096), torch.zeros(4096)
+    lf = convert_vgg_fc(fc6_w, fc6_b, fc7_w, fc7_b, kernel=3, channels=1024, in_channels=512)
+    assert lf["fc6.weight"].shape == (1024, 512, 3, 3) and lf["fc6.bias"].shape == (1024,)
+    assert lf["fc7.weight"].shape == (1024, 1024, 1, 1) and lf["fc7.bias"].shape == (1024,)
+    assert torch.equal(lf["keep"], filter_subset(4096, 1024, seed=0))
+    assert not torch.equal(lf["keep"], filter_subset(4096, 1024, seed=1))
+    assert decimation_indices(4).tolist() == [0, 2, 4, 6]
+    assert decimation_indices(3).tolist() == [0, 3, 6]
+    assert decimation_indices(7).tolist() == list(range(7))
+    with pytest.raises(ValueError, match="fc6 weight"):
+        convert_vgg_fc(torch.empty(4096, 1000), fc6_b, fc7_w, fc7_b, 3, 1024, 512)
+
+
+def test_vgg_fc_shape_mismatch_is_refused(tmp_path):
+    sd = fake_torchvision_vgg16(width_mult=0.125, fc=32)
+    path = tmp_path / "vgg16.pth"
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match="cannot keep 64 of 32"):
+        load_backbone_weights(build_model("v1_largefov", width_mult=0.125, fc_channels=64), path)
+    sd["features.0.weight"] = torch.randn(8, 3, 5, 5)
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match=r"features\.0\.weight.*\(8, 3, 5, 5\).*\(8, 3, 3, 3\)"):
+        load_backbone_weights(build_model("v1_largefov", width_mult=0.125, fc_channels=32), path)
