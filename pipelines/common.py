@@ -6,17 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import yaml
 
 from deeplab_core.config import ConfigError, Params, load_params
+from deeplab_core.data.io import atomic_directory, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,36 +82,10 @@ def stage_inputs_hash(stage: str) -> str:
     return h.hexdigest()
 
 
-@contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `final`, on error it is removed,
-    so a failed or killed stage never leaves a half-written output in place."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.with_name(f".{final.name}.old")
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+# Stage outputs are written through the library's atomic helpers: a failed or killed stage never
+# leaves a half-written output in place (directories are built aside and swapped in whole).
+atomic_dir = atomic_directory
+write_json = atomic_write_json
 
 
 class StageError(RuntimeError):

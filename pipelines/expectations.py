@@ -51,7 +51,8 @@ def run_suite(df: pd.DataFrame, cfg: ValidateConfig, min_rows: int, split: str) 
         cfg_ = r.expectation_config
         col = cfg_.kwargs.get("column")
         bad_idx = r.result.get("unexpected_index_list") or []
-        ids = [df.iloc[i]["id"] if isinstance(i, int) else str(i) for i in bad_idx[:10]]
+        # GX reports index labels, not positions
+        ids = [str(df.loc[i, "id"]) if i in df.index else str(i) for i in bad_idx[:10]]
         failures.append({"expectation": cfg_.type, "column": col,
                          "kwargs": {k: v for k, v in cfg_.kwargs.items() if k != "batch_id"},
                          "unexpected_count": r.result.get("unexpected_count"),

@@ -57,8 +57,8 @@ def trimap_band(label_hw: np.ndarray, width: int, ignore_index: int = IGNORE_IND
     edge[:, :-1] |= lab[:, :-1] != lab[:, 1:]
     edge[:, 1:] |= lab[:, :-1] != lab[:, 1:]
     edge |= lab == ignore_index
-    if width <= 0:
-        return edge
+    if width <= 0 or not edge.any():
+        return edge  # no boundary at all: the band is empty
     dist = ndimage.distance_transform_edt(~edge)
     return dist <= width
 
@@ -68,11 +68,11 @@ def trimap_confusions(pred_hw: np.ndarray, label_hw: np.ndarray, num_classes: in
     """Confusion matrices restricted to each trimap band, shape (len(widths), C, C)."""
     out = np.zeros((len(widths), num_classes, num_classes), dtype=np.int64)
     lab = label_hw.astype(np.int32)
-    edge_dist = None
+    edge = trimap_band(lab, 0, ignore_index)
+    if not edge.any():
+        return out  # no boundary: every band is empty
+    edge_dist = ndimage.distance_transform_edt(~edge)
     for i, w in enumerate(widths):
-        if edge_dist is None:
-            band0 = trimap_band(lab, 0, ignore_index)
-            edge_dist = ndimage.distance_transform_edt(~band0)
         band = edge_dist <= w
         masked = np.where(band, lab, ignore_index)
         out[i] = confusion_matrix(pred_hw, masked, num_classes, ignore_index)

@@ -4,9 +4,9 @@ periodic atomic checkpoints and resumption after an interruption."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -16,9 +16,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deeplab_core.classes import IGNORE_INDEX
+from deeplab_core.data.io import atomic_write_bytes
 
 MetricLogger = Callable[[int, dict], None]
 
@@ -50,10 +51,10 @@ def segmentation_loss(outputs: torch.Tensor | list | tuple, target: torch.Tensor
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save that never leaves a truncated file behind (written aside, then swapped in)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclass
@@ -87,9 +88,44 @@ class TrainResult:
     final_loss: float = math.nan
 
 
-def _infinite_batches(loader: DataLoader) -> Iterator[dict]:
-    while True:
-        yield from loader
+class _StepBatches(Sampler):
+    """Batches of (sample index, step, slot) for steps start..stop-1. Step t's indices come from a
+    generator seeded by (seed, t) alone, so a resumed run draws exactly the batches that the
+    uninterrupted run would have drawn, whatever happened before."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+        self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        for step in range(self.start, self.stop):
+            idx = np.random.default_rng([self.seed & 0xFFFFFFFF, step]).integers(
+                0, self.n, self.batch_size)
+            yield [(int(i), step, slot) for slot, i in enumerate(idx)]
+
+
+class _StepSamples(Dataset):
+    """Sample i at (step, slot) with its random augmentation drawn from a generator seeded by
+    (seed, step, slot): augmentations are independent of worker layout and exact on resume.
+    Datasets without `get_raw`/`transform` (plain map-style datasets) are indexed as they are."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+        self.exact = hasattr(dataset, "get_raw") and hasattr(dataset, "transform")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict:
+        i, step, slot = key
+        if not self.exact:
+            return self.dataset[i]
+        image, label = self.dataset.get_raw(i)
+        rng = np.random.default_rng([self.seed & 0xFFFFFFFF, step, slot])
+        img_t, lab_t = self.dataset.transform(image, label, rng=rng)
+        return {"image": img_t, "label": lab_t}
 
 
 def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: torch.device,
@@ -108,10 +144,6 @@ def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: t
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay)
-    gen = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(dataset, batch_size=settings.batch_size, sampler=RandomSampler(
-        dataset, replacement=True, num_samples=10**9, generator=gen), drop_last=True,
-        num_workers=settings.num_workers, persistent_workers=settings.num_workers > 0)
     result = TrainResult()
     start_it = 0
     fp = settings.fingerprint()
@@ -121,7 +153,6 @@ def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: t
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             torch.set_rng_state(ckpt["torch_rng"])
-            gen.set_state(ckpt["sampler_rng"])
             start_it = ckpt["iteration"]
             result.history = ckpt["history"]
             result.resumed_from = start_it
@@ -129,13 +160,19 @@ def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: t
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
+    # The loader's own generator keeps DataLoader seeding off torch's global RNG (dropout uses it).
+    loader = DataLoader(_StepSamples(dataset, settings.seed),
+                        batch_sampler=_StepBatches(len(dataset), settings.batch_size,
+                                                   settings.seed, start_it, settings.iterations),
+                        num_workers=settings.num_workers,
+                        generator=torch.Generator().manual_seed(settings.seed))
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=settings.iterations, initial=start_it, desc="train", unit="it",
                    mininterval=2.0)
     t0 = time.perf_counter()
-    batches = _infinite_batches(loader)
+    batches = iter(loader)
     running, n_running = 0.0, 0
     loss_val = math.nan
     for it in range(start_it, settings.iterations):
@@ -168,7 +205,7 @@ def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: t
                                             and step < settings.iterations):
             atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                "iteration": step, "fingerprint": fp,
-                               "torch_rng": torch.get_rng_state(), "sampler_rng": gen.get_state(),
+                               "torch_rng": torch.get_rng_state(),
                                "history": result.history}, checkpoint_path)
         if bar is not None:
             bar.update(1)

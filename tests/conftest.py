@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny hand-made segmentation list (JPEG images + palette PNG labels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Colour of each object class in the tiny dataset (class 0 is a grey background).
+TINY_COLOURS = {1: (220, 30, 30), 2: (30, 200, 40), 3: (40, 60, 230)}
+TINY_NUM_CLASSES = 4
+
+
+def tiny_sample(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 HxWx3 image and uint8 HxW label: one or two coloured rectangles on grey."""
+    label = np.zeros((h, w), dtype=np.uint8)
+    image = np.full((h, w, 3), 120, dtype=np.uint8)
+    for cls in rng.choice(list(TINY_COLOURS), size=2, replace=False):
+        rh, rw = int(rng.integers(h // 4, h // 2)), int(rng.integers(w // 4, w // 2))
+        y, x = int(rng.integers(0, h - rh)), int(rng.integers(0, w - rw))
+        label[y:y + rh, x:x + rw] = cls
+        image[y:y + rh, x:x + rw] = TINY_COLOURS[int(cls)]
+    noise = rng.integers(-8, 9, size=image.shape)
+    return np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8), label
+
+
+@pytest.fixture(scope="session")
+def tiny_list(tmp_path_factory) -> Path:
+    """A list file of 6 samples (32x40) with paths relative to its folder."""
+    from deeplab_core.data.io import write_jpeg, write_label_png, write_list_file
+
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(123)
+    entries = []
+    for i in range(6):
+        image, label = tiny_sample(rng, 32, 40)
+        write_jpeg(root / "images" / f"s{i}.jpg", image, quality=95)
+        write_label_png(root / "labels" / f"s{i}.png", label)
+        entries.append((f"s{i}", f"images/s{i}.jpg", f"labels/s{i}.png"))
+    return write_list_file(root / "list.txt", entries)

@@ -1,0 +1,233 @@
+"""Training loop: poly learning rate, loss, convergence, checkpoint resumption, NaN detection."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from conftest import TINY_NUM_CLASSES
+from deeplab_core.data.dataset import SegmentationListDataset
+from deeplab_core.data.transforms import train_transform
+from deeplab_core.engine.train import (TrainSettings, poly_lr, resolve_device, segmentation_loss,
+                                       train)
+from deeplab_core.models import build_model
+
+CPU = torch.device("cpu")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _micro(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("micro", num_classes=TINY_NUM_CLASSES)
+
+
+def _dataset(list_file, seed: int | None = 0) -> SegmentationListDataset:
+    return SegmentationListDataset(list_file, transform=train_transform(32, (0.75, 1.25)),
+                                   seed=seed)
+
+
+def _settings(**kw) -> TrainSettings:
+    base = dict(iterations=12, batch_size=4, lr=0.02, log_every=1, checkpoint_every=8,
+                num_workers=0, seed=3)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+def _interrupt_at(step: int):
+    def log(s: int, values: dict) -> None:
+        if s == step:
+            raise Interrupt(f"stopped at {s}")
+    return log
+
+
+def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6), k
+
+
+def _run_interrupted_then_resumed(list_file, tmp_path, settings, ds_seed=0):
+    """Uninterrupted reference run, then a run stopped after the first checkpoint and resumed."""
+    ref = _micro()
+    ref_res = train(ref, _dataset(list_file, ds_seed), settings, CPU, progress=False)
+    ckpt = tmp_path / "resume.pt"
+    with pytest.raises(Interrupt):
+        train(_micro(), _dataset(list_file, ds_seed), settings, CPU, checkpoint_path=ckpt,
+              log_metrics=_interrupt_at(settings.checkpoint_every + 1), progress=False)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["iteration"] == settings.checkpoint_every
+    resumed = _micro()
+    res = train(resumed, _dataset(list_file, ds_seed), settings, CPU, checkpoint_path=ckpt,
+                progress=False)
+    return ref, ref_res, resumed, res, ckpt
+
+
+# ----------------------------------------------------------------------------- small pieces
+def test_poly_lr_values():
+    assert poly_lr(0.01, 0, 100, 0.9) == pytest.approx(0.01)
+    assert poly_lr(0.01, 50, 100, 0.9) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 100, 100, 0.9) == 0.0
+    assert poly_lr(0.01, 150, 100, 0.9) == 0.0  # past the end: clamped
+    assert poly_lr(0.2, 25, 100, 1.0) == pytest.approx(0.15)  # power 1: linear
+    assert poly_lr(0.2, 99, 100, 0.0) == pytest.approx(0.2)   # power 0: constant
+
+
+def test_segmentation_loss_ignores_255_and_sums_lists():
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 4, 5))
+    target[0, 0, :] = 255
+    la = segmentation_loss(a, target)
+    keep = target != 255
+    by_hand = torch.nn.functional.cross_entropy(a.permute(0, 2, 3, 1)[keep], target[keep])
+    assert la.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    lb = segmentation_loss(b, target)
+    assert segmentation_loss([a, b], target).item() == pytest.approx((la + lb).item(), rel=1e-6)
+    assert segmentation_loss((a, b, a), target).item() == pytest.approx((2 * la + lb).item(),
+                                                                        rel=1e-6)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda"):
+            resolve_device("cuda")
+
+
+def test_fingerprint_depends_on_run_defining_settings_only():
+    s = _settings()
+    assert s.fingerprint() == _settings().fingerprint()
+    assert s.fingerprint() != _settings(lr=0.03).fingerprint()
+    assert s.fingerprint() != _settings(run_key="other-data").fingerprint()
+    assert s.fingerprint() != _settings(seed=4).fingerprint()
+    # logging / checkpoint cadence and workers do not change what is computed
+    assert s.fingerprint() == _settings(log_every=5, checkpoint_every=3, num_workers=2).fingerprint()
+
+
+# ----------------------------------------------------------------------------- training
+def test_training_lowers_the_loss(tiny_list):
+    model = _micro()
+    settings = _settings(iterations=30, lr=0.2, log_every=5, checkpoint_every=100)
+    logged = []
+    res = train(model, _dataset(tiny_list), settings, CPU,
+                log_metrics=lambda s, v: logged.append((s, v)), progress=False)
+    assert [r["iteration"] for r in res.history] == [5, 10, 15, 20, 25, 30]
+    assert [s for s, _ in logged] == [5, 10, 15, 20, 25, 30]
+    assert logged[0][1]["train_loss"] == pytest.approx(res.history[0]["loss"])
+    first, last = res.history[0]["loss"], res.history[-1]["loss"]
+    assert last < 0.75 * first, res.history
+    assert res.final_loss == last
+    assert res.resumed_from == 0
+    # the learning rate follows the poly schedule
+    assert res.history[1]["lr"] == pytest.approx(poly_lr(0.2, 9, 30, 0.9))
+    assert not model.training  # returned in eval mode
+
+
+def test_same_seed_same_weights(tiny_list):
+    a, b = _micro(), _micro()
+    train(a, _dataset(tiny_list), _settings(iterations=4), CPU, progress=False)
+    train(b, _dataset(tiny_list), _settings(iterations=4), CPU, progress=False)
+    _assert_same_weights(a, b)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny_list, tmp_path):
+    # batch_size * checkpoint_every = 32 (see test_resume_off_sampler_chunk below)
+    settings = _settings(iterations=12, batch_size=4, checkpoint_every=8)
+    ref, ref_res, resumed, res, ckpt = _run_interrupted_then_resumed(tiny_list, tmp_path,
+                                                                      settings)
+    assert res.resumed_from == 8
+    assert [r["iteration"] for r in res.history] == list(range(1, 13))
+    assert [r["loss"] for r in res.history] == pytest.approx([r["loss"] for r in ref_res.history],
+                                                             rel=1e-5)
+    _assert_same_weights(ref, resumed)
+    final = torch.load(ckpt, weights_only=False)
+    assert final["complete"] is True and final["iteration"] == 12
+    assert "model" not in final
+    assert [p.name for p in tmp_path.iterdir()] == ["resume.pt"]  # no temporary left behind
+
+
+def test_finished_checkpoint_starts_afresh(tiny_list, tmp_path):
+    settings = _settings(iterations=4, checkpoint_every=2)
+    ckpt = tmp_path / "done.pt"
+    first = _micro()
+    train(first, _dataset(tiny_list), settings, CPU, checkpoint_path=ckpt, progress=False)
+    again = _micro()
+    res = train(again, _dataset(tiny_list), settings, CPU, checkpoint_path=ckpt, progress=False)
+    assert res.resumed_from == 0
+    assert len(res.history) == 4
+    _assert_same_weights(first, again)
+
+
+@pytest.mark.parametrize("change", [{"lr": 0.03}, {"run_key": "other-data"}, {"seed": 9}])
+def test_checkpoint_from_other_settings_is_not_resumed(tiny_list, tmp_path, change):
+    old = _settings(iterations=8, checkpoint_every=4)
+    ckpt = tmp_path / "other.pt"
+    with pytest.raises(Interrupt):
+        train(_micro(), _dataset(tiny_list), old, CPU, checkpoint_path=ckpt,
+              log_metrics=_interrupt_at(5), progress=False)
+    assert torch.load(ckpt, weights_only=False)["iteration"] == 4
+    new = dataclasses.replace(old, **change)
+    fresh = _micro()
+    res = train(fresh, _dataset(tiny_list), new, CPU, checkpoint_path=ckpt, progress=False)
+    assert res.resumed_from == 0
+    assert [r["iteration"] for r in res.history] == list(range(1, 9))
+    ref = _micro()
+    train(ref, _dataset(tiny_list), new, CPU, progress=False)
+    _assert_same_weights(ref, fresh)
+    assert torch.load(ckpt, weights_only=False)["fingerprint"] == new.fingerprint()
+
+
+def test_resume_off_sampler_chunk_matches_uninterrupted_run(tiny_list, tmp_path):
+    settings = _settings(iterations=6, batch_size=4, checkpoint_every=3)
+    ref, _, resumed, res, _ = _run_interrupted_then_resumed(tiny_list, tmp_path, settings)
+    assert res.resumed_from == 3
+    _assert_same_weights(ref, resumed)
+
+
+def test_resume_with_unseeded_transforms_matches_uninterrupted_run(tiny_list, tmp_path):
+    settings = _settings(iterations=12, batch_size=4, checkpoint_every=8)
+    ref, _, resumed, res, _ = _run_interrupted_then_resumed(tiny_list, tmp_path, settings,
+                                                           ds_seed=None)
+    assert res.resumed_from == 8
+    _assert_same_weights(ref, resumed)
+
+
+class _NaNAfter(Dataset):
+    """Wraps a dataset; items from call number `after` on carry a NaN image."""
+
+    def __init__(self, base: Dataset, after: int):
+        self.base, self.after, self.calls = base, after, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.base[i]
+        if self.calls >= self.after:
+            item["image"] = torch.full_like(item["image"], math.nan)
+        self.calls += 1
+        return item
+
+
+def test_nan_loss_raises_naming_the_iteration(tiny_list):
+    ds = _NaNAfter(_dataset(tiny_list), after=3 * 4)  # batch size 4: iteration 3 is the first bad
+    with pytest.raises(FloatingPointError, match=r"loss became nan at iteration 3 \(lr"):
+        train(_micro(), ds, _settings(iterations=10), CPU, progress=False)
+
+
+def test_empty_dataset_is_rejected():
+    class Empty(Dataset):
+        def __len__(self):
+            return 0
+
+    with pytest.raises(ValueError, match="training dataset is empty"):
+        train(_micro(), Empty(), _settings(), CPU, progress=False)

@@ -1,0 +1,248 @@
+"""Unit pieces of the pipeline layer: promotion rule, atomic outputs, the stage entry wrapper,
+the Great Expectations suite over manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_sample
+from deeplab_core.config import ConfigError, ValidateConfig, parse_params
+from pipelines.common import (REPO, StageError, atomic_dir, data_dir, params_path, run_stage,
+                              write_json)
+from pipelines.register import decide_promotion
+from pipelines.tracking import flatten
+
+
+# ----------------------------------------------------------------------------- promotion rule
+def test_promotes_over_no_champion():
+    promote, reason = decide_promotion(0.1, None, same_eval_set=False, min_improvement=0.5)
+    assert promote is True and "no champion" in reason
+
+
+@pytest.mark.parametrize("candidate, champion", [(0.60, 0.70), (0.70, 0.70), (0.0, 1e-9)])
+def test_never_promotes_worse_or_equal(candidate, champion):
+    promote, reason = decide_promotion(candidate, champion, same_eval_set=True,
+                                       min_improvement=0.0)
+    assert promote is False and "does not beat" in reason
+
+
+def test_never_compares_across_eval_sets():
+    promote, reason = decide_promotion(0.99, 0.10, same_eval_set=False, min_improvement=0.0)
+    assert promote is False and "different eval set" in reason
+
+
+def test_promotes_better_model_on_same_eval_set():
+    promote, reason = decide_promotion(0.71, 0.70, same_eval_set=True, min_improvement=0.0)
+    assert promote is True and "0.7100 beats champion 0.7000" in reason
+
+
+@pytest.mark.parametrize("candidate, expected", [(0.705, False), (0.7099, False), (0.72, True)])
+def test_min_improvement_is_respected(candidate, expected):
+    promote, _ = decide_promotion(candidate, 0.70, same_eval_set=True, min_improvement=0.01)
+    assert promote is expected
+
+
+# ----------------------------------------------------------------------------- atomic outputs
+def test_atomic_dir_replaces_old_content(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with atomic_dir(final) as tmp:
+        assert tmp != final and tmp.parent == final.parent and tmp.is_dir()
+        assert list(tmp.iterdir()) == []
+        (tmp / "new.txt").write_text("new")
+        assert (final / "old.txt").read_text() == "old"  # still the old output meanwhile
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert (final / "new.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_dir_creates_missing_output(tmp_path):
+    final = tmp_path / "a" / "b" / "out"
+    with atomic_dir(final) as tmp:
+        (tmp / "x").write_text("1")
+    assert (final / "x").read_text() == "1"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("exc_type", [RuntimeError, KeyboardInterrupt])
+def test_atomic_dir_error_leaves_old_content_and_no_temporary(tmp_path, exc_type):
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(exc_type):
+        with atomic_dir(final) as tmp:
+            (tmp / "half.txt").write_text("partial")
+            raise exc_type("boom")
+    assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
+    assert (final / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_stale_temporaries_of_a_killed_run_are_cleaned(tmp_path):
+    from deeplab_core.data.io import clean_stale_temporaries
+
+    for name in (".out.tmp-abc", ".out.old-def", ".other.tmp-xyz"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "junk").write_text("from a killed run")
+    with atomic_dir(tmp_path / "out") as tmp:
+        assert list(tmp.iterdir()) == []  # a fresh folder, whatever lies around
+        (tmp / "ok").write_text("ok")
+    clean_stale_temporaries(tmp_path, "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-xyz", "out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok"]
+
+
+def test_write_json_is_complete_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "m" / "metrics.json"
+    write_json(path, {"miou": 0.5, "ids": [1, 2]})
+    assert json.loads(path.read_text()) == {"miou": 0.5, "ids": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+
+
+def test_params_path_and_data_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("DEEPLAB_PARAMS", raising=False)
+    assert params_path() == REPO / "params.yaml"
+    monkeypatch.setenv("DEEPLAB_PARAMS", str(tmp_path / "p.yaml"))
+    assert params_path() == tmp_path / "p.yaml"
+    assert data_dir(parse_params({"base": {"data_dir": "dd"}})) == REPO / "dd"
+    assert data_dir(parse_params({"base": {"data_dir": str(tmp_path)}})) == tmp_path
+
+
+def test_flatten_nested_sections():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2],
+                                                                     "e": "x"}
+
+
+# ----------------------------------------------------------------------------- run_stage
+def _raiser(exc: BaseException):
+    def flow():
+        raise exc
+    return flow
+
+
+@pytest.mark.parametrize("exc", [
+    ConfigError("invalid parameters in params.yaml:\n  finetune.lr = -1: bad"),
+    StageError("training list not found: data/prepared/train_aug.txt"),
+    FileNotFoundError("params file not found: /x/params.yaml"),
+])
+def test_run_stage_user_error_exits_2_with_message(capsys, exc):
+    with pytest.raises(SystemExit) as info:
+        run_stage(_raiser(exc))
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{type(exc).__name__}: {exc}" in err
+    assert "ERROR [" in err
+    assert "Traceback" not in err
+
+
+def test_run_stage_unexpected_error_exits_1_with_traceback(capsys):
+    with pytest.raises(SystemExit) as info:
+        run_stage(_raiser(RuntimeError("kaboom")))
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError: kaboom" in err
+
+
+def test_run_stage_interrupt_exits_130(capsys):
+    with pytest.raises(SystemExit) as info:
+        run_stage(_raiser(KeyboardInterrupt()))
+    assert info.value.code == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_run_stage_success_returns_normally(capsys):
+    calls = []
+    assert run_stage(lambda: calls.append(1)) is None
+    assert calls == [1]
+    assert capsys.readouterr().err == ""
+
+
+# ----------------------------------------------------------------------------- expectations
+def _row(i: int, **kw) -> dict:
+    r = dict(id=f"s{i}", image_readable=True, label_readable=True, image_channels=3, width=40,
+             height=32, size_match=True, label_values_valid=True, ignore_fraction=0.1)
+    r.update(kw)
+    return r
+
+
+CFG = ValidateConfig(max_ignore_fraction=0.3, min_side=16, max_side=256)
+
+
+@pytest.fixture(scope="module")
+def run_suite():
+    from pipelines.expectations import run_suite as fn
+    return fn
+
+
+def test_suite_passes_on_good_rows(run_suite):
+    res = run_suite(pd.DataFrame([_row(i) for i in range(4)]), CFG, 2, "good")
+    assert res == {"split": "good", "success": True, "n_rows": 4, "failures": []}
+
+
+def test_suite_fails_naming_columns_and_ids(run_suite):
+    df = pd.DataFrame([_row(0), _row(1, size_match=False), _row(2, ignore_fraction=0.9),
+                       _row(3, label_values_valid=False), _row(4)])
+    res = run_suite(df, CFG, 2, "bad")
+    assert res["success"] is False and res["n_rows"] == 5
+    by_col = {f["column"]: f for f in res["failures"]}
+    assert set(by_col) == {"size_match", "ignore_fraction", "label_values_valid"}
+    assert by_col["size_match"]["example_ids"] == ["s1"]
+    assert by_col["ignore_fraction"]["example_ids"] == ["s2"]
+    assert by_col["ignore_fraction"]["example_values"] == [0.9]
+    assert by_col["ignore_fraction"]["kwargs"]["max_value"] == 0.3
+    assert by_col["label_values_valid"]["example_ids"] == ["s3"]
+    assert all(f["unexpected_count"] == 1 for f in res["failures"])
+
+
+def test_suite_checks_row_count_and_unique_ids(run_suite):
+    df = pd.DataFrame([_row(0), _row(0)])
+    res = run_suite(df, CFG, 3, "small")
+    assert res["success"] is False
+    kinds = {f["expectation"] for f in res["failures"]}
+    assert kinds == {"expect_table_row_count_to_be_between", "expect_column_values_to_be_unique"}
+    row_count = next(f for f in res["failures"] if f["column"] is None)
+    assert row_count["observed"] == 2
+
+
+def test_suite_names_ids_of_a_filtered_manifest(run_suite):
+    df = pd.DataFrame([_row(i, size_match=i != 5) for i in range(6)]).iloc[3:]
+    res = run_suite(df, CFG, 1, "filtered")
+    assert res["failures"][0]["example_ids"] == ["s5"]
+
+
+def test_manifest_of_corrupt_jpeg_fails_the_suite(run_suite, tmp_path):
+    from deeplab_core.data.io import write_jpeg, write_label_png, write_list_file
+    from deeplab_core.data.manifest import build_manifest
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(3):
+        image, label = tiny_sample(rng, 32, 40)
+        write_jpeg(tmp_path / "img" / f"s{i}.jpg", image)
+        write_label_png(tmp_path / "lab" / f"s{i}.png", label)
+        entries.append((f"s{i}", f"img/s{i}.jpg", f"lab/s{i}.png"))
+    broken = tmp_path / "img" / "s1.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 definitely not jpeg data" + os.urandom(64))
+    list_file = write_list_file(tmp_path / "list.txt", entries)
+
+    records = build_manifest(list_file)
+    assert [r["id"] for r in records] == ["s0", "s1", "s2"]
+    bad = records[1]
+    assert bad["image_exists"] is True and bad["image_readable"] is False
+    assert str(broken) in bad["error"]
+    assert bad["label_readable"] is True and bad["size_match"] is False
+    for good in (records[0], records[2]):
+        assert good["image_readable"] and good["size_match"] and good["error"] is None
+        assert (good["width"], good["height"]) == (40, 32)
+
+    res = run_suite(pd.DataFrame.from_records(records), CFG, 2, "train_aug")
+    assert res["success"] is False
+    by_col = {f["column"]: f for f in res["failures"]}
+    assert by_col["image_readable"]["example_ids"] == ["s1"]
+    assert by_col["size_match"]["example_ids"] == ["s1"]
