@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=7, help="repetitions of the single-image timing")
     ap.add_argument("--synth-images", type=int, default=64)
     ap.add_argument("--synth-size", default="96x128", help="HxW of synthetic images")
-    ap.add_argument("--throughput-configs", type=int, default=8)
+    ap.add_argument("--throughput-configs", type=int, default=32)
     ap.add_argument("--skip-grid", action="store_true", help="skip the full-grid comparison")
     ap.add_argument("--heatmap", type=Path, help="write the full grid's mIoU heatmaps here")
     args = ap.parse_args()

@@ -121,6 +121,11 @@ def images_key(cache_files: Sequence[Path]) -> str:
 _STATE: dict = {}
 
 
+# fork where the platform has it: workers start in milliseconds instead of re-importing numpy
+# and pydensecrf. Safe here because workers run only numpy and pydensecrf (no OpenMP, no torch).
+_START_METHOD = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+
+
 def _init_worker(paths: list[str], num_classes: int) -> None:
     items = []
     for p in paths:
@@ -177,7 +182,7 @@ class _Evaluator:
             _init_worker(self.paths, self.num_classes)
         else:
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                max_workers=self.workers, mp_context=mp.get_context(_START_METHOD),
                 initializer=_init_worker, initargs=(self.paths, self.num_classes))
         return self
 
