@@ -33,12 +33,18 @@ class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
 
 def log_pyfunc_model(checkpoint: Path, crf_params: Path | None, registered_name: str | None):
     """Log the pyfunc model in the active run; returns the ModelInfo."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    # Images vary in size, so no input schema; the one inference parameter is declared.
+    signature = ModelSignature(inputs=None, outputs=None,
+                               params=ParamSchema([ParamSpec("crf", "boolean", True)]))
     artifacts = {"checkpoint": str(checkpoint)}
     if crf_params is not None:
         artifacts["crf_params"] = str(crf_params)
     return mlflow.pyfunc.log_model(
         name="model", python_model=DeepLabPyfunc(), artifacts=artifacts,
         code_paths=[str(REPO / "deeplab_core"), str(REPO / "pipelines")],
-        registered_model_name=registered_name,
+        registered_model_name=registered_name, signature=signature,
         pip_requirements=SERVING_REQUIREMENTS,
     )

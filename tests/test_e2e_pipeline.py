@@ -91,6 +91,14 @@ def test_outputs_metrics_and_registry(project):
                                        "crf_search", "evaluate", "register"}
     assert runs["tags.dvc_inputs_md5"].str.len().eq(32).all()
     assert runs["tags.git_commit"].str.len().ge(40).all()
+    # the registered champion serves raw RGB images, with and without the CRF
+    import numpy as np
+    served = mlflow.pyfunc.load_model("models:/deeplab-micro@champion")
+    img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    masks = served.predict([img])
+    plain = served.predict([img], params={"crf": False})
+    assert masks[0].shape == plain[0].shape == (40, 56) and masks[0].dtype == np.uint8
+    assert int(masks[0].max()) < 21
     # metrics readable by `dvc metrics show`
     shown = _run(["dvc", "metrics", "show", "--json"], root, env).stdout
     assert "miou_crf" in shown
@@ -121,3 +129,36 @@ def test_params_typo_fails_before_any_work(project):
     proc = _run([sys.executable, "-m", "pipelines.finetune"], root, env2, check=False)
     assert proc.returncode == 2
     assert "finetune.learning_rate: unknown key" in proc.stderr
+
+
+def test_missing_dataset_directory_is_named(project, tmp_path):
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["prepare"].update(source="real", voc_root=str(tmp_path / "no" / "VOC2012"))
+    bad = tmp_path / "params_real.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    before = sorted(p.name for p in (root / "data" / "prepared").iterdir())
+    proc = _run([sys.executable, "-m", "pipelines.prepare"], root,
+                dict(env, DEEPLAB_PARAMS=str(bad)), check=False)
+    assert proc.returncode == 2
+    assert str(tmp_path / "no" / "VOC2012") in proc.stderr and "does not exist" in proc.stderr
+    assert sorted(p.name for p in (root / "data" / "prepared").iterdir()) == before
+
+
+def test_unreadable_image_fails_validation_and_keeps_previous_outputs(project):
+    root, env, _ = project
+    first_line = (root / "data" / "prepared" / "val.txt").read_text().splitlines()[0]
+    sample_id, image_rel, _ = first_line.split()
+    image = (root / "data" / "prepared" / image_rel).resolve()
+    report = root / "data" / "validation" / "report.json"
+    report_before = report.read_bytes()
+    original = image.read_bytes()
+    image.write_bytes(b"this is not a jpeg")
+    try:
+        proc = _run([sys.executable, "-m", "pipelines.validate"], root, env, check=False)
+    finally:
+        image.write_bytes(original)
+    assert proc.returncode == 2
+    assert "data validation failed" in proc.stderr
+    assert "image_readable" in proc.stderr and sample_id in proc.stderr
+    assert report.read_bytes() == report_before  # no half-written validation output
