@@ -92,6 +92,14 @@ class StageError(RuntimeError):
     """A stage cannot run with what it was given; the message says what to fix."""
 
 
+def require_inputs(stage: str, *paths: Path) -> None:
+    """Fail with one message naming every missing input and the stage that writes them."""
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise StageError(f"{stage} needs {', '.join(missing)}; run the stages before it "
+                         "(dvc repro)")
+
+
 def run_stage(flow: Callable[[], object]) -> None:
     """Entry point wrapper: a user error prints one clear message and exits 2; anything else
     prints the traceback and exits 1."""

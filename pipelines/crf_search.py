@@ -22,7 +22,7 @@ from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import predict_probs, split_cv
 from deeplab_core.engine.train import resolve_device
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, data_dir, get_params, run_stage,
+from pipelines.common import (atomic_dir, data_dir, get_params, require_inputs, run_stage,
                               write_json)
 from pipelines.eval_data import eval_dataset, read_list_ids
 
@@ -90,8 +90,7 @@ def crf_search_flow() -> dict:
     cfg = params.crf_search
     d = data_dir(params)
     model_path = d / "models" / "finetune" / "model.pt"
-    if not model_path.is_file():
-        raise StageError(f"model not found: {model_path} (run the finetune stage)")
+    require_inputs("crf_search", model_path)
     val_list = d / "prepared" / "val.txt"
     cv_ids, _ = split_cv(read_list_ids(val_list), cfg.cv_images, params.base.seed)
     sections = {"crf_search": cfg.model_dump(), "model.eval_output_stride":

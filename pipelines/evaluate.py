@@ -17,7 +17,8 @@ from deeplab_core.engine.evaluate import evaluate, split_cv
 from deeplab_core.engine.train import resolve_device
 from deeplab_core import viz
 from pipelines import tracking
-from pipelines.common import StageError, atomic_dir, data_dir, get_params, run_stage, write_json
+from pipelines.common import (atomic_dir, data_dir, get_params, require_inputs, run_stage,
+                              write_json)
 from pipelines.eval_data import eval_dataset, read_list_ids
 
 
@@ -55,9 +56,7 @@ def evaluate_flow() -> dict:
     d = data_dir(params)
     model_path = d / "models" / "finetune" / "model.pt"
     crf_file = d / "crf_search" / "best_params.json"
-    for p in (model_path, crf_file):
-        if not p.is_file():
-            raise StageError(f"evaluate needs {p}; run the stages before it (dvc repro)")
+    require_inputs("evaluate", model_path, crf_file)
     val_list = d / "prepared" / "val.txt"
     all_ids = read_list_ids(val_list)
     cv_ids, holdout_ids = split_cv(all_ids, params.crf_search.cv_images, params.base.seed)

@@ -9,7 +9,8 @@ import json
 from prefect import flow, task
 
 from pipelines import tracking
-from pipelines.common import StageError, data_dir, get_params, run_stage, write_json
+from pipelines.common import (StageError, data_dir, get_params, require_inputs, run_stage,
+                              write_json)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 
@@ -35,9 +36,7 @@ def register_model(model_name: str, metric: str, min_improvement: float) -> dict
     ckpt = d / "models" / "finetune" / "model.pt"
     crf = d / "crf_search" / "best_params.json"
     eval_file = d / "metrics" / "evaluate.json"
-    for p in (ckpt, crf, eval_file):
-        if not p.is_file():
-            raise StageError(f"register needs {p}; run the stages before it (dvc repro)")
+    require_inputs("register", ckpt, crf, eval_file)
     ev = json.loads(eval_file.read_text())
     value = ev.get(metric)
     if value is None:

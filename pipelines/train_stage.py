@@ -19,7 +19,8 @@ def settings_from(cfg: TrainConfig, params: Params, run_key: str = "") -> TrainS
                          momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                          poly_power=cfg.poly_power, log_every=cfg.log_every,
                          checkpoint_every=cfg.checkpoint_every, num_workers=params.base.num_workers,
-                         amp=cfg.amp, seed=params.base.seed, run_key=run_key)
+                         amp=cfg.amp, seed=params.base.seed, run_key=run_key,
+                         optimizer=cfg.optimizer, warmup_iters=cfg.warmup_iters)
 
 
 @task

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny hand-made segmentation list (JPEG images + palette PNG labels)."""
+"""Shared fixtures: one intra-op torch thread for every test, and a tiny hand-made segmentation
+list (JPEG images + palette PNG labels)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Test inputs are small: one intra-op thread avoids OpenMP oversubscription (which slows small
+    convolutions by orders of magnitude) when test processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 # Colour of each object class in the tiny dataset (class 0 is a grey background).
 TINY_COLOURS = {1: (220, 30, 30), 2: (30, 200, 40), 3: (40, 60, 230)}

@@ -8,15 +8,6 @@ from deeplab_core.models import build_model, dilate_kernel, set_output_stride, u
 from deeplab_core.models.backbones import ResNet
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small inputs: one intra-op thread avoids oversubscription when test processes share cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("rate", [1, 2, 3, 5])
 def test_atrous_conv_equals_dense_conv_with_zero_upsampled_kernel(rate):
     torch.manual_seed(rate)

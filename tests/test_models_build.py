@@ -8,15 +8,6 @@ from deeplab_core.models import (MultiScaleInputs, build_model, count_parameters
                                  list_presets, unwrap)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small inputs: one intra-op thread avoids oversubscription when test processes share cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 REQUIRED = {
     "v1_largefov", "v1_7x7", "v1_4x4_r4", "v1_4x4_r8", "v1_msc_largefov", "v2_aspp_s_vgg16",
     "v2_aspp_l_vgg16", "v2_aspp_l_resnet101", "v3_resnet101_os16_mg124",

@@ -9,15 +9,6 @@ from deeplab_core.models import (build_model, count_macs, count_parameters, list
                                  valid_weight_counts, valid_weight_curve, valid_weight_fractions)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small inputs: one intra-op thread avoids oversubscription when test processes share cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("preset, millions", [
     ("v1_largefov", 20.5), ("v1_7x7", 134.3), ("v1_4x4_r4", 65.1), ("v1_4x4_r8", 65.1)])
 def test_v1_parameter_counts_match_paper(preset, millions):

@@ -10,15 +10,6 @@ from deeplab_core.models.backbones import ResNet
 from deeplab_core.models.weights import decimation_indices, filter_subset
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small inputs: one intra-op thread avoids oversubscription when test processes share cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _bn(sd, prefix, c, g):
     sd[f"{prefix}.weight"] = torch.rand(c, generator=g) + 0.5
     sd[f"{prefix}.bias"] = torch.randn(c, generator=g)
