@@ -111,6 +111,9 @@ class TrainConfig(Strict):
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(100, ge=1)
     amp: bool = Field(False, description="mixed precision on CUDA (bf16/fp16); ignored on CPU")
+    optimizer: Literal["sgd", "adamw"] = Field(
+        "sgd", description="sgd (the papers' recipe) | adamw (momentum is then AdamW's beta1)")
+    warmup_iters: int = Field(0, ge=0, description="linear lr warmup steps before the poly decay")
 
     @model_validator(mode="after")
     def _scales(self) -> "TrainConfig":

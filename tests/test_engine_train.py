@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 from conftest import TINY_NUM_CLASSES
 from deeplab_core.data.dataset import SegmentationListDataset
 from deeplab_core.data.transforms import train_transform
-from deeplab_core.engine.train import (TrainSettings, poly_lr, resolve_device, segmentation_loss,
-                                       train)
+from deeplab_core.engine.train import (TrainSettings, make_optimizer, poly_lr, resolve_device,
+                                       scheduled_lr, segmentation_loss, train)
 from deeplab_core.models import build_model
 
 CPU = torch.device("cpu")
@@ -222,6 +222,48 @@ def test_nan_loss_raises_naming_the_iteration(tiny_list):
     ds = _NaNAfter(_dataset(tiny_list), after=3 * 4)  # batch size 4: iteration 3 is the first bad
     with pytest.raises(FloatingPointError, match=r"loss became nan at iteration 3 \(lr"):
         train(_micro(), ds, _settings(iterations=10), CPU, progress=False)
+
+
+# ----------------------------------------------------------------------------- optimizer, warmup
+def test_scheduled_lr_warms_up_linearly_then_follows_poly():
+    assert [scheduled_lr(0.1, it, 100, 0.9, warmup=4) for it in range(4)] == pytest.approx(
+        [0.025, 0.05, 0.075, 0.1])
+    for it in (4, 50, 99):
+        assert scheduled_lr(0.1, it, 100, 0.9, warmup=4) == pytest.approx(poly_lr(0.1, it, 100, 0.9))
+    assert [scheduled_lr(0.1, it, 10, 0.9) for it in range(10)] == pytest.approx(
+        [poly_lr(0.1, it, 10, 0.9) for it in range(10)])
+
+
+def test_optimizer_choice_defaults_to_sgd():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert TrainSettings(iterations=1, batch_size=2, lr=0.1).optimizer == "sgd"
+    sgd = make_optimizer(params, _settings())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    adamw = make_optimizer(params, _settings(optimizer="adamw", momentum=0.8, weight_decay=0.01))
+    assert isinstance(adamw, torch.optim.AdamW)
+    assert adamw.defaults["betas"] == (0.8, 0.999) and adamw.defaults["weight_decay"] == 0.01
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(params, _settings(optimizer="lbfgs"))
+
+
+def test_fingerprint_keeps_sgd_runs_and_tells_optimizer_and_warmup_apart():
+    s = _settings()
+    assert s.fingerprint() == _settings(optimizer="sgd", warmup_iters=0).fingerprint()
+    assert s.fingerprint() != _settings(optimizer="adamw").fingerprint()
+    assert s.fingerprint() != _settings(warmup_iters=3).fingerprint()
+
+
+def test_adamw_with_warmup_trains_and_resumes(tiny_list, tmp_path):
+    settings = _settings(iterations=12, batch_size=4, checkpoint_every=8, optimizer="adamw",
+                         lr=0.005, warmup_iters=3)
+    ref, ref_res, resumed, res, _ = _run_interrupted_then_resumed(tiny_list, tmp_path, settings)
+    assert res.resumed_from == 8
+    assert res.history[0]["lr"] == pytest.approx(0.005 / 3)
+    assert res.history[2]["lr"] == pytest.approx(0.005)
+    assert [r["loss"] for r in res.history] == pytest.approx([r["loss"] for r in ref_res.history],
+                                                             rel=1e-5)
+    _assert_same_weights(ref, resumed)
+    assert ref_res.history[-1]["loss"] < ref_res.history[0]["loss"]
 
 
 def test_empty_dataset_is_rejected():

@@ -142,3 +142,34 @@ def test_v1_head_rates():
     assert [bb.features[i].dilation[0] for i in (24, 26, 28)] == [2, 2, 2]
     assert bb.features[23].stride == 1 and bb.features[30].stride == 1
     assert bb.features[23].kernel_size == 3 and bb.features[23].padding == 1
+
+
+def test_basicnet_output_stride_geometry_and_rates():
+    from deeplab_core.models.backbones import BasicNet
+    torch.manual_seed(0)
+    bb = BasicNet(output_stride=32, width_mult=0.25).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for os_ in (32, 16, 8):
+            bb.set_output_stride(os_)
+            feats = bb(x)
+            assert feats["out"].shape[-1] == 64 // os_
+            assert feats["low_level"].shape[-1] == 16
+    # at OS8 the stride-16 and stride-32 stages become atrous: their first conv keeps the rate
+    # before the unit, every later conv runs at the rate after it
+    first16, first32 = bb.blocks[3], bb.blocks[5]
+    assert first16.conv1.stride == (1, 1) and first16.conv1.dilation == (1, 1)
+    assert first16.conv2.dilation == (2, 2)
+    assert first32.conv1.dilation == (2, 2) and first32.conv2.dilation == (4, 4)
+    assert first32.shortcut[0].stride == (1, 1)
+    assert BasicNet(16, width_mult=0.25, low_level_stride=2)(x)["low_level"].shape[-1] == 32
+    with pytest.raises(ValueError):
+        bb.set_output_stride(12)
+
+
+def test_light_preset_is_a_dense_v3plus_model():
+    m = build_model("light").eval()
+    assert type(m.backbone).__name__ == "BasicNet" and m.has_image_pooling
+    assert m.decoder is not None and m.output_stride == 16
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 50, 66)).shape == (1, 21, 50, 66)

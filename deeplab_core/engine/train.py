@@ -1,4 +1,4 @@
-"""Training loop: SGD with momentum, poly learning rate, cross-entropy with the VOC ignore label,
+"""Training loop: SGD with momentum (or AdamW), poly learning rate with an optional linear warmup, cross-entropy with the VOC ignore label,
 periodic atomic checkpoints and resumption after an interruption."""
 
 from __future__ import annotations
@@ -43,6 +43,26 @@ def poly_lr(base_lr: float, it: int, max_it: int, power: float) -> float:
     return base_lr * (1.0 - min(it, max_it) / max_it) ** power
 
 
+def scheduled_lr(base_lr: float, it: int, max_it: int, power: float, warmup: int = 0) -> float:
+    """Poly policy, preceded by a linear ramp from base_lr / warmup up to base_lr over the first
+    ``warmup`` iterations (0 = no warmup, plain poly)."""
+    if warmup > 0 and it < warmup:
+        return base_lr * (it + 1) / warmup
+    return poly_lr(base_lr, it, max_it, power)
+
+
+def make_optimizer(params, settings: "TrainSettings") -> torch.optim.Optimizer:
+    """SGD with momentum (the papers' recipe) or AdamW (betas (momentum, 0.999)); weight decay is
+    L2 for SGD and decoupled for AdamW."""
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
+                               weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, betas=(settings.momentum, 0.999),
+                                 weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r} (expected 'sgd' or 'adamw')")
+
+
 def segmentation_loss(outputs: torch.Tensor | list | tuple, target: torch.Tensor) -> torch.Tensor:
     """Cross-entropy ignoring label 255; a list of outputs (multi-scale training) sums the losses."""
     if isinstance(outputs, (list, tuple)):
@@ -71,12 +91,20 @@ class TrainSettings:
     amp: bool = False
     seed: int = 0
     run_key: str = ""  # e.g. a hash of the data and config; a resume only continues the same run
+    optimizer: str = "sgd"  # sgd | adamw
+    warmup_iters: int = 0   # linear lr warmup before the poly decay
 
     def fingerprint(self) -> str:
         """Identifies the run a checkpoint belongs to (a resume only continues the same run)."""
         keys = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "poly_power", "seed",
                 "run_key")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        d = {k: getattr(self, k) for k in keys}
+        # left out at their defaults, so fingerprints of plain SGD runs stay as they were
+        if self.optimizer != "sgd":
+            d["optimizer"] = self.optimizer
+        if self.warmup_iters:
+            d["warmup_iters"] = self.warmup_iters
+        blob = json.dumps(d, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -131,7 +159,7 @@ class _StepSamples(Dataset):
 def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: torch.device,
           checkpoint_path: Path | None = None, log_metrics: MetricLogger | None = None,
           progress: bool = True) -> TrainResult:
-    """Train `model` in place for `settings.iterations` SGD steps.
+    """Train `model` in place for `settings.iterations` optimizer steps.
 
     If `checkpoint_path` is given, a checkpoint (model, optimizer, iteration, RNG state, history)
     is written there atomically every `checkpoint_every` steps; a later call with the same path and
@@ -142,8 +170,7 @@ def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: t
     seed_everything(settings.seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                          weight_decay=settings.weight_decay)
+    opt = make_optimizer(params, settings)
     result = TrainResult()
     start_it = 0
     fp = settings.fingerprint()
@@ -176,7 +203,8 @@ def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: t
     running, n_running = 0.0, 0
     loss_val = math.nan
     for it in range(start_it, settings.iterations):
-        lr = poly_lr(settings.lr, it, settings.iterations, settings.poly_power)
+        lr = scheduled_lr(settings.lr, it, settings.iterations, settings.poly_power,
+                          settings.warmup_iters)
         for g in opt.param_groups:
             g["lr"] = lr
         batch = next(batches)

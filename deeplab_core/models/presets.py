@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .backbones import VGG16, MobileNetV2, ResNet, Xception65
+from .backbones import VGG16, BasicNet, MobileNetV2, ResNet, Xception65
 from .deeplab import DeepLab, set_output_stride
 from .heads import ASPP, ASPPv2, ClassifierHead, Decoder, MSCFeatureBranches, V1Head, V3Head
 from .msc import MultiScaleInputs
@@ -20,7 +20,7 @@ from .msc import MultiScaleInputs
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str                     # vgg16 | resnet50 | resnet101 | xception65 | mobilenetv2
+    backbone: str  # vgg16 | resnet50 | resnet101 | xception65 | mobilenetv2 | basicnet
     head: str                         # v1 | aspp_v2 | aspp_v3 | cascade
     output_stride: int = 16           # base output stride the rates below refer to
     # v1 / v2-VGG fc6-fc7-fc8
@@ -38,9 +38,9 @@ class ModelConfig:
     # backbone
     multi_grid: tuple[int, ...] = (1, 1, 1)
     cascade_blocks: int = 0           # v3 cascade: extra copies of block4 (blocks 5..)
-    width_mult: float = 1.0           # channel multiplier (MobileNetV2, Xception, VGG)
+    width_mult: float = 1.0           # channel multiplier (MobileNetV2, BasicNet, Xception, VGG)
     mobilenet_settings: tuple[tuple[int, int, int, int], ...] | None = None
-    low_level_stride: int = 4         # stride of the decoder's low-level feature (MobileNetV2: 2 or 4)
+    low_level_stride: int = 4         # decoder low-level feature stride (MobileNetV2, BasicNet: 2/4)
     # v3+ decoder
     decoder: bool = False
     decoder_channels: int = 256
@@ -79,11 +79,13 @@ PRESETS: dict[str, ModelConfig] = {
                                      aspp_rates=(6, 12, 18), separable=True, decoder=True),
     "v3plus_resnet101": ModelConfig(backbone="resnet101", head="aspp_v3", output_stride=16,
                                     aspp_rates=(6, 12, 18), decoder=True),
-    # CPU presets: MobileNetV2 trunk, separable ASPP with image pooling, v3+ decoder
-    "light": ModelConfig(backbone="mobilenetv2", head="aspp_v3", output_stride=16, width_mult=0.5,
-                         aspp_rates=(2, 4, 6), aspp_channels=64, separable=True, decoder=True,
+    # CPU presets. light: a small dense BasicBlock trunk (dense 3x3 convs train faster from
+    # scratch on a CPU than depthwise ones), ASPP with image pooling, v3+ decoder on stride-4
+    # features. micro (unit tests): MobileNetV2 trunk, separable ASPP, v3+ decoder.
+    "light": ModelConfig(backbone="basicnet", head="aspp_v3", output_stride=16, width_mult=1.0,
+                         aspp_rates=(2, 4, 6), aspp_channels=64, separable=False, decoder=True,
                          decoder_channels=64, low_level_channels=24, aspp_dropout=0.0,
-                         low_level_stride=2),
+                         low_level_stride=4),
     "micro": ModelConfig(backbone="mobilenetv2", head="aspp_v3", output_stride=16, width_mult=0.25,
                          aspp_rates=(1, 2), aspp_channels=16, separable=True, decoder=True,
                          decoder_channels=16, low_level_channels=8, aspp_dropout=0.0,
@@ -120,6 +122,8 @@ def _build_backbone(cfg: ModelConfig) -> nn.Module:
     if name == "mobilenetv2":
         kw = {"settings": cfg.mobilenet_settings} if cfg.mobilenet_settings else {}
         return MobileNetV2(os_, cfg.width_mult, low_level_stride=cfg.low_level_stride, **kw)
+    if name == "basicnet":
+        return BasicNet(os_, cfg.width_mult, low_level_stride=cfg.low_level_stride)
     raise ValueError(f"unknown backbone {name!r}")
 
 

@@ -1,4 +1,4 @@
-"""MobileNetV2 trunk with a width multiplier, used by the CPU presets (``light``, ``micro``).
+"""MobileNetV2 trunk with a width multiplier, used by the ``micro`` CPU preset.
 
 The final 1x1 expansion to 1280 channels is dropped (as in DeepLab's MobileNetV2 feature
 extractor). Output stride 8/16/32 by atrous depthwise convolutions; the low-level feature for the
