@@ -84,6 +84,23 @@ def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: i
     return s.coarse_to_fine_search(files, num_classes, seed=seed, **common)
 
 
+def grid_rows_for_heatmap(result: dict, cfg) -> tuple[list[dict], int]:
+    """The coarse-grid rows scored on one common image set, the largest set that covers the most
+    grid points: the full grid's rows, or the coarse-to-fine search's first screening rung, whose
+    scores are comparable with each other (rows from different rungs are not)."""
+    grid = {(w, a, b) for w in cfg.w1_grid for a in cfg.sigma_alpha_grid
+            for b in cfg.sigma_beta_grid}
+    by_n: dict[int, dict[tuple, dict]] = {}
+    for r in result["rows"] + result.get("screen_rows", []):
+        key = (r["w1"], r["sigma_alpha"], r["sigma_beta"])
+        if key in grid:
+            by_n.setdefault(int(r.get("n_images", 0)), {})[key] = r
+    if not by_n:
+        return [], 0
+    n = max(by_n, key=lambda k: (len(by_n[k]), k))
+    return list(by_n[n].values()), n
+
+
 @flow(name="crf_search")
 def crf_search_flow() -> dict:
     params = get_params()
@@ -115,11 +132,10 @@ def crf_search_flow() -> dict:
                 w.writeheader()
                 w.writerows(rows)
             from deeplab_core.crf.plots import plot_heatmaps
-            coarse = [r for r in rows if r["w1"] in cfg.w1_grid
-                      and r["sigma_alpha"] in cfg.sigma_alpha_grid
-                      and r["sigma_beta"] in cfg.sigma_beta_grid]
-            plot_heatmaps(coarse or rows, tmp / "heatmaps.png",
-                          title=f"CRF search on {len(cv_ids)} CV images (mIoU %)")
+            shown, n_shown = grid_rows_for_heatmap(result, cfg)
+            plot_heatmaps(shown or rows, tmp / "heatmaps.png",
+                          title=f"CRF coarse grid, mIoU (%) on {n_shown} of the {len(cv_ids)} CV "
+                                "images")
         metrics = {"cv_images": len(cv_ids), "configs_evaluated": len(rows),
                    "crf_runs": result.get("crf_runs"), "cv_miou_crf": best["miou"],
                    "cv_miou_plain": result["baseline_miou"],
