@@ -162,3 +162,50 @@ def test_unreadable_image_fails_validation_and_keeps_previous_outputs(project):
     assert "data validation failed" in proc.stderr
     assert "image_readable" in proc.stderr and sample_id in proc.stderr
     assert report.read_bytes() == report_before  # no half-written validation output
+
+
+def test_killed_training_leaves_outputs_intact_and_resumes(project, tmp_path):
+    """SIGKILL the finetune stage mid-training: its previous model stays as it was, and the next
+    run resumes from the last checkpoint instead of starting over."""
+    import hashlib
+    import signal
+    import time
+
+    import torch
+
+    root, env, _ = project
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["finetune"].update(iterations=1000, checkpoint_every=20, log_every=20)
+    longer = tmp_path / "params_long.yaml"
+    longer.write_text(yaml.safe_dump(params))
+    env2 = dict(env, DEEPLAB_PARAMS=str(longer))
+    model = root / "data" / "models" / "finetune" / "model.pt"
+    before = hashlib.md5(model.read_bytes()).hexdigest()
+    ckpt = root / "data" / "checkpoints" / "finetune.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.finetune"], cwd=root, env=env2,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if proc.poll() is not None:
+                break
+            try:
+                state = torch.load(ckpt, weights_only=False)
+            except Exception:  # not written yet, or being replaced
+                continue
+            if not state.get("complete") and state.get("iteration", 0) >= 20:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert hashlib.md5(model.read_bytes()).hexdigest() == before
+    killed_at = torch.load(ckpt, weights_only=False)["iteration"]
+    assert killed_at >= 20
+    _run([sys.executable, "-m", "pipelines.finetune"], root, env2)
+    metrics = json.loads((root / "data" / "metrics" / "finetune.json").read_text())
+    assert metrics["resumed_from"] >= killed_at and metrics["iterations"] == 1000
+    assert torch.load(ckpt, weights_only=False)["complete"] is True
+    assert hashlib.md5(model.read_bytes()).hexdigest() != before
