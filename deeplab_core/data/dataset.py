@@ -88,7 +88,7 @@ class SegmentationListDataset(Dataset):
         img_t, lab_t = self.transform(image, label, rng=self._rng(i))
         item = {"image": img_t, "label": lab_t, "id": self.samples[i][0]}
         if self.return_raw:
-            item["raw_image"] = torch.from_numpy(image)
+            item["raw_image"] = torch.from_numpy(np.array(image))  # writable copy
         return item
 
 
