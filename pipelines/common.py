@@ -3,6 +3,7 @@ of a stage's DVC inputs, and the `main()` wrapper that turns errors into one rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,26 +47,33 @@ def git_commit() -> str:
         return "unknown"
 
 
+def update_with_file(h: "hashlib._Hash", path: Path) -> "hashlib._Hash":
+    """Feed a file's bytes to hash `h` in 1 MiB chunks; returns `h`."""
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h
+
+
 def _hash_path(h: "hashlib._Hash", path: Path) -> None:
     if path.is_file():
         h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        update_with_file(h, path)
     elif path.is_dir():
         for p in sorted(path.rglob("*")):
             if p.is_file():
                 h.update(str(p.relative_to(path)).encode())
-                with open(p, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
+                update_with_file(h, p)
     else:
         h.update(b"<missing>")
 
 
+@functools.lru_cache(maxsize=None)
 def stage_inputs_hash(stage: str) -> str:
     """md5 over the stage's DVC deps (as declared in dvc.yaml) and its params values: the same
-    inputs always give the same hash, so an MLflow run can be matched to its DVC inputs."""
+    inputs always give the same hash, so an MLflow run can be matched to its DVC inputs.
+    Computed once per process: a stage's deps do not change while it runs (its outs are not deps),
+    and both the MLflow tags and the training resume key need it."""
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     h = hashlib.md5()
     for dep in sorted(spec.get("deps", [])):

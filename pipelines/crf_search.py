@@ -23,16 +23,12 @@ from deeplab_core.engine.evaluate import predict_probs, split_cv
 from deeplab_core.engine.train import resolve_device
 from pipelines import tracking
 from pipelines.common import (atomic_dir, data_dir, get_params, require_inputs, run_stage,
-                              write_json)
+                              update_with_file, write_json)
 from pipelines.eval_data import eval_dataset, read_list_ids
 
 
 def file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return update_with_file(hashlib.md5(), path).hexdigest()
 
 
 @task

@@ -126,6 +126,38 @@ def stride_rate_schedule(nominal_strides: Iterable[int], output_stride: int,
     return out
 
 
+class BlockTrunk(nn.Module):
+    """A stem followed by a flat list of blocks, each with `nominal_stride` and
+    `set_geometry(stride, rate)`: output stride by atrous blocks, and the decoder's low-level
+    feature tapped after block `low_level_index` (the stem output when it is -1)."""
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    low_level_index: int
+
+    def set_output_stride(self, output_stride: int) -> None:
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"{type(self).__name__} supports output stride 8, 16 or 32, "
+                             f"got {output_stride}")
+        plan = stride_rate_schedule([b.nominal_stride for b in self.blocks], output_stride,
+                                    start_stride=2)
+        for block, (stride, rate) in zip(self.blocks, plan):
+            block.set_geometry(stride, rate)
+        self.output_stride = output_stride
+
+    def forward(self, x: torch.Tensor, taps: bool = False) -> dict[str, torch.Tensor]:
+        x = self.stem(x)
+        out: dict[str, torch.Tensor] = {}
+        if self.low_level_index < 0:
+            out["low_level"] = x
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.low_level_index:
+                out["low_level"] = x
+        out["out"] = x
+        return out
+
+
 def init_weights(module: nn.Module) -> None:
     """He init for convolutions, unit BN, small Gaussian for linear layers."""
     for m in module.modules():

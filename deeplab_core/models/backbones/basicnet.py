@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import ConvBNReLU, RFLayer, init_weights, set_conv_geometry, stride_rate_schedule
+from ..layers import BlockTrunk, ConvBNReLU, RFLayer, init_weights, set_conv_geometry
 
 # (channels, blocks) of the four stages
 STAGES = ((32, 1), (64, 2), (96, 2), (128, 1))
@@ -48,7 +48,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class BasicNet(nn.Module):
+class BasicNet(BlockTrunk):
     def __init__(self, output_stride: int = 16, width_mult: float = 1.0,
                  stages: tuple[tuple[int, int], ...] = STAGES, low_level_stride: int = 4):
         super().__init__()
@@ -76,27 +76,6 @@ class BasicNet(nn.Module):
         for b in self.blocks:  # zero-init the last BN of each residual branch
             nn.init.zeros_(b.bn2.weight)
         self.set_output_stride(output_stride)
-
-    def set_output_stride(self, output_stride: int) -> None:
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"BasicNet supports output stride 8, 16 or 32, got {output_stride}")
-        plan = stride_rate_schedule([b.nominal_stride for b in self.blocks], output_stride,
-                                    start_stride=2)
-        for block, (stride, rate) in zip(self.blocks, plan):
-            block.set_geometry(stride, rate)
-        self.output_stride = output_stride
-
-    def forward(self, x: torch.Tensor, taps: bool = False) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        out: dict[str, torch.Tensor] = {}
-        if self.low_level_index < 0:
-            out["low_level"] = x
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i == self.low_level_index:
-                out["low_level"] = x
-        out["out"] = x
-        return out
 
     def rf_layers(self, **_: object) -> list[RFLayer]:
         layers: list[RFLayer] = [(3, 2, 1), (3, 1, 1)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import ConvBNReLU, RFLayer, init_weights, set_conv_geometry, stride_rate_schedule
+from ..layers import BlockTrunk, ConvBNReLU, RFLayer, init_weights, set_conv_geometry
 
 # expansion t, channels c, repeats n, first stride s
 SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -49,7 +49,7 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_res else y
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(BlockTrunk):
     def __init__(self, output_stride: int = 16, width_mult: float = 1.0,
                  settings: tuple[tuple[int, int, int, int], ...] = SETTINGS,
                  low_level_stride: int = 4):
@@ -74,24 +74,6 @@ class MobileNetV2(nn.Module):
         self.out_channels = cin
         init_weights(self)
         self.set_output_stride(output_stride)
-
-    def set_output_stride(self, output_stride: int) -> None:
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"MobileNetV2 supports output stride 8, 16 or 32, got {output_stride}")
-        plan = stride_rate_schedule([b.nominal_stride for b in self.blocks], output_stride, start_stride=2)
-        for block, (stride, rate) in zip(self.blocks, plan):
-            block.set_geometry(stride, rate)
-        self.output_stride = output_stride
-
-    def forward(self, x: torch.Tensor, taps: bool = False) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        out: dict[str, torch.Tensor] = {}
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i == self.low_level_index:
-                out["low_level"] = x
-        out["out"] = x
-        return out
 
     def rf_layers(self, **_: object) -> list[RFLayer]:
         return [(3, 2, 1)] + [(3, b.dw.conv.stride[0], b.dw.conv.dilation[0]) for b in self.blocks]
