@@ -137,6 +137,13 @@ class CRFSearchConfig(Strict):
     sigma_gamma: float = Field(3.0, gt=0.0)
     iterations: int = Field(10, ge=1, le=100)
     workers: int = Field(2, ge=1, le=64)
+    objective: Literal["miou_gt", "miou"] = Field(
+        "miou_gt", description="rank configs by mIoU over the classes with CV ground truth "
+        "(miou_gt) or over every class seen in ground truth or prediction (miou)")
+    screen_images: int = Field(4, ge=1, description="coarse_to_fine: images the grid is "
+                               "screened on before the climb on all images")
+    budget_fraction: float = Field(0.25, gt=0.0, le=1.0, description="coarse_to_fine: CRF "
+                                   "runs allowed, as a fraction of the full grid's")
 
     @field_validator("w1_grid", "sigma_alpha_grid", "sigma_beta_grid")
     @classmethod

@@ -2,7 +2,7 @@
 subset of val once, then search the dense-CRF parameters (coarse-to-fine by default, or the
 papers' full grid) in worker processes. Resumable: finished configurations are never recomputed.
 
-Outs: data/crf_search/{best_params.json, table.csv, heatmaps.png}, metrics data/metrics/crf_search.json.
+Outs: data/crf_search/{best_params.json, table.csv, heatmaps.png, search_trace.png}, metrics data/metrics/crf_search.json.
 The probability cache and the results journal live in data/crf_cache (persistent across runs,
 reset when the model or the CV images change)."""
 
@@ -74,27 +74,40 @@ def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: i
     common = dict(w1_grid=cfg.w1_grid, sigma_alpha_grid=cfg.sigma_alpha_grid,
                   sigma_beta_grid=cfg.sigma_beta_grid, w2=cfg.w2, sigma_gamma=cfg.sigma_gamma,
                   iterations=cfg.iterations, workers=cfg.workers, results_path=results_path,
-                  progress=True)
+                  progress=True, objective=cfg.objective)
     if cfg.strategy == "full":
         return s.full_grid_search(files, num_classes, **common)
-    return s.coarse_to_fine_search(files, num_classes, seed=seed, **common)
+    return s.coarse_to_fine_search(files, num_classes, seed=seed, screen_images=cfg.screen_images,
+                                   budget_fraction=cfg.budget_fraction, **common)
 
 
-def grid_rows_for_heatmap(result: dict, cfg) -> tuple[list[dict], int]:
-    """The coarse-grid rows scored on one common image set, the largest set that covers the most
-    grid points: the full grid's rows, or the coarse-to-fine search's first screening rung, whose
-    scores are comparable with each other (rows from different rungs are not)."""
+def grid_rows_for_heatmap(result: dict, cfg) -> tuple[list[dict], str, str]:
+    """What to draw over the coarse grid: (rows, metric key, title).
+
+    The rows scored on all CV images when they cover the whole grid (the full grid search);
+    otherwise the coarse-to-fine screen, drawn as the objective it estimated for all CV images
+    from the screened ones, which is what the search ranked the grid by. ([], "", "") when
+    no row lies on the grid."""
     grid = {(w, a, b) for w in cfg.w1_grid for a in cfg.sigma_alpha_grid
             for b in cfg.sigma_beta_grid}
-    by_n: dict[int, dict[tuple, dict]] = {}
-    for r in result["rows"] + result.get("screen_rows", []):
-        key = (r["w1"], r["sigma_alpha"], r["sigma_beta"])
-        if key in grid:
-            by_n.setdefault(int(r.get("n_images", 0)), {})[key] = r
-    if not by_n:
-        return [], 0
-    n = max(by_n, key=lambda k: (len(by_n[k]), k))
-    return list(by_n[n].values()), n
+    objective = result.get("objective", "miou")
+    n = result.get("n_images", 0)
+
+    def on_grid(rows):
+        return {(r["w1"], r["sigma_alpha"], r["sigma_beta"]): r for r in rows
+                if (r["w1"], r["sigma_alpha"], r["sigma_beta"]) in grid}
+
+    full = on_grid(result["rows"])
+    if full and len(full) == len(grid):
+        return list(full.values()), objective, f"CRF coarse grid, {objective} (%) on all {n} CV images"
+    screen = on_grid(r for r in result.get("screen_rows", []) if "estimate" in r)
+    if screen:
+        k = next(iter(screen.values()))["n_images"]
+        return (list(screen.values()), "estimate",
+                f"CRF grid screen: {objective} (%) of all {n} CV images estimated from {k}")
+    if full:
+        return list(full.values()), objective, f"CRF grid, {objective} (%) on all {n} CV images"
+    return [], "", ""
 
 
 @flow(name="crf_search")
@@ -117,25 +130,40 @@ def crf_search_flow() -> dict:
         best = result["best"]
         from deeplab_core.crf.densecrf import CRFParams
         best_params = CRFParams.from_dict(best, ignore_extra=True).to_dict()
-        rows = sorted(result["rows"], key=lambda r: -r["miou"])
+        objective = result["objective"]
+        rows = sorted(result["rows"], key=lambda r: -r[objective])
         with atomic_dir(d / "crf_search") as tmp:
             write_json(tmp / "best_params.json", {
-                "params": best_params, "cv_miou": best["miou"],
-                "cv_miou_without_crf": result["baseline_miou"], "cv_images": cv_ids,
-                "strategy": cfg.strategy})
+                "params": best_params, "cv_miou": best["miou"], "cv_miou_gt": best["miou_gt"],
+                "cv_miou_without_crf": result["baseline_miou"],
+                "cv_miou_gt_without_crf": result["baseline_miou_gt"], "objective": objective,
+                "cv_images": cv_ids, "strategy": cfg.strategy, "crf_runs": result["crf_runs"]})
             with open(tmp / "table.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=list(rows[0].keys()), extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
             from deeplab_core.crf.plots import plot_heatmaps
-            shown, n_shown = grid_rows_for_heatmap(result, cfg)
-            plot_heatmaps(shown or rows, tmp / "heatmaps.png",
-                          title=f"CRF coarse grid, mIoU (%) on {n_shown} of the {len(cv_ids)} CV "
-                                "images")
+            shown, metric, title = grid_rows_for_heatmap(result, cfg)
+            if shown:
+                plot_heatmaps(shown, tmp / "heatmaps.png", title=title, metric=metric,
+                              label=f"{objective} (%)")
+            else:
+                plot_heatmaps(rows, tmp / "heatmaps.png", metric=objective,
+                              label=f"{objective} (%)")
+            from deeplab_core.crf.plots import plot_search_trace
+            grid = {(w, a, b) for w in cfg.w1_grid for a in cfg.sigma_alpha_grid
+                    for b in cfg.sigma_beta_grid}
+            trace = [{**r, "on_grid": (r["w1"], r["sigma_alpha"], r["sigma_beta"]) in grid}
+                     for r in result["rows"]]
+            plot_search_trace(trace, tmp / "search_trace.png", metric=objective,
+                              baseline=result[f"baseline_{objective}"],
+                              title=f"CRF search ({cfg.strategy}): {len(trace)} configs on all "
+                                    f"{len(cv_ids)} CV images, {result['crf_runs']} CRF runs")
         metrics = {"cv_images": len(cv_ids), "configs_evaluated": len(rows),
                    "crf_runs": result.get("crf_runs"), "cv_miou_crf": best["miou"],
                    "cv_miou_plain": result["baseline_miou"],
                    "cv_gain": best["miou"] - result["baseline_miou"],
+                   "cv_miou_gt_crf": best["miou_gt"], "cv_miou_gt_plain": result["baseline_miou_gt"],
                    **{f"best_{k}": v for k, v in best_params.items()}}
         write_json(d / "metrics" / "crf_search.json", metrics)
         import mlflow

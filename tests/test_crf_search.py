@@ -9,7 +9,7 @@ import pytest
 
 from deeplab_core.crf import search
 from deeplab_core.crf.densecrf import CRFParams, dense_crf
-from deeplab_core.crf.plots import plot_heatmaps
+from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
 from deeplab_core.engine.metrics import confusion_matrix, summarize
 
 NUM_CLASSES = 4
@@ -132,61 +132,127 @@ def test_two_workers_give_the_same_rows(cache, tmp_path):
     assert len((tmp_path / "two.jsonl").read_text().splitlines()) == len(cfg)
 
 
-def test_coarse_to_fine_costs_less_than_full_grid(cache, tmp_path):
+def _grid_keys(iterations):
+    return {CRFParams(w1=w, sigma_alpha=a, sigma_beta=b, iterations=iterations).key()
+            for w in SMALL_GRID["w1_grid"] for a in SMALL_GRID["sigma_alpha_grid"]
+            for b in SMALL_GRID["sigma_beta_grid"]}
+
+
+def test_coarse_to_fine_stays_within_budget(cache, tmp_path):
     common = dict(w2=3.0, sigma_gamma=3.0, iterations=5, progress=False, **SMALL_GRID)
     full = search.full_grid_search(cache, NUM_CLASSES, workers=1,
                                    results_path=tmp_path / "full.jsonl", **common)
-    c2f_args = dict(results_path=tmp_path / "c2f.jsonl", eta=2, min_screen_images=2, **common)
-    coarse = search.coarse_to_fine_search(cache, NUM_CLASSES, workers=2, fine=False, **c2f_args)
-    n_grid = 2 * 3 * 2
-    assert full["n_evaluated"] == n_grid and full["crf_runs"] == n_grid * len(cache)
-    assert coarse["crf_runs"] < full["crf_runs"] / 1.5
-    assert coarse["n_evaluated"] < full["n_evaluated"]
-    # same results file: the coarse stage is read back, only the fine stage runs
-    c2f = search.coarse_to_fine_search(cache, NUM_CLASSES, workers=2, fine=True, fine_rounds=1,
-                                       **c2f_args)
-    assert c2f["best"]["miou"] >= coarse["best"]["miou"]
+    n_grid, n = 2 * 3 * 2, len(cache)
+    assert full["n_evaluated"] == n_grid and full["crf_runs"] == n_grid * n
+    c2f = search.coarse_to_fine_search(cache, NUM_CLASSES, workers=2, screen_images=2,
+                                       budget_fraction=0.6, results_path=tmp_path / "c2f.jsonl",
+                                       **common)
+    assert c2f["crf_run_budget"] == int(0.6 * n_grid * n)
+    assert n_grid * 2 <= c2f["crf_runs"] <= c2f["crf_run_budget"]
+    assert c2f["crf_runs"] < full["crf_runs"]
     assert c2f["baseline_miou"] == pytest.approx(full["baseline_miou"])
-    assert full["best"]["miou"] > full["baseline_miou"]
-    assert c2f["best"]["miou"] > c2f["baseline_miou"]
-    # the fine stage never ends below the best coarse config it started from
-    coarse_keys = {CRFParams(w1=w, sigma_alpha=a, sigma_beta=b, iterations=5).key()
-                   for w in SMALL_GRID["w1_grid"] for a in SMALL_GRID["sigma_alpha_grid"]
-                   for b in SMALL_GRID["sigma_beta_grid"]}
-    coarse_full_rows = [r for r in c2f["rows"]
-                        if CRFParams.from_dict(r, ignore_extra=True).key() in coarse_keys]
-    assert c2f["best"]["miou"] >= max(r["miou"] for r in coarse_full_rows)
-    assert all(r["n_images"] == len(cache) for r in c2f["rows"])
-    assert all(r["n_images"] < len(cache) for r in c2f["screen_rows"])
+    assert full["best"]["miou_gt"] > full["baseline_miou_gt"]
+    assert c2f["best"]["miou_gt"] > c2f["baseline_miou_gt"]
+    assert all(r["n_images"] == n for r in c2f["rows"])
+    assert len(c2f["screen_rows"]) == n_grid
+    assert all(r["n_images"] == 2 and 0 <= r["estimate"] <= 1 for r in c2f["screen_rows"])
     assert set(c2f["best"]) >= {"w1", "sigma_alpha", "sigma_beta", "w2", "sigma_gamma",
-                                "iterations", "miou"}
+                                "iterations", "miou", "miou_gt"}
+    # a budget smaller than the screen: the screen and the best screened config still run
+    tiny = search.coarse_to_fine_search(cache, NUM_CLASSES, screen_images=2, budget_fraction=0.1,
+                                        results_path=tmp_path / "c2f.jsonl", **common)
+    assert tiny["n_evaluated"] == 1 and tiny["crf_runs"] == n_grid * 2 + (n - 2)
     # the full grid's rows are what the heatmap plot takes
-    out = plot_heatmaps(full["rows"], tmp_path / "heat.png")
+    out = plot_heatmaps(full["rows"], tmp_path / "heat.png", metric="miou_gt")
     assert out.exists() and out.stat().st_size > 1000
+    trace = [{**r, "on_grid": i % 2 == 0} for i, r in enumerate(c2f["rows"])]
+    out = plot_search_trace(trace, tmp_path / "trace.png", baseline=c2f["baseline_miou_gt"],
+                            reference=full["best"]["miou_gt"])
+    assert out.exists() and out.stat().st_size > 1000
+    with pytest.raises(ValueError, match="no rows"):
+        plot_search_trace([], tmp_path / "empty.png")
+
+
+def test_screening_every_image_then_climbing_finds_the_full_grid_best(cache, tmp_path):
+    common = dict(w2=3.0, sigma_gamma=3.0, iterations=5, progress=False, **SMALL_GRID)
+    full = search.full_grid_search(cache, NUM_CLASSES, results_path=tmp_path / "r.jsonl",
+                                   **common)
+    exact = search.coarse_to_fine_search(cache, NUM_CLASSES, screen_images=len(cache),
+                                         budget_fraction=1.0, fine=False, restarts=False,
+                                         results_path=tmp_path / "r.jsonl", **common)
+    assert exact["best"] == full["best"]
+    assert exact["screen_rows"] == []  # the screen was the full grid
+
+
+def test_climb_ends_on_a_grid_local_maximum_and_fine_polls_around_it(cache, tmp_path):
+    common = dict(w2=3.0, sigma_gamma=3.0, iterations=5, progress=False, screen_images=2,
+                  budget_fraction=None, restarts=False, **SMALL_GRID)
+    coarse = search.coarse_to_fine_search(cache, NUM_CLASSES, fine=False, **common)
+    scored = {(r["w1"], r["sigma_alpha"], r["sigma_beta"]): r["miou_gt"] for r in coarse["rows"]}
+    b = coarse["best"]
+    axes = [SMALL_GRID["w1_grid"], SMALL_GRID["sigma_alpha_grid"], SMALL_GRID["sigma_beta_grid"]]
+    pos = [axes[0].index(b["w1"]), axes[1].index(b["sigma_alpha"]), axes[2].index(b["sigma_beta"])]
+    for ax in range(3):
+        for d in (-1, 1):
+            nb = list(pos)
+            nb[ax] += d
+            if 0 <= nb[ax] < len(axes[ax]):
+                key = tuple(axes[i][nb[i]] for i in range(3))
+                assert key in scored and scored[key] <= b["miou_gt"]
+    fine = search.coarse_to_fine_search(cache, NUM_CLASSES, fine=True,
+                                        fine_steps=(0.5, 5.0, 0.5), **common)
+    assert fine["best"]["miou_gt"] >= b["miou_gt"]
+    keys = {(r["w1"], r["sigma_alpha"], r["sigma_beta"]) for r in fine["rows"]}
+    for ax, step in enumerate((0.5, 5.0, 0.5)):
+        for sign in (-1, 1):
+            p = [b["w1"], b["sigma_alpha"], b["sigma_beta"]]
+            p[ax] += sign * step
+            assert tuple(p) in keys  # off-grid points, past the grid's edge included
+    assert not {CRFParams.from_dict(r, ignore_extra=True).key() for r in fine["rows"]} <= \
+        _grid_keys(5)
+
+
+def test_difference_estimate_is_exact_on_the_whole_set():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 50, (3, 3)).astype(np.float64)
+    crf = rng.integers(0, 50, (3, 3)).astype(np.float64)
+    np.testing.assert_array_equal(search._clipped_estimate(base, crf, base, 1.0), crf)
+    est = search._clipped_estimate(base, crf, base * 0.5, 2.0)  # subset = half of every cell
+    np.testing.assert_array_equal(est, np.maximum(2 * crf, 0))
+    assert (search._clipped_estimate(base, np.zeros((3, 3)), base * 10, 5.0) == 0).all()
+
+
+def test_miou_gt_leaves_out_classes_without_ground_truth():
+    conf = np.array([[50, 0, 0], [10, 30, 0], [0, 0, 0]])  # class 2: no ground truth, no pred
+    assert search.miou_gt(conf) == pytest.approx(summarize(conf)["miou"])
+    assert search.miou_gt(conf) == pytest.approx((50 / 60 + 30 / 40) / 2)
+    conf_fp = conf.copy()
+    conf_fp[0, 2] = 1  # one pixel predicted as class 2, which has no ground truth
+    assert summarize(conf_fp)["miou"] == pytest.approx((50 / 61 + 30 / 40 + 0) / 3)
+    assert search.miou_gt(conf_fp) == pytest.approx((50 / 61 + 30 / 40) / 2)
+    assert search.miou_gt(conf_fp, classes=np.array([True, False, False])) == pytest.approx(50 / 61)
+    assert search.miou_gt(np.zeros((3, 3))) == 0.0
 
 
 def test_coarse_to_fine_resumes_without_recomputing(cache, tmp_path, monkeypatch):
-    common = dict(w2=3.0, sigma_gamma=3.0, iterations=3, progress=False, eta=2,
-                  min_screen_images=2, fine_rounds=1, workers=1, fine=True, **SMALL_GRID)
+    common = dict(w2=3.0, sigma_gamma=3.0, iterations=3, progress=False, screen_images=2,
+                  budget_fraction=0.6, workers=1, fine=True, **SMALL_GRID)
     results = tmp_path / "c2f.jsonl"
     first = search.coarse_to_fine_search(cache, NUM_CLASSES, results_path=results, **common)
     calls = count_crf_calls(monkeypatch)
     second = search.coarse_to_fine_search(cache, NUM_CLASSES, results_path=results, **common)
     assert calls == []
     assert second["best"] == first["best"] and second["crf_runs"] == first["crf_runs"]
-
-
-def test_rung_sizes_cut_paper_grid_cost():
-    sizes = search._rung_sizes(128, 100, eta=4, final_configs=2, min_screen_images=4)
-    assert sizes[0] == 4 and sizes[-1] == 100 and sizes == sorted(sizes)
-    kept = [128, 32, 8, 2]
-    runs = sum(k * (n - p) for k, n, p in zip(kept, sizes, [0] + sizes[:-1]))
-    assert runs / 100 < 128 / 4 - 12  # coarse stage leaves room for a 2-round fine stage
+    assert second["rows"] == first["rows"]
 
 
 def test_search_arguments_are_checked(cache):
-    with pytest.raises(ValueError, match="eta"):
-        search.coarse_to_fine_search(cache, NUM_CLASSES, eta=1, progress=False)
+    with pytest.raises(ValueError, match="budget_fraction"):
+        search.coarse_to_fine_search(cache, NUM_CLASSES, budget_fraction=0, progress=False)
+    with pytest.raises(ValueError, match="screen_images"):
+        search.coarse_to_fine_search(cache, NUM_CLASSES, screen_images=0, progress=False)
+    with pytest.raises(ValueError, match="objective"):
+        search.full_grid_search(cache, NUM_CLASSES, objective="accuracy", progress=False)
     with pytest.raises(ValueError, match="fine_steps"):
         search.coarse_to_fine_search(cache, NUM_CLASSES, fine_steps=(0.5, -1, 1), progress=False)
     with pytest.raises(ValueError, match="workers"):

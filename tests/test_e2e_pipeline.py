@@ -76,11 +76,14 @@ def test_outputs_metrics_and_registry(project):
     best = json.loads((d / "crf_search" / "best_params.json").read_text())
     assert best["params"]["w2"] == 3 and best["params"]["iterations"] == 3
     assert len(best["cv_images"]) == 3
+    assert best["objective"] == "miou_gt" and 0 <= best["cv_miou_gt"] <= 1
+    assert 0 < best["crf_runs"] <= 2 * 2 * 2 * 3  # within the micro grid's full cost
     trimap = json.loads((d / "plots" / "trimap.json").read_text())
     assert [r["band_width"] for r in trimap] == [1, 4, 8]
     for png in ("trimap.png", "per_class_iou.png", "examples.png"):
         assert (d / "eval" / png).stat().st_size > 1000
     assert (d / "crf_search" / "heatmaps.png").is_file()
+    assert (d / "crf_search" / "search_trace.png").is_file()
     reg = json.loads((d / "register" / "registration.json").read_text())
     assert reg["version"] == "1" and reg["promoted"] and "champion" in reg["aliases"]
     # every stage logged an MLflow run tagged with the git commit and its DVC inputs' hash

@@ -248,7 +248,7 @@ def test_manifest_of_corrupt_jpeg_fails_the_suite(run_suite, tmp_path):
     assert by_col["size_match"]["example_ids"] == ["s1"]
 
 
-def test_heatmap_uses_the_rung_that_covers_the_grid_on_one_image_set():
+def test_heatmap_draws_the_full_grid_or_else_the_screen_estimates():
     from types import SimpleNamespace
 
     from pipelines.crf_search import grid_rows_for_heatmap
@@ -256,16 +256,18 @@ def test_heatmap_uses_the_rung_that_covers_the_grid_on_one_image_set():
     cfg = SimpleNamespace(w1_grid=(3.0, 4.0), sigma_alpha_grid=(30.0, 40.0), sigma_beta_grid=(3.0,))
     grid = [(w, a, 3.0) for w in (3.0, 4.0) for a in (30.0, 40.0)]
 
-    def row(w, a, b, n, miou):
-        return {"w1": w, "sigma_alpha": a, "sigma_beta": b, "n_images": n, "miou": miou}
+    def row(w, a, b, n, miou, **extra):
+        return {"w1": w, "sigma_alpha": a, "sigma_beta": b, "n_images": n, "miou_gt": miou,
+                **extra}
 
-    screened = {"rows": [row(4.0, 40.0, 3.0, 50, 0.5), row(4.5, 45.0, 3.5, 50, 0.6)],
-                "screen_rows": [row(*g, 4, 0.1 * i) for i, g in enumerate(grid)]
-                + [row(4.0, 40.0, 3.0, 12, 0.4)]}
-    rows, n = grid_rows_for_heatmap(screened, cfg)
-    assert n == 4 and sorted((r["w1"], r["sigma_alpha"]) for r in rows) == sorted(
-        (w, a) for w, a, _ in grid)
-    full = {"rows": [row(*g, 50, 0.2) for g in grid], "screen_rows": []}
-    rows, n = grid_rows_for_heatmap(full, cfg)
-    assert n == 50 and len(rows) == 4
-    assert grid_rows_for_heatmap({"rows": [row(9.0, 9.0, 9.0, 5, 0.1)]}, cfg) == ([], 0)
+    screened = {"objective": "miou_gt", "n_images": 50,
+                "rows": [row(4.0, 40.0, 3.0, 50, 0.5), row(4.5, 45.0, 3.5, 50, 0.6)],
+                "screen_rows": [row(*g, 4, 0.1 * i, estimate=0.2 * i) for i, g in enumerate(grid)]}
+    rows, metric, title = grid_rows_for_heatmap(screened, cfg)
+    assert metric == "estimate" and "estimated from 4" in title and "50" in title
+    assert sorted((r["w1"], r["sigma_alpha"]) for r in rows) == sorted((w, a) for w, a, _ in grid)
+    full = {"objective": "miou_gt", "n_images": 50, "rows": [row(*g, 50, 0.2) for g in grid],
+            "screen_rows": []}
+    rows, metric, title = grid_rows_for_heatmap(full, cfg)
+    assert metric == "miou_gt" and len(rows) == 4 and "all 50" in title
+    assert grid_rows_for_heatmap({"rows": [row(9.0, 9.0, 9.0, 5, 0.1)]}, cfg) == ([], "", "")

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_heatmaps(rows: list[dict], out_png: str | Path, title: str | None = None) -> Path:
-    """mIoU heatmaps over (sigma_alpha, sigma_beta), one panel per w1 value.
+def plot_heatmaps(rows: list[dict], out_png: str | Path, title: str | None = None,
+                  metric: str = "miou", label: str = "mIoU (%)") -> Path:
+    """Heatmaps of ``metric`` over (sigma_alpha, sigma_beta), one panel per w1 value.
 
-    ``rows`` are search rows (params fields + miou); rows evaluated on image subsets (an
+    ``rows`` are search rows (params fields + ``metric``); rows evaluated on image subsets (an
     ``n_images`` smaller than the largest one present) are left out. Missing cells stay blank.
     """
     import matplotlib
@@ -28,10 +29,10 @@ def plot_heatmaps(rows: list[dict], out_png: str | Path, title: str | None = Non
     for r in rows:
         g = grids[float(r["w1"])]
         i, j = betas.index(float(r["sigma_beta"])), alphas.index(float(r["sigma_alpha"]))
-        g[i, j] = np.nanmax([g[i, j], r["miou"]])
-    vals = np.array([r["miou"] for r in rows]) * 100
+        g[i, j] = np.nanmax([g[i, j], r[metric]])
+    vals = np.array([r[metric] for r in rows]) * 100
     vmin, vmax = float(vals.min()), float(vals.max())
-    best = max(rows, key=lambda r: r["miou"])
+    best = max(rows, key=lambda r: r[metric])
 
     ncol = min(4, len(w1s))
     nrow = int(np.ceil(len(w1s) / ncol))
@@ -51,10 +52,52 @@ def plot_heatmaps(rows: list[dict], out_png: str | Path, title: str | None = Non
                     marker="*", color="red", markersize=12)
     for ax in axes.ravel()[len(w1s):]:
         ax.axis("off")
-    fig.colorbar(im, ax=axes.ravel().tolist(), label="mIoU (%)")
-    fig.suptitle(title or f"CRF search: best mIoU {best['miou'] * 100:.2f}% at w1={best['w1']:g}, "
+    fig.colorbar(im, ax=axes.ravel().tolist(), label=label)
+    fig.suptitle(title or f"CRF search: best {label} {best[metric] * 100:.2f} at w1={best['w1']:g}, "
                  f"sigma_alpha={best['sigma_alpha']:g}, sigma_beta={best['sigma_beta']:g}",
                  fontsize=9)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def plot_search_trace(rows: list[dict], out_png: str | Path, metric: str = "miou_gt",
+                      baseline: float | None = None, reference: float | None = None,
+                      title: str | None = None) -> Path:
+    """The configs a search scored on all images, in the order it scored them: each one's
+    ``metric`` and the best so far, with the no-CRF ``baseline`` and an optional ``reference``
+    (e.g. the full grid's best) as horizontal lines. Configs off the coarse grid (``on_grid``
+    False in a row) are drawn as open markers."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        raise ValueError("no rows to plot")
+    vals = np.array([r[metric] for r in rows]) * 100
+    on = np.array([bool(r.get("on_grid", True)) for r in rows])
+    x = np.arange(1, len(rows) + 1)
+    fig, ax = plt.subplots(figsize=(7, 3.4), layout="constrained")
+    ax.plot(x[on], vals[on], "o", color="tab:blue", label="coarse-grid config")
+    if (~on).any():
+        ax.plot(x[~on], vals[~on], "o", mfc="none", color="tab:orange", label="finer / off-grid")
+    ax.step(x, np.maximum.accumulate(vals), where="post", color="black", lw=1.2,
+            label="best so far")
+    if baseline is not None:
+        ax.axhline(baseline * 100, color="gray", ls=":", label="no CRF")
+    if reference is not None:
+        ax.axhline(reference * 100, color="tab:red", ls="--", label="reference")
+    b = rows[int(vals.argmax())]
+    ax.annotate(f"w1={b['w1']:g}, sa={b['sigma_alpha']:g}, sb={b['sigma_beta']:g}",
+                (x[int(vals.argmax())], vals.max()), textcoords="offset points", xytext=(0, 6),
+                ha="right" if vals.argmax() > 0.6 * len(rows) else "left", fontsize=8)
+    ax.margins(y=0.15)
+    ax.set_xlabel("config scored on all CV images (search order)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title or "CRF search trace", fontsize=9)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)

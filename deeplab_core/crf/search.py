@@ -8,10 +8,10 @@ The papers' protocol (DeepLab v1 Sec. 4, v2 Sec. 4.1): w2 = 3 and sigma_gamma = 
 grid w1 in {3..6}, sigma_alpha in {30, 40, ..., 100}, sigma_beta in {3..6} with 10 mean-field
 iterations on a held-out subset, then a finer search around the best point.
 
-``coarse_to_fine_search`` runs the coarse grid by successive halving (all configs on a few images,
-the best 1/eta of them on eta times more images, ... until the last few configs see every image),
-then a coordinate-wise local search with finer steps around the best coarse point.
-``full_grid_search`` evaluates every coarse config on every image, for comparison.
+``coarse_to_fine_search`` screens the coarse grid on a few images, hill-climbs the grid on all
+images from the best screened point, then searches with finer steps around the best, within a
+budget of CRF runs. ``full_grid_search`` evaluates every coarse config on every image, for
+comparison.
 
 Work runs in worker processes (pydensecrf holds the GIL). Each task is one image with a small batch
 of configs; every worker loads the whole cache once, in its initializer. Each finished config is
@@ -43,6 +43,7 @@ PAPER_W1_GRID: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0)
 PAPER_SIGMA_ALPHA_GRID: tuple[float, ...] = tuple(float(v) for v in range(30, 101, 10))
 PAPER_SIGMA_BETA_GRID: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0)
 PARAM_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CRFParams))
+OBJECTIVES: tuple[str, ...] = ("miou_gt", "miou")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,6 +269,7 @@ def _read_rows(results_path: Path | None) -> dict[tuple, dict]:
             try:
                 row = json.loads(line)
                 params = CRFParams.from_dict(row, ignore_extra=True)
+                row.setdefault("miou_gt", miou_gt(np.asarray(row["conf"])))
                 rows[_row_key(params, row["images_key"])] = row
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line after an interruption, or a foreign row
@@ -290,10 +292,25 @@ def _append_row(results_path: Path | None, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def miou_gt(conf: np.ndarray, classes: np.ndarray | None = None) -> float:
+    """Mean IoU over the classes that have ground-truth pixels (rows of ``conf`` with a positive
+    sum), or over the boolean mask ``classes``. Classes seen only as false positives are left out.
+    """
+    conf = np.asarray(conf, np.float64)
+    mask = conf.sum(1) > 0 if classes is None else np.asarray(classes, bool)
+    if not mask.any():
+        return 0.0
+    tp = np.diag(conf)
+    denom = conf.sum(0) + conf.sum(1) - tp
+    iou = np.divide(tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(iou[mask].mean())
+
+
 def _make_row(params: CRFParams, conf: np.ndarray, n_images: int, key: str) -> dict:
     s = summarize(conf)
-    return {**params.to_dict(), "miou": s["miou"], "pixel_acc": s["pixel_acc"],
-            "n_images": n_images, "images_key": key, "conf": conf.tolist()}
+    return {**params.to_dict(), "miou": s["miou"], "miou_gt": miou_gt(conf),
+            "pixel_acc": s["pixel_acc"], "n_images": n_images, "images_key": key,
+            "conf": conf.tolist()}
 
 
 def _public(row: dict) -> dict:
@@ -346,12 +363,6 @@ def _evaluate(ev: _Evaluator, configs: Sequence[CRFParams], image_idx: Sequence[
     return rows, runs  # type: ignore[return-value]
 
 
-def _baseline(ev: _Evaluator) -> dict:
-    conf = ev.run([(None, list(range(len(ev.paths))))])[0]
-    s = summarize(conf)
-    return {"miou": s["miou"], "pixel_acc": s["pixel_acc"]}
-
-
 def _as_paths(cache_files: Iterable[str | os.PathLike] | str | os.PathLike) -> list[Path]:
     if isinstance(cache_files, (str, os.PathLike)) and Path(cache_files).is_dir():
         return list_cache(cache_files)
@@ -379,6 +390,23 @@ def evaluate_configs(cache_files: Sequence[str | os.PathLike], configs: list[CRF
     return [_public(r) for r in rows]
 
 
+def per_image_confusions(cache_files: Sequence[str | os.PathLike], configs: list[CRFParams | None],
+                         num_classes: int, workers: int = 1, progress: bool = True) -> np.ndarray:
+    """Confusion matrix of every (config, image) pair: int64 (n_configs, n_images, C, C).
+
+    A config of None is the argmax without CRF. Any image subset's matrix of a config is then a
+    sum over the image axis, which is how a search can be checked against the full grid on many
+    subsets of one cache without running the grid again.
+    """
+    files = _as_paths(cache_files)
+    # image-major, so that each task holds several configs of one image and builds its unary once
+    jobs = [(None if p is None else p.to_dict(), [i]) for i in range(len(files)) for p in configs]
+    with _Evaluator(files, num_classes, workers, configs_per_task=16) as ev:
+        confs = ev.run(jobs, progress=progress, desc="per-image grid")
+    out = np.stack(confs).reshape(len(files), len(configs), num_classes, num_classes)
+    return out.transpose(1, 0, 2, 3)
+
+
 def paper_grid(w1_grid: Sequence[float] = PAPER_W1_GRID,
                sigma_alpha_grid: Sequence[float] = PAPER_SIGMA_ALPHA_GRID,
                sigma_beta_grid: Sequence[float] = PAPER_SIGMA_BETA_GRID, w2: float = 3.0,
@@ -389,25 +417,42 @@ def paper_grid(w1_grid: Sequence[float] = PAPER_W1_GRID,
             for a, b, c in itertools.product(w1_grid, sigma_alpha_grid, sigma_beta_grid)]
 
 
-def _best(rows: list[dict]) -> dict:
-    # highest mIoU; ties go to the earliest row
-    return max(enumerate(rows), key=lambda t: (t[1]["miou"], -t[0]))[1]
+def _best(rows: list[dict], objective: str = "miou_gt") -> dict:
+    # highest objective; ties go to the earliest row
+    return max(enumerate(rows), key=lambda t: (t[1][objective], -t[0]))[1]
+
+
+def _check_objective(objective: str) -> str:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    return objective
 
 
 def _summary(best: dict, full_rows: dict[tuple, dict], screen_rows: list[dict], runs: int,
-             n_images: int, baseline: dict) -> dict:
+             n_images: int, baseline: dict, objective: str, budget: int | None = None) -> dict:
     return {
         "best": {**{k: best[k] for k in PARAM_FIELDS}, "miou": best["miou"],
-                 "pixel_acc": best["pixel_acc"]},
+                 "miou_gt": best["miou_gt"], "pixel_acc": best["pixel_acc"]},
+        "objective": objective,
         "rows": [_public(r) for r in full_rows.values()],
         "screen_rows": [_public(r) for r in screen_rows],
         "n_evaluated": len(full_rows),
         "crf_runs": runs,
+        "crf_run_budget": budget,
         "full_pass_equivalents": runs / n_images,
         "n_images": n_images,
         "baseline_miou": baseline["miou"],
+        "baseline_miou_gt": baseline["miou_gt"],
         "baseline_pixel_acc": baseline["pixel_acc"],
     }
+
+
+def _baseline_per_image(ev: _Evaluator) -> tuple[list[np.ndarray], dict]:
+    """Argmax (no CRF) confusion matrix of every image, and the summary over all of them."""
+    confs = ev.run([(None, [i]) for i in range(len(ev.paths))])
+    total = np.sum(confs, axis=0)
+    s = summarize(total)
+    return confs, {"miou": s["miou"], "miou_gt": miou_gt(total), "pixel_acc": s["pixel_acc"]}
 
 
 def full_grid_search(cache_files, num_classes: int,
@@ -416,29 +461,26 @@ def full_grid_search(cache_files, num_classes: int,
                      sigma_beta_grid: Sequence[float] = PAPER_SIGMA_BETA_GRID,
                      w2: float = 3.0, sigma_gamma: float = 3.0, iterations: int = 10,
                      workers: int = 1, results_path: Path | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, objective: str = "miou_gt") -> dict:
     """Every config of the coarse grid on every image. Same result layout as coarse_to_fine_search."""
+    _check_objective(objective)
     files = _as_paths(cache_files)
     results_path = Path(results_path) if results_path is not None else None
     known = _read_rows(results_path)
     configs = paper_grid(w1_grid, sigma_alpha_grid, sigma_beta_grid, w2, sigma_gamma, iterations)
     with _Evaluator(files, num_classes, workers) as ev:
-        baseline = _baseline(ev)
+        _, baseline = _baseline_per_image(ev)
         rows, runs = _evaluate(ev, configs, range(len(files)), results_path, known, progress,
                                "full grid")
     full = {CRFParams.from_dict(r, ignore_extra=True).key(): r for r in rows}
-    return _summary(_best(rows), full, [], runs, len(files), baseline)
+    return _summary(_best(rows, objective), full, [], runs, len(files), baseline, objective)
 
 
-def _rung_sizes(n_configs: int, n_images: int, eta: int, final_configs: int,
-                min_screen_images: int) -> list[int]:
-    k = 0
-    while math.ceil(n_configs / eta ** k) > final_configs:
-        k += 1
-    if k == 0:
-        return [n_images]
-    n0 = min(n_images, max(min_screen_images, math.ceil(n_images / eta ** k)))
-    return [min(n_images, int(round(n0 * (n_images / n0) ** (r / k)))) for r in range(k + 1)]
+def _clipped_estimate(base_all: np.ndarray, conf_sub: np.ndarray, base_sub: np.ndarray,
+                      scale: float) -> np.ndarray:
+    """Confusion matrix of all images estimated from a subset: the no-CRF matrix of all images
+    plus the CRF's change on the subset, scaled up to the whole set (a difference estimator)."""
+    return np.maximum(base_all + (conf_sub - base_sub) * scale, 0.0)
 
 
 def coarse_to_fine_search(cache_files, num_classes: int,
@@ -447,32 +489,51 @@ def coarse_to_fine_search(cache_files, num_classes: int,
                           sigma_beta_grid: Sequence[float] = PAPER_SIGMA_BETA_GRID,
                           w2: float = 3.0, sigma_gamma: float = 3.0, iterations: int = 10,
                           fine: bool = True, workers: int = 1, results_path: Path | None = None,
-                          progress: bool = True, *, eta: int = 4, final_configs: int = 2,
-                          min_screen_images: int = 4,
+                          progress: bool = True, *, screen_images: int = 4,
+                          budget_fraction: float | None = 0.25,
                           fine_steps: tuple[float, float, float] = (0.5, 5.0, 0.5),
-                          fine_rounds: int = 2, seed: int = 0) -> dict:
-    """Coarse grid by successive halving, then a coordinate-wise fine search.
+                          fine_rounds: int = 4, restarts: bool = True,
+                          objective: str = "miou_gt", seed: int = 0) -> dict:
+    """The coarse grid searched by screening and hill climbing, then a finer local search, all
+    within a budget of CRF runs (``budget_fraction`` of what the full grid costs; None: no
+    budget, every phase runs to its end).
 
-    Coarse stage: images are shuffled once (``seed``); rung r evaluates the surviving configs on the
-    first n_r images (reusing the confusion matrices of the previous rung, so only new images run),
-    and keeps the best ceil(len / eta). Image counts grow by eta per rung and the last rung, holding
-    at most ``final_configs`` configs, uses every image; the first rung uses at least
-    ``min_screen_images`` images. With the paper grid (128 configs), eta=4 and 100 images this costs
-    about 6.5 full passes instead of 128.
+    1. Screen: every coarse config on ``screen_images`` images (drawn with ``seed``). Each config
+       is scored by a difference estimate of its objective on *all* images: the no-CRF confusion
+       matrix of all images plus the config's change on the screened images, scaled up. Scoring
+       the change rather than the subset's own mIoU keeps the class mix of the whole set.
+    2. Climb: from the best screened config, evaluate the grid neighbours (one grid step along
+       each axis) on all images and move to the best, until no neighbour is better.
+    3. Fine: from the best config so far, try +-``fine_steps`` (w1, sigma_alpha, sigma_beta) along
+       each axis on all images and move to the best, up to ``fine_rounds`` moves. Fine points may
+       leave the coarse grid (an optimum on the grid's edge continues past it).
+    4. Restarts (``restarts``): while the budget allows, climb again from the next best screened
+       config not yet evaluated on all images, and refine any new best.
 
-    Fine stage (``fine``): starting from the best coarse point, try +-1 step of ``fine_steps``
-    (w1, sigma_alpha, sigma_beta) along each axis on all images, move to the best, and repeat up to
-    ``fine_rounds`` times while mIoU improves. w2, sigma_gamma and iterations stay fixed.
+    A config already scored on the screened images costs only the remaining images. The screen
+    and the scoring of the best screened config on all images always run; every later
+    evaluation that would exceed the budget is skipped.
 
-    Returns {"best": params + miou + pixel_acc, "rows": every config evaluated on all images,
-    "screen_rows": rows on image subsets, "n_evaluated": configs evaluated on all images,
-    "crf_runs": CRF runs the search needs (config x image), "full_pass_equivalents":
-    crf_runs / n_images, "n_images", "baseline_miou", "baseline_pixel_acc" (argmax, no CRF)}.
+    ``objective`` ranks configs: ``"miou_gt"`` (default) is the mean IoU over the classes that
+    have ground-truth pixels in the cross-validation images; ``"miou"`` also counts classes that
+    only appear as false positives. On a small CV set a class with no ground truth enters
+    ``"miou"`` with IoU 0 as soon as one pixel is predicted as it, which makes the surface jump by
+    1/num_present_classes between neighbouring configs; ``"miou_gt"`` scores only what the CV
+    ground truth can measure. Rows carry both.
+
+    Returns {"best": params + miou + miou_gt + pixel_acc, "objective", "rows": every config
+    evaluated on all images, "screen_rows": rows on the screened images (with "estimate", the
+    objective estimated for all images), "n_evaluated": configs
+    evaluated on all images, "crf_runs": CRF runs the search needs (config x image),
+    "crf_run_budget", "full_pass_equivalents": crf_runs / n_images, "n_images",
+    "baseline_miou", "baseline_miou_gt", "baseline_pixel_acc" (argmax, no CRF)}.
     """
-    if eta < 2:
-        raise ValueError(f"eta must be >= 2, got {eta}")
-    if final_configs < 1 or min_screen_images < 1 or fine_rounds < 0:
-        raise ValueError("final_configs and min_screen_images must be >= 1, fine_rounds >= 0")
+    _check_objective(objective)
+    if screen_images < 1 or fine_rounds < 0:
+        raise ValueError(f"screen_images must be >= 1 and fine_rounds >= 0, got {screen_images} "
+                         f"and {fine_rounds}")
+    if budget_fraction is not None and not 0.0 < budget_fraction <= 1.0:
+        raise ValueError(f"budget_fraction must be in (0, 1] or None, got {budget_fraction}")
     if len(fine_steps) != 3 or any(s <= 0 for s in fine_steps):
         raise ValueError(f"fine_steps must be three positive steps (w1, sigma_alpha, sigma_beta), "
                          f"got {fine_steps!r}")
@@ -480,70 +541,117 @@ def coarse_to_fine_search(cache_files, num_classes: int,
     results_path = Path(results_path) if results_path is not None else None
     known = _read_rows(results_path)
     n = len(files)
+    all_idx = list(range(n))
+    axes = [sorted(set(float(v) for v in g)) for g in (w1_grid, sigma_alpha_grid, sigma_beta_grid)]
+    grid = paper_grid(*axes, w2=w2, sigma_gamma=sigma_gamma, iterations=iterations)
+    cell = {p.key(): i for i, p in enumerate(grid)}
+    shape = tuple(len(a) for a in axes)
+    budget = (int(budget_fraction * len(grid) * n) if budget_fraction is not None
+              else len(grid) * n * 1000)
     order = [int(i) for i in np.random.default_rng(seed).permutation(n)]
-    survivors = paper_grid(w1_grid, sigma_alpha_grid, sigma_beta_grid, w2, sigma_gamma, iterations)
-    sizes = _rung_sizes(len(survivors), n, eta, final_configs, min_screen_images)
-    full_key = images_key(files)
-    runs = 0
-    screen_rows: list[dict] = []
+    k = min(n, screen_images)
+    screen_idx = sorted(order[:k])
     full: dict[tuple, dict] = {}
-    with _Evaluator(files, num_classes, workers) as ev:
-        baseline = _baseline(ev)
-        base: dict[tuple, tuple[list[int], np.ndarray]] = {}
-        prev = 0
-        last: dict[tuple, dict] = {}
-        for r, size in enumerate(sizes):
-            idx = order[:size]
-            if size > prev or r == 0:
-                rows, k_runs = _evaluate(ev, survivors, idx, results_path, known, progress,
-                                         f"coarse rung {r} ({len(survivors)} cfg x {size} img)",
-                                         base=base)
-                runs += k_runs
-                base = {p.key(): (idx, np.asarray(row["conf"], np.int64))
-                        for p, row in zip(survivors, rows)}
-            else:  # same images as the previous rung: prune again without running anything
-                rows = [last[p.key()] for p in survivors]
-            if size == n:
-                for p, row in zip(survivors, rows):
-                    full[p.key()] = row
-            elif size > prev or r == 0:
-                screen_rows.extend(rows)
-            prev = size
-            last = {p.key(): row for p, row in zip(survivors, rows)}
-            if r < len(sizes) - 1:
-                keep = math.ceil(len(survivors) / eta)
-                ranked = sorted(range(len(survivors)), key=lambda c: (-rows[c]["miou"], c))[:keep]
-                survivors = [survivors[c] for c in sorted(ranked)]
-        best = _best(list(full.values()))
+    screen_rows: list[dict] = []
+    spent = 0
 
-        if fine:
-            all_idx = list(range(n))
+    def score(row: dict) -> float:
+        return row[objective]
+
+    with _Evaluator(files, num_classes, workers) as ev:
+        base_confs, baseline = _baseline_per_image(ev)
+
+        # 1. screen the coarse grid
+        rows, spent = _evaluate(ev, grid, screen_idx, results_path, known, progress,
+                                f"screen ({len(grid)} cfg x {k} img)")
+        if k == n:
+            full.update((p.key(), r) for p, r in zip(grid, rows))
+            estimates = [score(r) for r in rows]
+        else:
+            base_all = np.sum(base_confs, axis=0)
+            base_sub = np.sum([base_confs[i] for i in screen_idx], axis=0)
+            classes = base_all.sum(1) > 0
+            metric = ((lambda c: miou_gt(c, classes)) if objective == "miou_gt"
+                      else (lambda c: summarize(c)["miou"]))
+            estimates = [metric(_clipped_estimate(base_all, np.asarray(r["conf"], np.float64),
+                                                  base_sub, n / k)) for r in rows]
+            screen_rows = [{**r, "estimate": e} for r, e in zip(rows, estimates)]
+        screened = {p.key(): (screen_idx, np.asarray(r["conf"], np.int64))
+                    for p, r in zip(grid, rows)}
+
+        def evaluate_all(cands: list[CRFParams], desc: str) -> None:
+            """Score unseen candidates on all images, in order, while the budget allows."""
+            nonlocal spent
+            todo, cost = [], spent
+            for p in cands:
+                if p.key() in full or p in todo:
+                    continue
+                c = n - len(screened.get(p.key(), ((), None))[0])
+                if cost + c <= budget:
+                    todo.append(p)
+                    cost += c
+            if todo:
+                rows, r = _evaluate(ev, todo, all_idx, results_path, known, progress,
+                                    f"{desc} ({len(todo)} cfg)", base=screened)
+                spent += r
+                full.update((p.key(), row) for p, row in zip(todo, rows))
+
+        def climb(start: int) -> None:
+            cur = np.unravel_index(start, shape)
+            evaluate_all([grid[start]], "climb")
+            while grid[int(np.ravel_multi_index(cur, shape))].key() in full:
+                nbrs = []
+                for ax in range(3):
+                    for d in (-1, 1):
+                        nb = list(cur)
+                        nb[ax] += d
+                        if 0 <= nb[ax] < shape[ax]:
+                            nbrs.append(tuple(nb))
+                evaluate_all([grid[int(np.ravel_multi_index(nb, shape))] for nb in nbrs], "climb")
+                scored = [c for c in [tuple(cur)] + nbrs
+                          if grid[int(np.ravel_multi_index(c, shape))].key() in full]
+                nxt = max(scored, key=lambda c: score(full[grid[int(np.ravel_multi_index(
+                    c, shape))].key()]))
+                if nxt == tuple(cur):
+                    return
+                cur = nxt
+
+        def refine() -> None:
             steps = dict(zip(("w1", "sigma_alpha", "sigma_beta"), fine_steps))
             for _ in range(fine_rounds):
+                best = _best(list(full.values()), objective)
                 cur = CRFParams.from_dict(best, ignore_extra=True)
                 cands = []
                 for name, step in steps.items():
                     for sign in (-1, 1):
                         v = round(getattr(cur, name) + sign * step, 6)
-                        if v <= 0:
-                            continue
-                        p = CRFParams(**{**cur.to_dict(), name: v})
-                        if p.key() not in full and p not in cands:
-                            cands.append(p)
-                if not cands:
+                        if v > 0:
+                            cands.append(CRFParams(**{**cur.to_dict(), name: v}))
+                evaluate_all(cands, "fine")
+                if _best(list(full.values()), objective) is best:
+                    return
+
+        ranking = sorted(range(len(grid)), key=lambda c: (-estimates[c], c))
+        climb(ranking[0])
+        if not full:  # nothing fitted the budget: score the best screened config anyway
+            rows, r = _evaluate(ev, [grid[ranking[0]]], all_idx, results_path, known, progress,
+                                "best screened", base=screened)
+            spent += r
+            full[grid[ranking[0]].key()] = rows[0]
+        if fine:
+            refine()
+        if restarts:
+            for start in ranking[1:]:
+                if budget - spent < n - k:
                     break
-                rows, k_runs = _evaluate(ev, cands, all_idx, results_path, known, progress,
-                                         f"fine ({len(cands)} cfg)")
-                runs += k_runs
-                for p, row in zip(cands, rows):
-                    full[p.key()] = row
-                new_best = _best([best] + rows)
-                if new_best is best:
-                    break
-                best = new_best
-    # images_key of the full set is implied by every row in `full`
-    assert all(r["images_key"] == full_key for r in full.values())
-    return _summary(best, full, screen_rows, runs, n, baseline)
+                if grid[start].key() in full:
+                    continue
+                before = _best(list(full.values()), objective)
+                climb(start)
+                if fine and _best(list(full.values()), objective) is not before:
+                    refine()
+    best = _best(list(full.values()), objective)
+    return _summary(best, full, screen_rows, spent, n, baseline, objective, budget)
 
 
 # ----------------------------------------------------------------------------------------------
