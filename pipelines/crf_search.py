@@ -81,6 +81,18 @@ def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: i
                                    budget_fraction=cfg.budget_fraction, **common)
 
 
+def write_table(path: Path, rows: list[dict], screen_rows: list[dict]) -> None:
+    """Every config the search scored: those on all CV images first (best first), then those
+    scored only on the screening images, with ``estimate`` (their objective estimated for all
+    images; best first). ``n_images`` tells which is which."""
+    screen = sorted(screen_rows, key=lambda r: -r["estimate"])
+    fields = list(dict.fromkeys(k for r in rows + screen for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
+        w.writeheader()
+        w.writerows(rows + screen)
+
+
 def grid_rows_for_heatmap(result: dict, cfg) -> tuple[list[dict], str, str]:
     """What to draw over the coarse grid: (rows, metric key, title).
 
@@ -138,10 +150,7 @@ def crf_search_flow() -> dict:
                 "cv_miou_without_crf": result["baseline_miou"],
                 "cv_miou_gt_without_crf": result["baseline_miou_gt"], "objective": objective,
                 "cv_images": cv_ids, "strategy": cfg.strategy, "crf_runs": result["crf_runs"]})
-            with open(tmp / "table.csv", "w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=list(rows[0].keys()), extrasaction="ignore")
-                w.writeheader()
-                w.writerows(rows)
+            write_table(tmp / "table.csv", rows, result.get("screen_rows", []))
             from deeplab_core.crf.plots import plot_heatmaps
             shown, metric, title = grid_rows_for_heatmap(result, cfg)
             if shown:

@@ -271,3 +271,19 @@ def test_heatmap_draws_the_full_grid_or_else_the_screen_estimates():
     rows, metric, title = grid_rows_for_heatmap(full, cfg)
     assert metric == "miou_gt" and len(rows) == 4 and "all 50" in title
     assert grid_rows_for_heatmap({"rows": [row(9.0, 9.0, 9.0, 5, 0.1)]}, cfg) == ([], "", "")
+
+
+def test_crf_table_lists_full_rows_then_screen_rows(tmp_path):
+    import csv
+
+    from pipelines.crf_search import write_table
+
+    full = [{"w1": 5.0, "miou_gt": 0.4, "n_images": 50}, {"w1": 4.0, "miou_gt": 0.3, "n_images": 50}]
+    screen = [{"w1": 3.0, "miou_gt": 0.9, "n_images": 4, "estimate": 0.2},
+              {"w1": 6.0, "miou_gt": 0.1, "n_images": 4, "estimate": 0.35}]
+    write_table(tmp_path / "t.csv", full, screen)
+    with open(tmp_path / "t.csv") as f:
+        got = list(csv.DictReader(f))
+    assert [r["w1"] for r in got] == ["5.0", "4.0", "6.0", "3.0"]
+    assert got[0]["estimate"] == "" and got[2]["estimate"] == "0.35"
+    assert {r["n_images"] for r in got[2:]} == {"4"}
