@@ -145,9 +145,10 @@ def test_coarse_to_fine_stays_within_budget(cache, tmp_path):
     n_grid, n = 2 * 3 * 2, len(cache)
     assert full["n_evaluated"] == n_grid and full["crf_runs"] == n_grid * n
     c2f = search.coarse_to_fine_search(cache, NUM_CLASSES, workers=2, screen_images=2,
-                                       budget_fraction=0.6, results_path=tmp_path / "c2f.jsonl",
+                                       budget_fraction=0.7, results_path=tmp_path / "c2f.jsonl",
                                        **common)
-    assert c2f["crf_run_budget"] == int(0.6 * n_grid * n)
+    assert c2f["crf_run_budget"] == int(0.7 * n_grid * n) == 50
+    assert c2f["screen_images"] == 2  # 2 x 12 screening runs fit in half the budget
     assert n_grid * 2 <= c2f["crf_runs"] <= c2f["crf_run_budget"]
     assert c2f["crf_runs"] < full["crf_runs"]
     assert c2f["baseline_miou"] == pytest.approx(full["baseline_miou"])
@@ -158,10 +159,12 @@ def test_coarse_to_fine_stays_within_budget(cache, tmp_path):
     assert all(r["n_images"] == 2 and 0 <= r["estimate"] <= 1 for r in c2f["screen_rows"])
     assert set(c2f["best"]) >= {"w1", "sigma_alpha", "sigma_beta", "w2", "sigma_gamma",
                                 "iterations", "miou", "miou_gt"}
-    # a budget smaller than the screen: the screen and the best screened config still run
+    # a small budget: the screen shrinks to one image so that it takes at most half the budget
+    # (here it cannot), and the screen and the best screened config still run
     tiny = search.coarse_to_fine_search(cache, NUM_CLASSES, screen_images=2, budget_fraction=0.1,
                                         results_path=tmp_path / "c2f.jsonl", **common)
-    assert tiny["n_evaluated"] == 1 and tiny["crf_runs"] == n_grid * 2 + (n - 2)
+    assert tiny["screen_images"] == 1 and len(tiny["screen_rows"]) == n_grid
+    assert tiny["n_evaluated"] == 1 and tiny["crf_runs"] == n_grid * 1 + (n - 1)
     # the full grid's rows are what the heatmap plot takes
     out = plot_heatmaps(full["rows"], tmp_path / "heat.png", metric="miou_gt")
     assert out.exists() and out.stat().st_size > 1000
@@ -178,7 +181,7 @@ def test_screening_every_image_then_climbing_finds_the_full_grid_best(cache, tmp
     full = search.full_grid_search(cache, NUM_CLASSES, results_path=tmp_path / "r.jsonl",
                                    **common)
     exact = search.coarse_to_fine_search(cache, NUM_CLASSES, screen_images=len(cache),
-                                         budget_fraction=1.0, fine=False, restarts=False,
+                                         budget_fraction=None, fine=False, restarts=False,
                                          results_path=tmp_path / "r.jsonl", **common)
     assert exact["best"] == full["best"]
     assert exact["screen_rows"] == []  # the screen was the full grid

@@ -429,7 +429,8 @@ def _check_objective(objective: str) -> str:
 
 
 def _summary(best: dict, full_rows: dict[tuple, dict], screen_rows: list[dict], runs: int,
-             n_images: int, baseline: dict, objective: str, budget: int | None = None) -> dict:
+             n_images: int, baseline: dict, objective: str, budget: int | None = None,
+             screen_images: int | None = None) -> dict:
     return {
         "best": {**{k: best[k] for k in PARAM_FIELDS}, "miou": best["miou"],
                  "miou_gt": best["miou_gt"], "pixel_acc": best["pixel_acc"]},
@@ -439,6 +440,7 @@ def _summary(best: dict, full_rows: dict[tuple, dict], screen_rows: list[dict], 
         "n_evaluated": len(full_rows),
         "crf_runs": runs,
         "crf_run_budget": budget,
+        "screen_images": screen_images,
         "full_pass_equivalents": runs / n_images,
         "n_images": n_images,
         "baseline_miou": baseline["miou"],
@@ -498,7 +500,8 @@ def coarse_to_fine_search(cache_files, num_classes: int,
     within a budget of CRF runs (``budget_fraction`` of what the full grid costs; None: no
     budget, every phase runs to its end).
 
-    1. Screen: every coarse config on ``screen_images`` images (drawn with ``seed``). Each config
+    1. Screen: every coarse config on ``screen_images`` images (drawn with ``seed``; fewer when
+       the screen would take more than half the budget, at least one). Each config
        is scored by a difference estimate of its objective on *all* images: the no-CRF confusion
        matrix of all images plus the config's change on the screened images, scaled up. Scoring
        the change rather than the subset's own mIoU keeps the class mix of the whole set.
@@ -549,7 +552,8 @@ def coarse_to_fine_search(cache_files, num_classes: int,
     budget = (int(budget_fraction * len(grid) * n) if budget_fraction is not None
               else len(grid) * n * 1000)
     order = [int(i) for i in np.random.default_rng(seed).permutation(n)]
-    k = min(n, screen_images)
+    # the screen may take at most half the budget, so that the climb has room on small CV sets
+    k = min(n, screen_images, max(1, budget // (2 * len(grid))))
     screen_idx = sorted(order[:k])
     full: dict[tuple, dict] = {}
     screen_rows: list[dict] = []
@@ -651,7 +655,7 @@ def coarse_to_fine_search(cache_files, num_classes: int,
                 if fine and _best(list(full.values()), objective) is not before:
                     refine()
     best = _best(list(full.values()), objective)
-    return _summary(best, full, screen_rows, spent, n, baseline, objective, budget)
+    return _summary(best, full, screen_rows, spent, n, baseline, objective, budget, k)
 
 
 # ----------------------------------------------------------------------------------------------
