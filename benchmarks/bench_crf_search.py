@@ -29,9 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deeplab_core.crf.densecrf import CRFParams  # noqa: E402
-from deeplab_core.crf.search import (coarse_to_fine_search, list_cache, miou_gt,  # noqa: E402
-                                     paper_grid, per_image_confusions)
-from deeplab_core.engine.metrics import summarize  # noqa: E402
+from deeplab_core.crf.search import (coarse_to_fine_search, list_cache,  # noqa: E402
+                                     objective_value, paper_grid, per_image_confusions)
 
 
 def log(*a):
@@ -49,10 +48,6 @@ def build_cache(model: Path, val_list: Path, out: Path) -> Path:
     return out / "probs"
 
 
-def score(conf: np.ndarray, objective: str) -> float:
-    return miou_gt(conf) if objective == "miou_gt" else summarize(conf)["miou"]
-
-
 def study(cache: Path, num_classes: int, subset: int, trials: int, workers: int, objective: str,
           budget_fraction: float, screen_images: int) -> dict:
     files = list_cache(cache)
@@ -63,18 +58,18 @@ def study(cache: Path, num_classes: int, subset: int, trials: int, workers: int,
     confs = per_image_confusions(files, grid, num_classes, workers=workers)
     log(f"{cache}: per-image grid of {len(grid)} configs x {len(files)} images in "
         f"{time.perf_counter() - t:.0f} s")
+    grid_keys = {p.key() for p in grid}
     out = []
     for trial in range(trials):
         rng = np.random.default_rng(trial)
         idx = np.sort(rng.permutation(len(files))[:subset])
         sums = confs[:, idx].sum(axis=1)
-        full = [score(c, objective) for c in sums]
+        full = [objective_value(c, objective) for c in sums]
         b = int(np.argmax(full))
         t = time.perf_counter()
         res = coarse_to_fine_search([files[i] for i in idx], num_classes, workers=workers,
                                     progress=False, seed=trial, objective=objective,
                                     budget_fraction=budget_fraction, screen_images=screen_images)
-        grid_keys = {p.key(): i for i, p in enumerate(grid)}
         on_grid = [r for r in res["rows"]
                    if CRFParams.from_dict(r, ignore_extra=True).key() in grid_keys]
         best_on_grid = max(r[objective] for r in on_grid)

@@ -93,6 +93,16 @@ def write_table(path: Path, rows: list[dict], screen_rows: list[dict]) -> None:
         w.writerows(rows + screen)
 
 
+def _point(row: dict) -> tuple[float, float, float]:
+    return row["w1"], row["sigma_alpha"], row["sigma_beta"]
+
+
+def _grid_points(cfg) -> set[tuple[float, float, float]]:
+    """The (w1, sigma_alpha, sigma_beta) points of the configured coarse grid."""
+    return {(w, a, b) for w in cfg.w1_grid for a in cfg.sigma_alpha_grid
+            for b in cfg.sigma_beta_grid}
+
+
 def grid_rows_for_heatmap(result: dict, cfg) -> tuple[list[dict], str, str]:
     """What to draw over the coarse grid: (rows, metric key, title).
 
@@ -100,14 +110,12 @@ def grid_rows_for_heatmap(result: dict, cfg) -> tuple[list[dict], str, str]:
     otherwise the coarse-to-fine screen, drawn as the objective it estimated for all CV images
     from the screened ones, which is what the search ranked the grid by. ([], "", "") when
     no row lies on the grid."""
-    grid = {(w, a, b) for w in cfg.w1_grid for a in cfg.sigma_alpha_grid
-            for b in cfg.sigma_beta_grid}
+    grid = _grid_points(cfg)
     objective = result.get("objective", "miou")
     n = result.get("n_images", 0)
 
     def on_grid(rows):
-        return {(r["w1"], r["sigma_alpha"], r["sigma_beta"]): r for r in rows
-                if (r["w1"], r["sigma_alpha"], r["sigma_beta"]) in grid}
+        return {_point(r): r for r in rows if _point(r) in grid}
 
     full = on_grid(result["rows"])
     if full and len(full) == len(grid):
@@ -151,7 +159,7 @@ def crf_search_flow() -> dict:
                 "cv_miou_gt_without_crf": result["baseline_miou_gt"], "objective": objective,
                 "cv_images": cv_ids, "strategy": cfg.strategy, "crf_runs": result["crf_runs"]})
             write_table(tmp / "table.csv", rows, result.get("screen_rows", []))
-            from deeplab_core.crf.plots import plot_heatmaps
+            from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
             shown, metric, title = grid_rows_for_heatmap(result, cfg)
             if shown:
                 plot_heatmaps(shown, tmp / "heatmaps.png", title=title, metric=metric,
@@ -159,11 +167,8 @@ def crf_search_flow() -> dict:
             else:
                 plot_heatmaps(rows, tmp / "heatmaps.png", metric=objective,
                               label=f"{objective} (%)")
-            from deeplab_core.crf.plots import plot_search_trace
-            grid = {(w, a, b) for w in cfg.w1_grid for a in cfg.sigma_alpha_grid
-                    for b in cfg.sigma_beta_grid}
-            trace = [{**r, "on_grid": (r["w1"], r["sigma_alpha"], r["sigma_beta"]) in grid}
-                     for r in result["rows"]]
+            grid = _grid_points(cfg)
+            trace = [{**r, "on_grid": _point(r) in grid} for r in result["rows"]]
             plot_search_trace(trace, tmp / "search_trace.png", metric=objective,
                               baseline=result[f"baseline_{objective}"],
                               title=f"CRF search ({cfg.strategy}): {len(trace)} configs on all "

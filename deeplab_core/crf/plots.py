@@ -7,6 +7,21 @@ from pathlib import Path
 import numpy as np
 
 
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    _pyplot().close(fig)
+    return out_png
+
+
 def plot_heatmaps(rows: list[dict], out_png: str | Path, title: str | None = None,
                   metric: str = "miou", label: str = "mIoU (%)") -> Path:
     """Heatmaps of ``metric`` over (sigma_alpha, sigma_beta), one panel per w1 value.
@@ -14,10 +29,7 @@ def plot_heatmaps(rows: list[dict], out_png: str | Path, title: str | None = Non
     ``rows`` are search rows (params fields + ``metric``); rows evaluated on image subsets (an
     ``n_images`` smaller than the largest one present) are left out. Missing cells stay blank.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     if not rows:
         raise ValueError("no rows to plot")
     n_max = max(r.get("n_images", 0) for r in rows)
@@ -56,11 +68,7 @@ def plot_heatmaps(rows: list[dict], out_png: str | Path, title: str | None = Non
     fig.suptitle(title or f"CRF search: best {label} {best[metric] * 100:.2f} at w1={best['w1']:g}, "
                  f"sigma_alpha={best['sigma_alpha']:g}, sigma_beta={best['sigma_beta']:g}",
                  fontsize=9)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
 
 
 def plot_search_trace(rows: list[dict], out_png: str | Path, metric: str = "miou_gt",
@@ -70,10 +78,7 @@ def plot_search_trace(rows: list[dict], out_png: str | Path, metric: str = "miou
     ``metric`` and the best so far, with the no-CRF ``baseline`` and an optional ``reference``
     (e.g. the full grid's best) as horizontal lines. Configs off the coarse grid (``on_grid``
     False in a row) are drawn as open markers."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     if not rows:
         raise ValueError("no rows to plot")
     vals = np.array([r[metric] for r in rows]) * 100
@@ -98,8 +103,4 @@ def plot_search_trace(rows: list[dict], out_png: str | Path, metric: str = "miou
     ax.set_ylabel(f"{metric} (%)")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title or "CRF search trace", fontsize=9)
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)

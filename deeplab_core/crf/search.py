@@ -306,6 +306,12 @@ def miou_gt(conf: np.ndarray, classes: np.ndarray | None = None) -> float:
     return float(iou[mask].mean())
 
 
+def objective_value(conf: np.ndarray, objective: str, classes: np.ndarray | None = None) -> float:
+    """A search objective of a confusion matrix: ``"miou_gt"`` (over ``classes``, default the
+    classes with ground truth in ``conf``) or ``"miou"`` (the usual mean IoU)."""
+    return miou_gt(conf, classes) if objective == "miou_gt" else summarize(conf)["miou"]
+
+
 def _make_row(params: CRFParams, conf: np.ndarray, n_images: int, key: str) -> dict:
     s = summarize(conf)
     return {**params.to_dict(), "miou": s["miou"], "miou_gt": miou_gt(conf),
@@ -547,7 +553,6 @@ def coarse_to_fine_search(cache_files, num_classes: int,
     all_idx = list(range(n))
     axes = [sorted(set(float(v) for v in g)) for g in (w1_grid, sigma_alpha_grid, sigma_beta_grid)]
     grid = paper_grid(*axes, w2=w2, sigma_gamma=sigma_gamma, iterations=iterations)
-    cell = {p.key(): i for i, p in enumerate(grid)}
     shape = tuple(len(a) for a in axes)
     budget = (int(budget_fraction * len(grid) * n) if budget_fraction is not None
               else len(grid) * n * 1000)
@@ -575,10 +580,10 @@ def coarse_to_fine_search(cache_files, num_classes: int,
             base_all = np.sum(base_confs, axis=0)
             base_sub = np.sum([base_confs[i] for i in screen_idx], axis=0)
             classes = base_all.sum(1) > 0
-            metric = ((lambda c: miou_gt(c, classes)) if objective == "miou_gt"
-                      else (lambda c: summarize(c)["miou"]))
-            estimates = [metric(_clipped_estimate(base_all, np.asarray(r["conf"], np.float64),
-                                                  base_sub, n / k)) for r in rows]
+            estimates = [objective_value(_clipped_estimate(base_all, np.asarray(r["conf"],
+                                                                                np.float64),
+                                                           base_sub, n / k), objective, classes)
+                         for r in rows]
             screen_rows = [{**r, "estimate": e} for r, e in zip(rows, estimates)]
         screened = {p.key(): (screen_idx, np.asarray(r["conf"], np.int64))
                     for p, r in zip(grid, rows)}
@@ -600,10 +605,13 @@ def coarse_to_fine_search(cache_files, num_classes: int,
                 spent += r
                 full.update((p.key(), row) for p, row in zip(todo, rows))
 
+        def at(cell: tuple[int, ...]) -> CRFParams:
+            return grid[int(np.ravel_multi_index(cell, shape))]
+
         def climb(start: int) -> None:
-            cur = np.unravel_index(start, shape)
+            cur = tuple(int(i) for i in np.unravel_index(start, shape))
             evaluate_all([grid[start]], "climb")
-            while grid[int(np.ravel_multi_index(cur, shape))].key() in full:
+            while at(cur).key() in full:
                 nbrs = []
                 for ax in range(3):
                     for d in (-1, 1):
@@ -611,12 +619,10 @@ def coarse_to_fine_search(cache_files, num_classes: int,
                         nb[ax] += d
                         if 0 <= nb[ax] < shape[ax]:
                             nbrs.append(tuple(nb))
-                evaluate_all([grid[int(np.ravel_multi_index(nb, shape))] for nb in nbrs], "climb")
-                scored = [c for c in [tuple(cur)] + nbrs
-                          if grid[int(np.ravel_multi_index(c, shape))].key() in full]
-                nxt = max(scored, key=lambda c: score(full[grid[int(np.ravel_multi_index(
-                    c, shape))].key()]))
-                if nxt == tuple(cur):
+                evaluate_all([at(nb) for nb in nbrs], "climb")
+                scored = [c for c in [cur] + nbrs if at(c).key() in full]
+                nxt = max(scored, key=lambda c: score(full[at(c).key()]))
+                if nxt == cur:
                     return
                 cur = nxt
 
