@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,6 +127,10 @@ def test_manifest_records_and_writers(prepared, tmp_path):
     fracs = [r[k] for k in r if k.startswith("frac_")]
     assert len(fracs) == 21 and abs(sum(fracs) + r["ignore_fraction"] - 1) < 1e-9
     assert set(r["label_unique"]) <= set(range(21)) | {255}
+    # paths as the list writes them (relative to its folder): the manifest does not depend on
+    # where the project lives
+    for key in ("image_path", "label_path"):
+        assert not Path(r[key]).is_absolute() and (prepared / r[key]).is_file()
     write_manifest_jsonl(recs, tmp_path / "m.jsonl")
     assert read_manifest_jsonl(tmp_path / "m.jsonl") == recs
     write_manifest_csv(recs, tmp_path / "m.csv")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -80,9 +81,27 @@ def manifest_record(sample_id: str, image_path: Path, label_path: Path,
 
 def build_manifest(list_file: PathLike, data_root: PathLike | None = None,
                    class_names: Sequence[str] = VOC_CLASSES) -> list[dict]:
-    """One record per line of ``list_file`` (paths resolved as by ``read_list_file``)."""
-    return [manifest_record(sid, img, lab, class_names)
-            for sid, img, lab in read_list_file(list_file, data_root)]
+    """One record per line of ``list_file`` (files resolved as by ``read_list_file``).
+
+    ``image_path`` / ``label_path`` are recorded relative to the folder the paths were resolved
+    against (as the list file writes them), so the manifest of the same data is byte-identical
+    wherever the project lives; error messages keep the full path of the offending file."""
+    base = Path(data_root) if data_root is not None else Path(list_file).parent
+    records = []
+    for sid, img, lab in read_list_file(list_file, data_root):
+        rec = manifest_record(sid, img, lab, class_names)
+        rec["image_path"], rec["label_path"] = _relative(img, base), _relative(lab, base)
+        records.append(rec)
+    return records
+
+
+def _relative(path: Path, base: Path) -> str:
+    """``path`` relative to ``base``, lexically (``..`` kept); absolute when it has no relative
+    form."""
+    try:
+        return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(base))).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
 
 
 def write_manifest_jsonl(records: Sequence[dict], path: PathLike) -> Path:
