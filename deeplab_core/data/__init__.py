@@ -10,7 +10,7 @@ import importlib
 
 _EXPORTS = {
     # io
-    "ImageReadError": "io", "read_image_rgb": "io", "read_label_png": "io",
+    "DataError": "io", "ImageReadError": "io", "read_image_rgb": "io", "read_label_png": "io",
     "read_list_file": "io", "write_list_file": "io", "write_label_png": "io",
     "atomic_write_bytes": "io", "atomic_write_text": "io", "atomic_write_json": "io",
     "atomic_directory": "io",

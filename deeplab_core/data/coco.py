@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from deeplab_core.classes import COCO_TO_VOC, IGNORE_INDEX
-from deeplab_core.data.io import PathLike, read_image_rgb, require_dir, require_file
+from deeplab_core.data.io import DataError, PathLike, read_image_rgb, require_dir, require_file
 
 COCO_SPLITS = ("train", "val")
 
@@ -278,7 +278,9 @@ class CocoInstances:
 
 
 def load_coco_instances(json_path: PathLike) -> CocoInstances:
-    """Read a COCO instances JSON file. Raises FileNotFoundError / ValueError naming the file."""
+    """Read a COCO instances JSON file. Raises FileNotFoundError / ValueError naming the file;
+    an annotation whose image_id or category_id is not listed in the file raises
+    :class:`~deeplab_core.data.io.DataError` naming the file, the annotation id and the id."""
     json_path = require_file(json_path, "COCO instances JSON")
     try:
         with open(json_path, "rb") as fh:
@@ -289,10 +291,16 @@ def load_coco_instances(json_path: PathLike) -> CocoInstances:
     if missing:
         raise ValueError(f"{str(json_path)!r} is not a COCO instances file: missing key(s) {missing}")
     images = {int(im["id"]): im for im in raw["images"]}
+    cats = {int(c["id"]): c for c in raw["categories"]}
     anns: dict[int, list[dict]] = {}
     for ann in raw["annotations"]:
+        for key, known, section in (("image_id", images, "images"),
+                                    ("category_id", cats, "categories")):
+            if int(ann[key]) not in known:
+                raise DataError(json_path, f"{key} {int(ann[key])} is not among the file's "
+                                f"{section!r}", f"every annotation's {key} is the id of an entry "
+                                f"in {section!r}", ann.get("id"), id_kind="annotation id")
         anns.setdefault(int(ann["image_id"]), []).append(ann)
-    cats = {int(c["id"]): c for c in raw["categories"]}
     return CocoInstances(path=json_path, images=images, annotations=anns, categories=cats,
                          info=raw.get("info", {}) or {})
 

@@ -3,7 +3,8 @@
 * atomic writes: every file is written to a temporary sibling and moved into place with
   ``os.replace``; whole output folders are built in a temporary sibling folder and swapped in,
   so an interrupted run never leaves a half-written file or folder behind;
-* image / label reading with errors that name the offending file;
+* image / label reading with errors that name the offending file, the sample id and the rule
+  broken (:class:`DataError`, a ValueError that survives pickling, so it crosses process pools);
 * palette (mode ``"P"``) PNG writing with the VOC colour map;
 * the list-file format shared by the prepared lists (``<id> <image_path> <label_path>``).
 """
@@ -37,13 +38,57 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-class ImageReadError(ValueError):
+def _rebuild_error(cls: type, args: tuple, state: dict) -> BaseException:
+    err = cls.__new__(cls)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
+class PicklableErrorMixin:
+    """Pickles an exception as its class, ``args`` and attributes, without calling ``__init__``.
+
+    The default pickling of an exception calls ``cls(*self.args)`` on load, which fails for a
+    class whose ``__init__`` takes other arguments than the message -- and an exception that
+    cannot be unpickled breaks a process pool (``BrokenProcessPool``) instead of reaching the
+    caller. Put this mixin first in the bases of every exception class with its own ``__init__``.
+    """
+
+    def __reduce__(self):
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+class DataError(PicklableErrorMixin, ValueError):
+    """A dataset file breaks a rule of its format.
+
+    ``path`` is the file, ``item_id`` the sample or annotation concerned (None when the problem
+    is the file as a whole), ``problem`` what was found and ``rule`` the rule it breaks; the
+    message names all of them::
+
+        '<path>' (<id_kind> <item_id>): <problem>; rule: <rule>
+    """
+
+    def __init__(self, path: PathLike, problem: str, rule: str, item_id: str | int | None = None,
+                 id_kind: str = "id"):
+        self.path = Path(path)
+        self.problem, self.rule = problem, rule
+        self.item_id, self.id_kind = item_id, id_kind
+        where = repr(str(path)) + (f" ({id_kind} {item_id!r})" if item_id is not None else "")
+        super().__init__(f"{where}: {problem}; rule: {rule}")
+
+
+DECODE_RULE = "every image and label file must decode in full"
+LABEL_MODE_RULE = ("VOC labels must be palette ('P') or grayscale ('L') index images holding "
+                   "class indices, not RGB renderings")
+
+
+class ImageReadError(DataError):
     """An image or label file exists but cannot be decoded (corrupt, truncated, wrong format)."""
 
-    def __init__(self, path: PathLike, reason: str):
-        self.path = Path(path)
+    def __init__(self, path: PathLike, reason: str, item_id: str | None = None,
+                 rule: str = DECODE_RULE):
         self.reason = reason
-        super().__init__(f"cannot read image file {str(path)!r}: {reason}")
+        super().__init__(path, reason, rule, item_id)
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -139,7 +184,7 @@ def require_dir(path: PathLike, what: str) -> Path:
     return path
 
 
-def _open_decoded(path: Path, what: str) -> Image.Image:
+def _open_decoded(path: Path, what: str, item_id: str | None = None) -> Image.Image:
     require_file(path, what)
     try:
         with warnings.catch_warnings():
@@ -148,8 +193,13 @@ def _open_decoded(path: Path, what: str) -> Image.Image:
             img.load()  # force a full decode: truncated / corrupt data fails here
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as exc:
-        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise _decode_error(path, what, exc, item_id) from exc
     return img
+
+
+def _decode_error(path: Path, what: str, exc: BaseException,
+                  item_id: str | None = None) -> ImageReadError:
+    return ImageReadError(path, f"cannot read {what}: {type(exc).__name__}: {exc}", item_id)
 
 
 def read_image_rgb(path: PathLike) -> np.ndarray:
@@ -165,25 +215,26 @@ def read_image_rgb(path: PathLike) -> np.ndarray:
             img = img.convert("RGB")
         arr = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError) as exc:
-        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise _decode_error(path, "image file", exc) from exc
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.size == 0:
-        raise ImageReadError(path, f"decoded to an unexpected shape {arr.shape}")
+        raise ImageReadError(path, f"cannot read image file: decoded to an unexpected shape "
+                                   f"{arr.shape}")
     return np.ascontiguousarray(arr)
 
 
-def read_label_png(path: PathLike) -> np.ndarray:
+def read_label_png(path: PathLike, item_id: str | None = None) -> np.ndarray:
     """Read a segmentation label PNG as a uint8 HxW array of class indices.
 
     Palette (mode ``"P"``) images give their palette indices directly (the colours are never
     looked at); 8-bit grayscale (mode ``"L"``) images give their values. Any other mode (an RGB
-    rendering of the label, for instance) raises :class:`ImageReadError`.
+    rendering of the label, for instance) raises :class:`ImageReadError`, as does a file that
+    does not decode in full; ``item_id`` (the sample id) is named in the message.
     """
     path = Path(path)
-    img = _open_decoded(path, "label file")
+    img = _open_decoded(path, "label file", item_id)
     if img.mode not in ("P", "L"):
-        raise ImageReadError(
-            path, f"label image has mode {img.mode!r}; expected a palette ('P') or 8-bit ('L') PNG "
-                  "holding class indices")
+        raise ImageReadError(path, f"label image has mode {img.mode!r}", item_id,
+                             rule=LABEL_MODE_RULE)
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
 
 
@@ -194,7 +245,7 @@ def image_size(path: PathLike) -> tuple[int, int]:
         with Image.open(path) as img:
             w, h = img.size
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+        raise _decode_error(path, "image file", exc) from exc
     return h, w
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplab_core.data.io import PathLike, read_image_rgb, read_label_png, require_file
+from deeplab_core.data.io import DataError, PathLike, read_image_rgb, read_label_png, require_file
 
 VOC_SPLITS = ("train", "val", "trainval")
 
@@ -37,24 +37,39 @@ def split_file(voc_root: PathLike, split: str) -> Path:
 
 
 def read_split(voc_root: PathLike, split: str) -> list[str]:
-    """Image ids of a segmentation split ('train', 'val', 'trainval'), in file order."""
+    """Image ids of a segmentation split ('train', 'val', 'trainval'), in file order.
+
+    Raises :class:`DataError` naming the file when the split lists no id or an id twice.
+    """
     path = split_file(voc_root, split)
     if not path.is_file():
         raise FileNotFoundError(
             f"missing VOC split file {str(path)!r} (expected VOC2012 layout: "
             f"ImageSets/Segmentation/{split}.txt)")
-    return read_id_list(path)
+    ids = read_id_list(path)
+    if not ids:
+        raise DataError(path, f"VOC {split} split is empty (the file lists no image ids)",
+                        "a VOC segmentation split file lists at least one image id")
+    return ids
 
 
 def read_id_list(path: PathLike) -> list[str]:
-    """One id per line (first whitespace-separated field); blank lines skipped."""
+    """One id per line (first whitespace-separated field); blank lines skipped.
+
+    Raises :class:`DataError` naming the file, the id and both line numbers when an id is
+    listed twice.
+    """
     path = require_file(path, "id list")
-    ids = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    first_line: dict[str, int] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         parts = line.split()
-        if parts:
-            ids.append(parts[0])
-    return ids
+        if not parts:
+            continue
+        if parts[0] in first_line:
+            raise DataError(path, f"id listed twice (lines {first_line[parts[0]]} and {n})",
+                            "a split file lists each image id once", parts[0])
+        first_line[parts[0]] = n
+    return list(first_line)
 
 
 def voc_image_path(voc_root: PathLike, image_id: str) -> Path:
@@ -80,4 +95,4 @@ def load_voc_label(voc_root: PathLike, image_id: str) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"missing VOC label {str(path)!r} (expected VOC2012 layout: "
                                 f"SegmentationClass/{image_id}.png)")
-    return read_label_png(path)
+    return read_label_png(path, image_id)
