@@ -20,14 +20,19 @@ drive) is written absolute. :func:`deeplab_core.data.io.read_list_file` and
 
 train_aug = (VOC train | SBD train | SBD val) - VOC val, sorted; an id with a VOC annotation
 uses it (and the VOC image), any other id uses the SBD annotation. With no SBD, train_aug is VOC
-train. The whole ``out_dir`` is built in a temporary sibling folder and swapped in at the end:
-a killed run leaves the previous output (or none) and re-running replaces it.
+train. The inputs are checked before anything is written (:func:`read_sources`), and a label
+that breaks a rule fails with a :class:`~deeplab_core.data.io.DataError` naming the file, the id
+and the rule. The whole ``out_dir`` is built in a temporary sibling folder and swapped in at the
+end: a failed or killed run leaves the previous output (or none) and re-running replaces it. A
+caller that builds the raw trees aside too passes ``build_dir`` and ``moved`` to
+:func:`prepare_datasets` and swaps both in itself.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -36,11 +41,11 @@ import numpy as np
 from deeplab_core.classes import COCO_TO_VOC, IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES
 from deeplab_core.data.coco import (coco_paths, coco_semantic_mask, images_with_voc_classes,
                                     load_coco_instances)
-from deeplab_core.data.io import (PathLike, atomic_directory, atomic_write_json,
+from deeplab_core.data.io import (DataError, PathLike, atomic_directory, atomic_write_json,
                                   clean_stale_temporaries, encode_label_png, format_list_line,
                                   read_label_png)
 from deeplab_core.data.sbd import label_from_mat, read_sbd_split, resolve_sbd_root
-from deeplab_core.data.voc import read_split, resolve_voc_root
+from deeplab_core.data.voc import read_split, resolve_voc_root, split_file
 
 LIST_FILES = ("train_aug.txt", "val.txt", "coco_train.txt", "coco_val.txt")
 _VALID = np.zeros(256, dtype=bool)
@@ -65,27 +70,30 @@ def list_path(path: PathLike, base: PathLike) -> str:
     return Path(rel).as_posix()
 
 
-def check_label_values(label: np.ndarray, source: PathLike) -> np.ndarray:
+def check_label_values(label: np.ndarray, source: PathLike,
+                       item_id: str | None = None) -> np.ndarray:
     bad = ~_VALID[np.unique(label)]
     if bad.any():
         vals = np.unique(label)[bad].tolist()
-        raise ValueError(f"label {str(source)!r} holds values {vals} outside 0..20 and 255")
+        raise DataError(source, f"label holds values {vals}",
+                        "label values are VOC class indices 0..20 or 255 (void)", item_id)
     return label
 
 
 # ----------------------------------------------------------------------------- workers
-def _convert_png(job: tuple[str, str]) -> np.ndarray:
-    src, dst = job
-    lab = check_label_values(read_label_png(src), src)
+def _convert_label(read: Callable[..., np.ndarray], job: tuple[str, str, str]) -> np.ndarray:
+    item_id, src, dst = job
+    lab = check_label_values(read(src, item_id), src, item_id)
     Path(dst).write_bytes(encode_label_png(lab))
     return np.bincount(lab.ravel(), minlength=256)
 
 
-def _convert_mat(job: tuple[str, str]) -> np.ndarray:
-    src, dst = job
-    lab = check_label_values(label_from_mat(src), src)
-    Path(dst).write_bytes(encode_label_png(lab))
-    return np.bincount(lab.ravel(), minlength=256)
+def _convert_png(job: tuple[str, str, str]) -> np.ndarray:
+    return _convert_label(read_label_png, job)
+
+
+def _convert_mat(job: tuple[str, str, str]) -> np.ndarray:
+    return _convert_label(lambda src, _id: label_from_mat(src), job)
 
 
 def _convert_coco(job: tuple[list, int, int, dict, str]) -> np.ndarray:
@@ -126,18 +134,45 @@ def _stats(counts: list[np.ndarray]) -> dict:
 
 
 # ----------------------------------------------------------------------------- main entry point
-def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: PathLike | None,
-                     out_dir: PathLike, progress: bool = True, workers: int = 1,
-                     coco_to_voc: Mapping[int, int] = COCO_TO_VOC,
-                     coco_min_area: float = 1.0) -> dict:
-    """Build the prepared lists and labels under ``out_dir`` (see the module docstring).
+@dataclass(frozen=True)
+class Sources:
+    """The dataset trees behind a prepare run, resolved and checked (see :func:`read_sources`)."""
 
-    ``sbd_root`` / ``coco_root`` may be None to skip them (train_aug is then VOC train; the COCO
-    lists are written empty). Raises FileNotFoundError naming the missing path when a dataset
-    tree, split file, image or annotation is missing. Returns the summary also written to
-    ``summary.json``.
+    voc: Path
+    sbd: Path | None
+    coco: Path | None
+    voc_train: list[str]
+    voc_val: list[str]
+    sbd_train: list[str]
+    sbd_val: list[str]
+    coco_files: dict[str, tuple[Path, Path]]  # split -> (image folder, instances JSON)
+    images: dict[str, Path]  # id -> image of every train_aug and val id
+
+    @property
+    def aug(self) -> list[str]:
+        return trainaug_ids(self.voc_train, self.voc_val, self.sbd_train, self.sbd_val)
+
+    @property
+    def voc_label_ids(self) -> list[str]:
+        return sorted(set(self.voc_train) | set(self.voc_val))
+
+    @property
+    def sbd_label_ids(self) -> list[str]:
+        """train_aug ids labelled from SBD: those VOC train lacks."""
+        voc_train = set(self.voc_train)
+        return [i for i in self.aug if i not in voc_train]
+
+
+def read_sources(voc_root: PathLike, sbd_root: PathLike | None,
+                 coco_root: PathLike | None) -> Sources:
+    """Resolve the dataset roots and check what can be checked without decoding, writing nothing.
+
+    Checks the VOC 2012 layout and split files (each non-empty, no id twice, train and val
+    disjoint), the SBD layout and split files when ``sbd_root`` is given, the COCO 2017 layout
+    when ``coco_root`` is given, and that every label and image the lists need exists. Raises
+    FileNotFoundError naming a missing path and :class:`~deeplab_core.data.io.DataError` naming
+    the file, the id and the rule.
     """
-    out_dir = Path(out_dir).absolute()
     voc = resolve_voc_root(voc_root)
     voc_train, voc_val = read_split(voc, "train"), read_split(voc, "val")
     sbd = resolve_sbd_root(sbd_root) if sbd_root is not None else None
@@ -146,11 +181,13 @@ def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: P
     coco = Path(coco_root) if coco_root is not None else None
     coco_files = {s: coco_paths(coco, s) for s in ("train", "val")} if coco else {}
 
-    voc_train_set, voc_val_set = set(voc_train), set(voc_val)
-    if voc_train_set & voc_val_set:
-        raise ValueError(f"VOC train and val share ids, e.g. {sorted(voc_train_set & voc_val_set)[:3]}")
-    aug = trainaug_ids(voc_train, voc_val, sbd_train, sbd_val)
-    sbd_all = set(sbd_train) | set(sbd_val)
+    train_set = set(voc_train)
+    shared = [i for i in voc_val if i in train_set]
+    if shared:
+        raise DataError(split_file(voc, "val"), f"id is also listed in "
+                        f"{str(split_file(voc, 'train'))!r}",
+                        "the VOC train and val splits share no id", shared[0])
+    src = Sources(voc, sbd, coco, voc_train, voc_val, sbd_train, sbd_val, coco_files, {})
 
     def image_for(i: str) -> Path:
         p = voc / "JPEGImages" / f"{i}.jpg"
@@ -161,93 +198,146 @@ def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: P
         raise FileNotFoundError(f"no image for id {i!r}: looked for {str(p)!r}"
                                 + (f" and {str(sbd / 'img' / (i + '.jpg'))!r}" if sbd else ""))
 
-    voc_label_ids = sorted(voc_train_set | voc_val_set)
-    sbd_label_ids = [i for i in aug if i not in voc_train_set]
-    for i in voc_label_ids:
+    for i in src.voc_label_ids:
         p = voc / "SegmentationClass" / f"{i}.png"
         if not p.is_file():
             raise FileNotFoundError(f"missing VOC label {str(p)!r} (expected VOC2012 layout: "
                                     f"SegmentationClass/{i}.png)")
-    for i in sbd_label_ids:
+    for i in src.sbd_label_ids:
         p = sbd / "cls" / f"{i}.mat"
         if not p.is_file():
             raise FileNotFoundError(f"missing SBD annotation {str(p)!r} (expected SBD layout: "
                                     f"dataset/cls/{i}.mat)")
-    images = {i: image_for(i) for i in sorted(set(aug) | voc_val_set)}
+    return replace(src, images={i: image_for(i) for i in sorted(set(src.aug) | set(voc_val))})
 
+
+def relocated(path: PathLike, moved: Mapping[PathLike, PathLike]) -> Path:
+    """Where ``path`` will be once each folder ``now`` in ``moved`` has been moved to
+    ``moved[now]`` (``path`` itself when it lies in none of them)."""
+    path = Path(os.path.abspath(path))
+    for now, final in moved.items():
+        try:
+            rest = path.relative_to(os.path.abspath(now))
+        except ValueError:
+            continue
+        return Path(os.path.abspath(final)) / rest
+    return path
+
+
+def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: PathLike | None,
+                     out_dir: PathLike, progress: bool = True, workers: int = 1,
+                     coco_to_voc: Mapping[int, int] = COCO_TO_VOC,
+                     coco_min_area: float = 1.0, build_dir: PathLike | None = None,
+                     moved: Mapping[PathLike, PathLike] | None = None) -> dict:
+    """Build the prepared lists and labels under ``out_dir`` (see the module docstring).
+
+    ``sbd_root`` / ``coco_root`` may be None to skip them (train_aug is then VOC train; the COCO
+    lists are written empty). The inputs are checked by :func:`read_sources` before anything is
+    written; a label that cannot be decoded or breaks a rule of its format raises
+    :class:`~deeplab_core.data.io.DataError` (a ValueError) naming the file, the id and the rule,
+    also from the worker processes. Returns the summary also written to ``summary.json``.
+
+    By default ``out_dir`` is built in a temporary sibling and swapped in at the end. With
+    ``build_dir`` (an existing empty folder) the output is written there instead, for the caller
+    to move to ``out_dir`` once its other outputs are ready too; ``moved`` maps folders that hold
+    the dataset trees now to where the caller will move them. The paths in the lists are always
+    relative to ``out_dir`` and point at the trees' final places.
+    """
+    src = read_sources(voc_root, sbd_root, coco_root)
+    out_dir = Path(out_dir).absolute()
+    kw = dict(progress=progress, workers=workers, coco_to_voc=coco_to_voc,
+              coco_min_area=coco_min_area, moved=moved or {})
+    if build_dir is not None:
+        return _write_prepared(src, Path(build_dir), out_dir, **kw)
     clean_stale_temporaries(out_dir.parent, out_dir.name)
     with atomic_directory(out_dir) as tmp:
-        for sub in ("voc", "sbd", "coco_train", "coco_val"):
-            (tmp / "labels" / sub).mkdir(parents=True, exist_ok=True)
-        voc_counts = _run(_convert_png, [(str(voc / "SegmentationClass" / f"{i}.png"),
-                                          str(tmp / "labels" / "voc" / f"{i}.png"))
-                                         for i in voc_label_ids], workers, progress, "VOC labels")
-        voc_count = dict(zip(voc_label_ids, voc_counts))
-        sbd_counts = _run(_convert_mat, [(str(sbd / "cls" / f"{i}.mat"),
-                                          str(tmp / "labels" / "sbd" / f"{i}.png"))
-                                         for i in sbd_label_ids], workers, progress, "SBD labels")
-        sbd_count = dict(zip(sbd_label_ids, sbd_counts))
+        summary = _write_prepared(src, tmp, out_dir, **kw)
+    return summary
 
-        def entry(i: str, sub: str) -> str:
-            return format_list_line(i, list_path(images[i], out_dir),
-                                    f"labels/{sub}/{i}.png")
 
-        aug_lines = [entry(i, "voc" if i in voc_train_set else "sbd") for i in aug]
-        val_lines = [entry(i, "voc") for i in voc_val]
-        (tmp / "train_aug.txt").write_text("".join(x + "\n" for x in aug_lines))
-        (tmp / "val.txt").write_text("".join(x + "\n" for x in val_lines))
+def _write_prepared(src: Sources, tmp: Path, out_dir: Path, progress: bool, workers: int,
+                    coco_to_voc: Mapping[int, int], coco_min_area: float,
+                    moved: Mapping[PathLike, PathLike]) -> dict:
+    """Write the prepared output into ``tmp`` with list paths relative to ``out_dir``."""
+    voc, sbd, coco = src.voc, src.sbd, src.coco
+    voc_train, voc_val, sbd_train, sbd_val = src.voc_train, src.voc_val, src.sbd_train, src.sbd_val
+    voc_train_set, voc_val_set = set(voc_train), set(voc_val)
+    aug, voc_label_ids, sbd_label_ids = src.aug, src.voc_label_ids, src.sbd_label_ids
+    sbd_all = set(sbd_train) | set(sbd_val)
 
-        coco_summary: dict = {}
-        for split in ("train", "val"):
-            lines: list[str] = []
-            if coco:
-                img_dir, json_path = coco_files[split]
-                inst = load_coco_instances(json_path)
-                keep = images_with_voc_classes(inst, coco_to_voc, coco_min_area)
-                names = {k: Path(inst.images[k]["file_name"]).stem for k in keep}
-                mapping = {int(k): int(v) for k, v in coco_to_voc.items()}
-                jobs = [(inst.anns(k), int(inst.images[k]["height"]), int(inst.images[k]["width"]),
-                         mapping, str(tmp / "labels" / f"coco_{split}" / f"{names[k]}.png"))
-                        for k in keep]
-                counts = _run(_convert_coco, jobs, workers, progress, f"COCO {split}")
-                written = []
-                for k, cnt in zip(keep, counts):
-                    if cnt[1:NUM_VOC_CLASSES].sum() == 0:
-                        continue
-                    img = img_dir / inst.images[k]["file_name"]
-                    if not img.is_file():
-                        raise FileNotFoundError(f"missing COCO image {str(img)!r} (listed in "
-                                                f"{str(json_path)!r})")
-                    lines.append(format_list_line(names[k], list_path(img, out_dir),
-                                                  f"labels/coco_{split}/{names[k]}.png"))
-                    written.append(cnt)
-                coco_summary[split] = {"images": len(inst.images), "with_voc_classes": len(keep),
-                                       "written": len(lines),
-                                       "dropped_no_voc_pixels": len(keep) - len(lines),
-                                       **_stats(written)}
-            else:
-                coco_summary[split] = None
-            (tmp / f"coco_{split}.txt").write_text("".join(x + "\n" for x in lines))
+    def rel(path: PathLike) -> str:
+        return list_path(relocated(path, moved), out_dir)
 
-        removed = sorted(sbd_all & voc_val_set)
-        summary = {
-            "paths_relative_to": "the folder holding the list file",
-            "list_format": "<id> <image_path> <label_path>",
-            "voc": {"root": list_path(voc, out_dir), "train": len(voc_train), "val": len(voc_val)},
-            "sbd": ({"root": list_path(sbd, out_dir), "train": len(sbd_train),
-                     "val": len(sbd_val), "total": len(sbd_all)} if sbd else None),
-            "coco": ({"root": list_path(coco, out_dir), **coco_summary} if coco else None),
-            "train_aug": {
-                "total": len(aug),
-                "from_voc": sum(1 for i in aug if i in voc_train_set),
-                "from_sbd": sum(1 for i in aug if i not in voc_train_set),
-                "sbd_only": len(sbd_all - voc_train_set - voc_val_set),
-                "overlap_removed": len(removed),
-                "overlap_removed_ids": removed,
-                "voc_train_also_in_sbd": len(voc_train_set & sbd_all),
-                **_stats([voc_count[i] if i in voc_train_set else sbd_count[i] for i in aug]),
-            },
-            "val": {"total": len(voc_val), **_stats([voc_count[i] for i in voc_val])},
-        }
-        atomic_write_json(tmp / "summary.json", summary)
+    for sub in ("voc", "sbd", "coco_train", "coco_val"):
+        (tmp / "labels" / sub).mkdir(parents=True, exist_ok=True)
+    voc_counts = _run(_convert_png, [(i, str(voc / "SegmentationClass" / f"{i}.png"),
+                                      str(tmp / "labels" / "voc" / f"{i}.png"))
+                                     for i in voc_label_ids], workers, progress, "VOC labels")
+    voc_count = dict(zip(voc_label_ids, voc_counts))
+    sbd_counts = _run(_convert_mat, [(i, str(sbd / "cls" / f"{i}.mat"),
+                                      str(tmp / "labels" / "sbd" / f"{i}.png"))
+                                     for i in sbd_label_ids], workers, progress, "SBD labels")
+    sbd_count = dict(zip(sbd_label_ids, sbd_counts))
+
+    def entry(i: str, sub: str) -> str:
+        return format_list_line(i, rel(src.images[i]), f"labels/{sub}/{i}.png")
+
+    aug_lines = [entry(i, "voc" if i in voc_train_set else "sbd") for i in aug]
+    val_lines = [entry(i, "voc") for i in voc_val]
+    (tmp / "train_aug.txt").write_text("".join(x + "\n" for x in aug_lines))
+    (tmp / "val.txt").write_text("".join(x + "\n" for x in val_lines))
+
+    coco_summary: dict = {}
+    for split in ("train", "val"):
+        lines: list[str] = []
+        if coco:
+            img_dir, json_path = src.coco_files[split]
+            inst = load_coco_instances(json_path)
+            keep = images_with_voc_classes(inst, coco_to_voc, coco_min_area)
+            names = {k: Path(inst.images[k]["file_name"]).stem for k in keep}
+            mapping = {int(k): int(v) for k, v in coco_to_voc.items()}
+            jobs = [(inst.anns(k), int(inst.images[k]["height"]), int(inst.images[k]["width"]),
+                     mapping, str(tmp / "labels" / f"coco_{split}" / f"{names[k]}.png"))
+                    for k in keep]
+            counts = _run(_convert_coco, jobs, workers, progress, f"COCO {split}")
+            written = []
+            for k, cnt in zip(keep, counts):
+                if cnt[1:NUM_VOC_CLASSES].sum() == 0:
+                    continue
+                img = img_dir / inst.images[k]["file_name"]
+                if not img.is_file():
+                    raise FileNotFoundError(f"missing COCO image {str(img)!r} (listed in "
+                                            f"{str(json_path)!r})")
+                lines.append(format_list_line(names[k], rel(img),
+                                              f"labels/coco_{split}/{names[k]}.png"))
+                written.append(cnt)
+            coco_summary[split] = {"images": len(inst.images), "with_voc_classes": len(keep),
+                                   "written": len(lines),
+                                   "dropped_no_voc_pixels": len(keep) - len(lines),
+                                   **_stats(written)}
+        else:
+            coco_summary[split] = None
+        (tmp / f"coco_{split}.txt").write_text("".join(x + "\n" for x in lines))
+
+    removed = sorted(sbd_all & voc_val_set)
+    summary = {
+        "paths_relative_to": "the folder holding the list file",
+        "list_format": "<id> <image_path> <label_path>",
+        "voc": {"root": rel(voc), "train": len(voc_train), "val": len(voc_val)},
+        "sbd": ({"root": rel(sbd), "train": len(sbd_train),
+                 "val": len(sbd_val), "total": len(sbd_all)} if sbd else None),
+        "coco": ({"root": rel(coco), **coco_summary} if coco else None),
+        "train_aug": {
+            "total": len(aug),
+            "from_voc": sum(1 for i in aug if i in voc_train_set),
+            "from_sbd": sum(1 for i in aug if i not in voc_train_set),
+            "sbd_only": len(sbd_all - voc_train_set - voc_val_set),
+            "overlap_removed": len(removed),
+            "overlap_removed_ids": removed,
+            "voc_train_also_in_sbd": len(voc_train_set & sbd_all),
+            **_stats([voc_count[i] if i in voc_train_set else sbd_count[i] for i in aug]),
+        },
+        "val": {"total": len(voc_val), **_stats([voc_count[i] for i in voc_val])},
+    }
+    atomic_write_json(tmp / "summary.json", summary)
     return summary
