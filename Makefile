@@ -20,8 +20,9 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 	$(BIN)/python -c "import torch, pydensecrf.densecrf, dvc, mlflow, prefect, great_expectations"
 	@touch $(STAMP)
 
+# One Prefect server and one MLflow parent run for the whole `dvc repro` (pipelines/repro.py).
 repro: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.repro
 
 report: setup
 	$(BIN)/python -m pipelines.report

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 
@@ -33,8 +32,9 @@ def check_device(require_gpu: bool) -> str:
 
 @task
 def dvc_repro(force: bool) -> None:
-    dvc = shutil.which("dvc") or str(REPO / ".venv" / "bin" / "dvc")
-    cmd = [dvc, "repro"] + (["--force"] if force else [])
+    # `dvc repro` through pipelines.repro: every stage reports to one Prefect API (this flow's
+    # server when PREFECT_API_URL is set) and the stage runs are grouped in MLflow.
+    cmd = [sys.executable, "-m", "pipelines.repro"] + (["--force"] if force else [])
     proc = subprocess.run(cmd, cwd=REPO)
     if proc.returncode != 0:
         raise StageError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}")
