@@ -43,8 +43,7 @@ def bootstrap_flow() -> dict:
                    "train_aug_samples": n_train,
                    "hard_fraction": len(set(ids)) / max(n_train, 1)}
         write_json(d / "metrics" / "bootstrap.json", metrics)
-        import mlflow
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        tracking.log_metrics(metrics)
     print(f"bootstrap: {metrics}; most repeated: {Counter(ids).most_common(3)}")
     return metrics
 

@@ -36,12 +36,15 @@ def data_dir(params: Params) -> Path:
 
 
 def git_commit() -> str:
+    """HEAD's sha, with "-dirty" when tracked files differ from it. dvc.lock does not count: DVC
+    rewrites it during the very run being tagged."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10)
         sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)dvc.lock"], cwd=REPO, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -55,39 +58,77 @@ def update_with_file(h: "hashlib._Hash", path: Path) -> "hashlib._Hash":
     return h
 
 
-def _hash_path(h: "hashlib._Hash", path: Path) -> None:
-    if path.is_file():
-        h.update(path.name.encode())
-        update_with_file(h, path)
-    elif path.is_dir():
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
-                h.update(str(p.relative_to(path)).encode())
-                update_with_file(h, p)
-    else:
-        h.update(b"<missing>")
+@functools.lru_cache(maxsize=1)
+def _dvc_hashing():
+    """DVC's own hashing (dvc_data), honouring the project's .dvcignore, so the values below are
+    the ones `dvc repro` writes to dvc.lock."""
+    from dvc.ignore import DvcIgnoreFilter
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.local import LocalFileSystem
+    from dvc_objects.fs.memory import MemoryFileSystem
+
+    fs = LocalFileSystem()
+    return build, HashFileDB(MemoryFileSystem(), "/staging"), fs, DvcIgnoreFilter(fs, str(REPO))
 
 
-@functools.lru_cache(maxsize=None)
-def stage_inputs_hash(stage: str) -> str:
-    """md5 over the stage's DVC deps (as declared in dvc.yaml) and its params values: the same
-    inputs always give the same hash, so an MLflow run can be matched to its DVC inputs.
-    Computed once per process: a stage's deps do not change while it runs (its outs are not deps),
-    and both the MLflow tags and the training resume key need it."""
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
-    h = hashlib.md5()
-    for dep in sorted(spec.get("deps", [])):
-        h.update(dep.encode())
-        _hash_path(h, REPO / dep)
+def dvc_md5(path: Path) -> str | None:
+    """The md5 DVC records for `path` in dvc.lock ("<md5>.dir" for a directory); None when the
+    path does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    build, odb, fs, ignore = _dvc_hashing()
+    _, _, obj = build(odb, str(path.absolute()), fs, "md5", dry_run=True, ignore=ignore)
+    return obj.hash_info.value
+
+
+@functools.lru_cache(maxsize=1)
+def dvc_stages() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _out_paths(entries: list) -> list[str]:
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+
+def stage_outs(stage: str) -> list[str]:
+    """Every path the stage writes, as dvc.yaml declares them (outs, metrics, plots)."""
+    spec = dvc_stages()[stage]
+    return _out_paths(spec.get("outs", []) + spec.get("metrics", []) + spec.get("plots", []))
+
+
+def stage_params(stage: str) -> dict:
+    """The stage's params as dvc.lock records them: {key: value} for each key dvc.yaml lists."""
     raw = yaml.safe_load(params_path().read_text()) or {}
-    for entry in spec.get("params", []):
+    out = {}
+    for entry in dvc_stages()[stage].get("params", []):
         keys = [entry] if isinstance(entry, str) else [k for v in entry.values() for k in v]
         for key in keys:
             node = raw
             for part in key.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
-            h.update(f"{key}={json.dumps(node, sort_keys=True, default=str)}".encode())
-    return h.hexdigest()
+            out[key] = node
+    return out
+
+
+def params_md5(values: dict) -> str:
+    """md5 of the stage's params values (as dvc.lock holds them), keys sorted."""
+    return hashlib.md5(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def stage_lineage(stage: str) -> dict:
+    """DVC's md5 of each dep of the stage ({path: md5}) and the md5 of its params values.
+    Computed once per process: a stage's deps do not change while it runs."""
+    deps = {dep: dvc_md5(REPO / dep) for dep in sorted(dvc_stages()[stage].get("deps", []))}
+    return {"deps": deps, "params_md5": params_md5(stage_params(stage))}
+
+
+def stage_inputs_hash(stage: str) -> str:
+    """One md5 over the stage's DVC dep hashes and params: the same inputs always give the same
+    value (the training resume key: a checkpoint only continues the same run)."""
+    return hashlib.md5(json.dumps(stage_lineage(stage), sort_keys=True).encode()).hexdigest()
 
 
 # Stage outputs are written through the library's atomic helpers: a failed or killed stage never

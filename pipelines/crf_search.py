@@ -32,6 +32,7 @@ def file_md5(path: Path) -> str:
 
 
 @task
+@tracking.compute()
 def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: Path,
                 device_name: str, eval_output_stride: int | None) -> list[Path]:
     """Write one npz per CV image (raw image, softmax probabilities, label), once per model."""
@@ -68,6 +69,7 @@ def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: 
 
 
 @task
+@tracking.compute()
 def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: int) -> dict:
     from deeplab_core.crf import search as s
 
@@ -180,8 +182,7 @@ def crf_search_flow() -> dict:
                    "cv_miou_gt_crf": best["miou_gt"], "cv_miou_gt_plain": result["baseline_miou_gt"],
                    **{f"best_{k}": v for k, v in best_params.items()}}
         write_json(d / "metrics" / "crf_search.json", metrics)
-        import mlflow
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        tracking.log_metrics(metrics)
         tracking.log_artifacts([d / "crf_search"], "crf_search")
     print(f"crf_search: best {best_params} cv mIoU {best['miou']:.4f} "
           f"(no CRF {result['baseline_miou']:.4f}), {len(rows)} configs")

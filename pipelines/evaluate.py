@@ -23,6 +23,7 @@ from pipelines.eval_data import eval_dataset, read_list_ids
 
 
 @task
+@tracking.compute()
 def run_eval(model, ids: list[str], val_list, params, crf_params: dict | None, examples: list):
     cfg = params.evaluate
     ds = eval_dataset(val_list, ids)
@@ -111,17 +112,15 @@ def evaluate_flow() -> dict:
             viz.save_per_class_bars(per_class, tmp / "per_class_iou.png")
             if crf_params and examples:
                 from deeplab_core.crf.densecrf import CRFParams, dense_crf
-                for ex in examples:
+                for ex in examples:  # a handful of images: not timed as compute
                     ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"],
                                                   CRFParams.from_dict(crf_params))
             viz.save_examples(examples, tmp / "examples.png")
         write_json(d / "plots" / "trimap.json", trimap_rows)
         write_json(d / "metrics" / "evaluate.json", metrics)
-        import mlflow
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                            if isinstance(v, float)})
-        mlflow.log_metrics({f"iou_{r['class']}": r["iou"] for r in per_class_rows
-                            if r["iou"] is not None})
+        tracking.log_metrics(metrics)
+        tracking.log_metrics({f"iou_{r['class']}": r["iou"] for r in per_class_rows
+                              if r["iou"] is not None})
         tracking.log_artifacts([d / "eval"], "eval")
         tracking.log_artifacts([d / "plots" / "trimap.json"], "eval")
     from pipelines.report import print_report

@@ -10,7 +10,7 @@ from prefect import flow, task
 
 from pipelines import tracking
 from pipelines.common import (StageError, data_dir, get_params, require_inputs, run_stage,
-                              write_json)
+                              stage_lineage, write_json)
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 
@@ -26,6 +26,22 @@ def decide_promotion(candidate: float, champion: float | None, same_eval_set: bo
     if candidate >= champion + min_improvement and candidate > champion:
         return True, f"{candidate:.4f} beats champion {champion:.4f}"
     return False, f"{candidate:.4f} does not beat champion {champion:.4f} (+{min_improvement})"
+
+
+def lineage() -> dict:
+    """Where the registered weights come from: the finetune run that wrote exactly this model
+    (matched by DVC's md5 of data/models/finetune), and the pipeline run, when there is one."""
+    import os
+
+    rel = "data/models/finetune"
+    md5 = stage_lineage("register")["deps"].get(rel)
+    tags = {"dvc.dep." + rel: md5 or "missing"}
+    run_id = tracking.find_stage_run("finetune", rel, md5) if md5 else None
+    if run_id:
+        tags["finetune_run_id"] = run_id
+    if os.environ.get(tracking.PIPELINE_RUN_ENV):
+        tags["pipeline_run"] = os.environ[tracking.PIPELINE_RUN_ENV]
+    return tags
 
 
 @task
@@ -50,6 +66,8 @@ def register_model(model_name: str, metric: str, min_improvement: float) -> dict
     version = str(info.registered_model_version)
     client.set_model_version_tag(model_name, version, f"eval_{metric}", str(value))
     client.set_model_version_tag(model_name, version, "eval_set_md5", eval_set)
+    for key, val in lineage().items():
+        client.set_model_version_tag(model_name, version, key, val)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
 
     champ_value, same_set, champ_version = None, False, None
@@ -79,7 +97,7 @@ def register_flow() -> dict:
     cfg = params.register_
     with tracking.stage_run("register", {"register": cfg.model_dump()}):
         out = register_model(cfg.model_name, cfg.metric, cfg.min_improvement)
-    write_json(data_dir(params) / "register" / "registration.json", out)
+        write_json(data_dir(params) / "register" / "registration.json", out)
     print(f"registered {out['model_uri']} ({cfg.metric}={out['value']:.4f}); "
           f"promoted to champion: {out['promoted']} ({out['reason']})")
     return out

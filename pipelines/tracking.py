@@ -1,35 +1,66 @@
-"""MLflow tracking for the stages: a sqlite store inside the project by default
-(MLFLOW_TRACKING_URI overrides), each run tagged with the git commit and its DVC inputs' hash."""
+"""MLflow tracking for the stages.
+
+Store: `mlflow.db` (sqlite) at the project root, which is where MLflow's own commands look by
+default, so `mlflow ui` or `mlflow models serve -m models:/deeplab@champion` run from the project
+root need no `MLFLOW_TRACKING_URI`. Artifacts go to `mlruns/` and their locations are stored
+relative to the project root, so the store keeps working after the project directory is moved.
+`MLFLOW_TRACKING_URI` (and `DEEPLAB_ARTIFACT_ROOT`) point elsewhere when set.
+
+Lineage on every stage run: the git commit, DVC's own md5 of each dep (`dvc.dep.<path>`) and of
+each out the stage wrote (`dvc.out.<path>`), the md5 of its params values (`dvc.params_md5`), and,
+when the stage runs inside `python -m pipelines.repro`, the pipeline run it belongs to
+(`pipeline_run`, also the MLflow parent run).
+"""
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipelines.common import REPO, git_commit, stage_inputs_hash
+from pipelines.common import REPO, dvc_md5, git_commit, stage_lineage, stage_outs
 
 EXPERIMENT = os.environ.get("DEEPLAB_EXPERIMENT", "deeplab")
-MLFLOW_DIR = REPO / "mlruns"
+STORE = REPO / "mlflow.db"
+ARTIFACTS = "mlruns"  # relative to the project root
+PIPELINE_RUN_ENV = "DEEPLAB_PIPELINE_RUN"
+_COMPUTE = {"seconds": 0.0}
 
 
 def tracking_uri() -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    MLFLOW_DIR.mkdir(exist_ok=True)
-    return f"sqlite:///{MLFLOW_DIR / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE}"
+
+
+def project_store() -> bool:
+    """True when the project's own store is used. (Compared by value: mlflow.set_tracking_uri
+    exports MLFLOW_TRACKING_URI, so the variable being set says nothing.)"""
+    return tracking_uri() == f"sqlite:///{STORE}"
+
+
+def _store_artifacts_relative(experiment_id: str) -> None:
+    """MLflow stores a local artifact location as an absolute path; rewrite the new
+    experiment's to the project-relative one so runs, logged models and model versions created
+    under it hold relative paths too (resolved against the project root at run time)."""
+    with sqlite3.connect(STORE, timeout=60) as con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (ARTIFACTS, int(experiment_id)))
 
 
 def configure() -> "module":
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
+    if project_store() and Path.cwd() != REPO:
+        os.chdir(REPO)  # the store's artifact paths are relative to the project root
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        art = os.environ.get("DEEPLAB_ARTIFACT_ROOT") or (MLFLOW_DIR / "artifacts").as_uri()
+        art = os.environ.get("DEEPLAB_ARTIFACT_ROOT")
         try:
-            mlflow.create_experiment(EXPERIMENT, artifact_location=art)
+            eid = mlflow.create_experiment(EXPERIMENT, artifact_location=art or ARTIFACTS)
+            if project_store() and not art:
+                _store_artifacts_relative(eid)
         except Exception:  # created concurrently by another stage
             pass
     mlflow.set_experiment(EXPERIMENT)
@@ -47,16 +78,74 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def lineage_tags(stage: str) -> dict:
+    lin = stage_lineage(stage)
+    tags = {f"dvc.dep.{path}": md5 or "missing" for path, md5 in lin["deps"].items()}
+    tags["dvc.params_md5"] = lin["params_md5"]
+    return tags
+
+
+def out_tags(stage: str) -> dict:
+    """DVC's md5 of each out the stage declares, as written now (absent outs are skipped)."""
+    tags = {}
+    for rel in stage_outs(stage):
+        md5 = dvc_md5(REPO / rel)
+        if md5:
+            tags[f"dvc.out.{rel}"] = md5
+    return tags
+
+
+def _process_seconds() -> float:
+    """Seconds since this process started (interpreter start-up and imports included)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
+@contextmanager
+def compute() -> Iterator[None]:
+    """Time a block of the stage's real work (training, CRF, evaluation); the stage run logs the
+    total as `compute_seconds` beside `stage_seconds`, so the pipeline's own overhead is their
+    difference."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _COMPUTE["seconds"] += time.perf_counter() - t0
+
+
+def add_compute_seconds(seconds: float) -> None:
+    _COMPUTE["seconds"] += float(seconds)
+
+
 @contextmanager
 def stage_run(stage: str, params_sections: dict) -> Iterator["mlflow.ActiveRun"]:
-    """An MLflow run for one stage execution, with params, git commit and DVC-inputs hash."""
+    """An MLflow run for one stage execution: params, lineage tags, and at the end the DVC
+    hashes of what it wrote and its timing split (`stage_seconds`, `compute_seconds`)."""
     mlflow = configure()
-    tags = {"stage": stage, "git_commit": git_commit(), "dvc_inputs_md5": stage_inputs_hash(stage)}
+    tags = {"stage": stage, "git_commit": git_commit(), **lineage_tags(stage)}
+    parent = os.environ.get(PIPELINE_RUN_ENV)
+    if parent:
+        tags.update({"pipeline_run": parent, "mlflow.parentRunId": parent})
+    _COMPUTE["seconds"] = 0.0
     with mlflow.start_run(run_name=stage, tags=tags) as run:
         flat = {k: str(v)[:500] for k, v in flatten(params_sections).items()}
         if flat:
             mlflow.log_params(flat)
         yield run
+        mlflow.set_tags(out_tags(stage))
+        mlflow.log_metrics({"compute_seconds": _COMPUTE["seconds"],
+                            "stage_seconds": _process_seconds()})
+
+
+def log_metrics(values: dict, step: int | None = None) -> None:
+    """Log the numeric entries of `values` (bools and non-numbers skipped) to the active run."""
+    import mlflow
+
+    nums = {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if nums:
+        mlflow.log_metrics(nums, step=step)
 
 
 def metric_logger(prefix: str = ""):
@@ -78,3 +167,15 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifacts(str(p), artifact_path=artifact_path)
         elif p.is_file():
             mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+
+def find_stage_run(stage: str, out_path: str, md5: str) -> str | None:
+    """Run id of the latest `stage` run that wrote `out_path` with DVC md5 `md5` (the run that
+    produced the exact file another stage consumed), or None."""
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list",
+                              filter_string=f"tags.stage = '{stage}' and "
+                                            f"tags.`dvc.out.{out_path}` = '{md5}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None

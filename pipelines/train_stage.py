@@ -9,7 +9,8 @@ from prefect import task
 
 from deeplab_core.config import Params, TrainConfig
 from deeplab_core.engine.checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
-from deeplab_core.engine.train import TrainSettings, atomic_torch_save, resolve_device, train
+from deeplab_core.engine.train import (TrainSettings, atomic_torch_save, resolve_device,
+                                       seed_everything, train)
 from pipelines import tracking
 from pipelines.common import StageError, atomic_dir, data_dir, stage_inputs_hash, write_json
 
@@ -41,6 +42,9 @@ def build_dataset(list_file: Path, cfg: TrainConfig, repeat_ids: list[str] | Non
 @task
 def init_model(params: Params, init_checkpoint: Path | None):
     m = params.model
+    # Seeded before the weights are drawn: the same params give the same initial model, so the
+    # stage's outputs are byte-identical from run to run.
+    seed_everything(params.base.seed)
     spec = model_spec(m.preset, params.base.num_classes, m.output_stride, m.overrides)
     if init_checkpoint is not None:
         model, meta = load_checkpoint(init_checkpoint)
@@ -53,6 +57,7 @@ def init_model(params: Params, init_checkpoint: Path | None):
 
 
 @task
+@tracking.compute()
 def fit(model, dataset, cfg: TrainConfig, params: Params, ckpt_path: Path, stage: str):
     if params.base.torch_threads:
         torch.set_num_threads(params.base.torch_threads)
@@ -81,9 +86,8 @@ def run_training(stage: str, params: Params, cfg: TrainConfig, list_file: Path,
             ckpt = d / "checkpoints" / f"{stage}.pt"
             res = fit(model, ds, cfg, params, ckpt, stage)
             history = res.history
-            metrics.update({"final_loss": res.final_loss, "train_seconds": res.seconds,
-                            "resumed_from": res.resumed_from, "train_images": len(ds),
-                            "iterations": cfg.iterations})
+            metrics.update({"final_loss": res.final_loss, "resumed_from": res.resumed_from,
+                            "train_images": len(ds), "iterations": cfg.iterations})
         else:
             atomic_torch_save({"complete": True, "skipped": True}, d / "checkpoints" / f"{stage}.pt")
         with atomic_dir(d / "models" / stage) as tmp:
@@ -91,9 +95,7 @@ def run_training(stage: str, params: Params, cfg: TrainConfig, list_file: Path,
         write_json(d / "plots" / f"{stage}_loss.json", history)
         write_json(d / "metrics" / f"{stage}.json", metrics)
         tracking.log_artifacts([d / "plots" / f"{stage}_loss.json"])
-        import mlflow
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        tracking.log_metrics(metrics)
     return metrics
 
 

@@ -73,7 +73,7 @@ def validate_flow() -> dict:
         metrics = {f"{s}_samples": r["n_rows"] for s, r in results.items()}
         metrics["expectations_failed"] = 0
         write_json(d / "metrics" / "validate.json", metrics)
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        tracking.log_metrics(metrics)
     print(f"validate: all expectations met {metrics}")
     return report
 
