@@ -1,13 +1,32 @@
-"""Shared fixtures: one intra-op torch thread for every test, and a tiny hand-made segmentation
-list (JPEG images + palette PNG labels)."""
+"""Shared fixtures: one intra-op torch thread for every test, a tiny hand-made segmentation
+list (JPEG images + palette PNG labels), scratch copies of the project on the micro config, and
+one real Prefect server for every test that runs stages."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _keep_tracking_uri():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a test that points MLflow at a
+    scratch store must not leak it into later tests' stage subprocesses."""
+    import os
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +70,33 @@ def tiny_list(tmp_path_factory) -> Path:
         write_label_png(root / "labels" / f"s{i}.png", label)
         entries.append((f"s{i}", f"images/s{i}.jpg", f"labels/s{i}.png"))
     return write_list_file(root / "list.txt", entries)
+
+
+def scratch_project(root: Path, *overlays: dict) -> Path:
+    """A copy of the project's code, dvc.yaml and ignore files at ``root`` with params.yaml =
+    the defaults, the micro config (tests/micro_params.yaml) and ``overlays`` merged in order
+    (DVC needs every tracked key present). No git, DVC or data: callers add what they need."""
+    from deeplab_core.config import deep_merge
+
+    for name in ("deeplab_core", "pipelines"):
+        shutil.copytree(REPO / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / name, root / name)
+    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                        yaml.safe_load((REPO / "tests" / "micro_params.yaml").read_text()))
+    for overlay in overlays:
+        params = deep_merge(params, overlay)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(tmp_path_factory):
+    """One real `prefect server` on 127.0.0.1 for the whole session (or PREFECT_API_URL when
+    set), exported as PREFECT_API_URL so stage subprocesses use it instead of starting
+    Prefect's temporary server each."""
+    from pipelines.prefect_server import prefect_api
+
+    with prefect_api(home=tmp_path_factory.mktemp("prefect_home")) as url:
+        yield url

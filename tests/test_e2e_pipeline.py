@@ -1,11 +1,13 @@
-"""End to end: the real DVC pipeline (every stage a Prefect flow, MLflow tracking, GX validation,
-registry) on a micro synthetic config, in a scratch copy of the project."""
+"""End to end: the real DVC pipeline (every stage a Prefect flow against one real Prefect server,
+MLflow tracking, GX validation, registry) on a micro synthetic config, in a scratch copy of the
+project: `python -m pipelines.repro` as `make run` calls it, then plain `dvc repro` and stages
+started by hand."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import scratch_project
+
 pytestmark = pytest.mark.e2e
+GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
 
 def _run(args, cwd, env, check=True):
@@ -29,44 +33,102 @@ def _ran_stages(output: str) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("proj")
-    for name in ("deeplab_core", "pipelines"):
-        shutil.copytree(REPO / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    # DVC needs every tracked key present: write the defaults with the micro overlay on top.
-    from deeplab_core.config import deep_merge
-    full = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()),
-                      yaml.safe_load((REPO / "tests" / "micro_params.yaml").read_text()))
-    (root / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
-    (root / ".gitignore").write_text("/data/*\nmlruns/\n__pycache__/\n")
+def _clean_env() -> dict:
+    """The environment of a new user's shell: the project's venv on PATH, and no tracking,
+    Prefect or params overrides (the project's own defaults apply)."""
     env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)
-    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    env["DEEPLAB_ARTIFACT_ROOT"] = (root / "mlruns" / "artifacts").as_uri()
-    (root / "mlruns").mkdir()
-    env.pop("DEEPLAB_PARAMS", None)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI", "DEEPLAB_ARTIFACT_ROOT",
+                "PREFECT_API_URL", "DEEPLAB_PIPELINE_RUN"):
+        env.pop(key, None)
+    return env
+
+
+def _git_project(root: Path, env: dict) -> None:
     _run(["git", "init", "-q"], root, env)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root, env)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init"], root, env)
     _run(["dvc", "init", "-q"], root, env)
     _run(["dvc", "config", "core.analytics", "false"], root, env)
-    first = _run(["dvc", "repro"], root, env)
-    return root, env, first
+    _run(GIT + ["add", "-A"], root, env)
+    _run(GIT + ["commit", "-qm", "init"], root, env)
 
 
-def test_first_repro_runs_every_stage_in_order(project):
-    _, _, first = project
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_api_url):
+    """The micro project after its first `python -m pipelines.repro` (which starts and stops
+    a Prefect server of its own), with dvc.lock committed. Later runs use the session's server."""
+    root = scratch_project(tmp_path_factory.mktemp("proj"))
+    env = _clean_env()
+    _git_project(root, env)
+    first = _run([sys.executable, "-m", "pipelines.repro"], root, env)
+    _run(GIT + ["add", "dvc.lock"], root, env)
+    _run(GIT + ["commit", "-qm", "first run"], root, env)
+    return root, dict(env, PREFECT_API_URL=prefect_api_url), first
+
+
+STAGES = ["prepare", "validate", "bootstrap", "pretrain", "finetune", "crf_search", "evaluate",
+          "register"]
+
+
+def test_first_repro_runs_every_stage_in_order_on_one_server(project):
+    root, _, first = project
     stages = [line.split("'")[1] for line in first.stdout.splitlines()
               if line.startswith("Running stage")]
-    assert stages == ["prepare", "validate", "bootstrap", "pretrain", "finetune", "crf_search",
-                      "evaluate", "register"]
+    assert stages == STAGES
+    # one server for the whole run: the stages reported their flow runs to it, none started
+    # Prefect's temporary server, and the server is gone afterwards
+    api = [line for line in first.stdout.splitlines() if line.startswith("Prefect API: ")]
+    assert len(api) == 1 and api[0].startswith("Prefect API: http://127.0.0.1:")
+    assert "Starting temporary server" not in first.stdout + first.stderr
+    from pipelines.prefect_server import api_healthy
+    assert not api_healthy(api[0].split(": ", 1)[1])
+    assert (root / ".prefect" / "server.log").is_file()
+    # the timing table: every stage with wall, compute and overhead seconds
+    table = first.stdout[first.stdout.index("stage          wall s"):].splitlines()
+    rows = {r.split()[0]: [float(x) for x in r.split()[1:]] for r in table[1:10]}
+    assert list(rows) == STAGES + ["total"]
+    for stage in ("pretrain", "finetune", "crf_search", "evaluate"):
+        wall, compute, overhead = rows[stage]
+        assert 0 < compute < wall and abs(wall - compute - overhead) < 0.2
 
 
-def test_outputs_metrics_and_registry(project):
+def _mlflow_runs(root: Path) -> list:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["deeplab"], output_format="list")
+
+
+def test_mlflow_lineage_holds_dvc_hashes_and_groups_the_run(project):
+    root, _, _ = project
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    runs = _mlflow_runs(root)
+    parent = [r for r in runs if r.data.tags["stage"] == "pipeline"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    pid = parent[0].info.run_id
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags.get("pipeline_run") == pid
+                and r.info.run_id != pid}
+    assert sorted(children) == sorted(STAGES)
+    for stage, run in children.items():
+        tags = run.data.tags
+        assert tags["mlflow.parentRunId"] == pid
+        assert len(tags["git_commit"]) == 40, tags["git_commit"]  # a clean tree: not "-dirty"
+        # DVC's own hashes, exactly as dvc.lock recorded them for this stage
+        for dep in lock[stage]["deps"]:
+            assert tags[f"dvc.dep.{dep['path']}"] == dep["md5"], (stage, dep["path"])
+        for out in lock[stage]["outs"]:
+            assert tags[f"dvc.out.{out['path']}"] == out["md5"], (stage, out["path"])
+        values = lock[stage]["params"]["params.yaml"]
+        assert tags["dvc.params_md5"] == hashlib.md5(
+            json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
+        assert run.data.metrics["stage_seconds"] >= run.data.metrics["compute_seconds"] >= 0
+    # the registered version leads back to the finetune run that wrote its weights
+    from mlflow import MlflowClient
+    version = MlflowClient().get_model_version("deeplab-micro", "1")
+    assert version.tags["finetune_run_id"] == children["finetune"].info.run_id
+    assert version.tags["pipeline_run"] == pid
+
+
+def test_outputs_metrics_and_registry(project, monkeypatch):
     root, env, _ = project
     d = root / "data"
     ev = json.loads((d / "metrics" / "evaluate.json").read_text())
@@ -86,16 +148,12 @@ def test_outputs_metrics_and_registry(project):
     assert (d / "crf_search" / "search_trace.png").is_file()
     reg = json.loads((d / "register" / "registration.json").read_text())
     assert reg["version"] == "1" and reg["promoted"] and "champion" in reg["aliases"]
-    # every stage logged an MLflow run tagged with the git commit and its DVC inputs' hash
+    # the registered champion serves raw RGB images, with and without the CRF (artifact paths
+    # in the project's store are relative to the project root)
     import mlflow
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    runs = mlflow.search_runs(experiment_names=["deeplab"])
-    assert set(runs["tags.stage"]) == {"prepare", "validate", "bootstrap", "pretrain", "finetune",
-                                       "crf_search", "evaluate", "register"}
-    assert runs["tags.dvc_inputs_md5"].str.len().eq(32).all()
-    assert runs["tags.git_commit"].str.len().ge(40).all()
-    # the registered champion serves raw RGB images, with and without the CRF
     import numpy as np
+    monkeypatch.chdir(root)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     served = mlflow.pyfunc.load_model("models:/deeplab-micro@champion")
     img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     masks = served.predict([img])
@@ -105,6 +163,33 @@ def test_outputs_metrics_and_registry(project):
     # metrics readable by `dvc metrics show`
     shown = _run(["dvc", "metrics", "show", "--json"], root, env).stdout
     assert "miou_crf" in shown
+
+
+def test_fresh_clone_elsewhere_reproduces_byte_identical_outputs_and_moves(project,
+                                                                          tmp_path):
+    """A fresh clone at another path re-runs every stage and ends with a clean `git status`
+    (dvc.lock unchanged: outputs are byte-identical for the same inputs). Then the clone is
+    moved: its MLflow store still resolves runs and models, with MLflow's own CLI from the
+    project root and no MLFLOW_TRACKING_URI."""
+    root, env, _ = project
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    out = _run([sys.executable, "-m", "pipelines.repro"], clone, env).stdout
+    assert [line.split("'")[1] for line in out.splitlines()
+            if line.startswith("Running stage")] == STAGES
+    assert _run(["git", "status", "--porcelain"], clone, env).stdout == ""
+    moved = tmp_path / "moved" / "project"
+    moved.parent.mkdir()
+    clone.rename(moved)
+    cli_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    got = _run(["mlflow", "artifacts", "download", "-u", "models:/deeplab-micro@champion",
+                "-d", str(tmp_path / "dl")], moved, cli_env)
+    assert (tmp_path / "dl" / "MLmodel").is_file(), got.stdout + got.stderr
+    assert not (moved.parent / "mlflow.db").exists()
+    run_id = [r for r in _mlflow_runs(moved) if r.data.tags["stage"] == "evaluate"][0].info.run_id
+    _run(["mlflow", "artifacts", "download", "-r", run_id, "-a", "eval/trimap.png",
+          "-d", str(tmp_path / "art")], moved, cli_env)
+    assert (tmp_path / "art" / "trimap.png").stat().st_size > 1000
 
 
 def test_second_repro_runs_nothing_then_crf_change_reruns_only_downstream(project):

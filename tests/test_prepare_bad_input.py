@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 import deeplab_core
-from deeplab_core.config import ConfigError, deep_merge
+from deeplab_core.config import ConfigError
 from deeplab_core.data.io import DataError, ImageReadError, encode_label_png
 from deeplab_core.data.synthetic import generate_synthetic
 from deeplab_core.data.trainaug import prepare_datasets
 from deeplab_core.data.voc import read_split
+from conftest import scratch_project
 from pipelines.common import StageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,23 +221,13 @@ def test_every_custom_error_class_survives_pickling():
 def _project(tmp_path: Path, good: Path, prepare: dict) -> tuple[Path, dict]:
     """A scratch copy of the project whose data/ holds earlier outputs, with ``prepare`` merged
     into the micro params."""
-    root = tmp_path / "proj"
-    for name in ("deeplab_core", "pipelines"):
-        shutil.copytree(REPO / name, root / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()),
-                        yaml.safe_load((REPO / "tests" / "micro_params.yaml").read_text()))
-    params = deep_merge(params, {"prepare": prepare})
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    root = scratch_project(tmp_path / "proj", {"prepare": prepare})
     shutil.copy(root / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(good / "raw", root / "data" / "raw")
     shutil.copytree(good / "prepared", root / "data" / "prepared")
     (root / "data" / "metrics").mkdir()
     (root / "data" / "metrics" / "prepare.json").write_text('{"source": "synthetic"}\n')
-    env = dict(os.environ, DEEPLAB_PARAMS=str(tmp_path / "params.yaml"),
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
-               DEEPLAB_ARTIFACT_ROOT=(tmp_path / "artifacts").as_uri())
+    env = dict(os.environ, DEEPLAB_PARAMS=str(tmp_path / "params.yaml"))
     return root, env
 
 
@@ -257,7 +247,7 @@ def _stage_fails(root: Path, env: dict, *parts: str) -> str:
     return line[0]
 
 
-def test_stage_with_voc_root_not_voc_fails_before_writing(good, tmp_path):
+def test_stage_with_voc_root_not_voc_fails_before_writing(good, tmp_path, prefect_api_url):
     not_voc = tmp_path / "not_voc"
     (not_voc / "JPEG").mkdir(parents=True)
     root, env = _project(tmp_path, good, {"source": "real", "voc_root": str(not_voc)})
@@ -265,7 +255,7 @@ def test_stage_with_voc_root_not_voc_fails_before_writing(good, tmp_path):
                  "expected VOC2012 layout")
 
 
-def test_stage_with_rgb_label_fails_named_and_keeps_outputs(good, tmp_path):
+def test_stage_with_rgb_label_fails_named_and_keeps_outputs(good, tmp_path, prefect_api_url):
     src = tmp_path / "src"
     shutil.copytree(good / "raw", src)
     sid = _voc_id(src)
