@@ -19,6 +19,8 @@ from deeplab_core.config import ConfigError, Params, load_params
 from deeplab_core.data.io import atomic_directory, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
+# Set by pipelines.repro for the stages of one pipeline run: the MLflow parent run's id.
+PIPELINE_RUN_ENV = "DEEPLAB_PIPELINE_RUN"
 
 
 def params_path() -> Path:
@@ -153,7 +155,16 @@ def run_stage(flow: Callable[[], object]) -> None:
     """Entry point wrapper: a user error prints one clear message and exits 2; anything else
     prints the traceback and exits 1."""
     try:
-        flow()
+        from prefect import tags
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        run_id = os.environ.get(PIPELINE_RUN_ENV)
+        # Inside pipelines.repro the flow run is tagged, so the UI can filter one repro.
+        # Heartbeats (crash detection for deployments) are off: DVC supervises a stage, and the
+        # heartbeat thread holds each flow's exit for up to a second.
+        with tags(*([f"pipeline_run:{run_id}"] if run_id else [])), \
+                temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            flow()
     except (ConfigError, StageError, FileNotFoundError, ValueError) as err:
         msg = str(err)
         # Prefect wraps task failures; show the root cause the user can act on.

@@ -32,7 +32,7 @@ def file_md5(path: Path) -> str:
 
 
 @task
-@tracking.compute()
+@tracking.work("compute")
 def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: Path,
                 device_name: str, eval_output_stride: int | None) -> list[Path]:
     """Write one npz per CV image (raw image, softmax probabilities, label), once per model."""
@@ -69,7 +69,7 @@ def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: 
 
 
 @task
-@tracking.compute()
+@tracking.work("compute")
 def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: int) -> dict:
     from deeplab_core.crf import search as s
 
@@ -132,6 +132,27 @@ def grid_rows_for_heatmap(result: dict, cfg) -> tuple[list[dict], str, str]:
     return [], "", ""
 
 
+@tracking.work("compute")
+def save_figures(out: Path, result: dict, rows: list[dict], cfg, n_cv: int) -> None:
+    """heatmaps.png (the coarse grid) and search_trace.png (every config scored on all CV
+    images)."""
+    from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
+
+    objective = result["objective"]
+    shown, metric, title = grid_rows_for_heatmap(result, cfg)
+    if shown:
+        plot_heatmaps(shown, out / "heatmaps.png", title=title, metric=metric,
+                      label=f"{objective} (%)")
+    else:
+        plot_heatmaps(rows, out / "heatmaps.png", metric=objective, label=f"{objective} (%)")
+    grid = _grid_points(cfg)
+    trace = [{**r, "on_grid": _point(r) in grid} for r in result["rows"]]
+    plot_search_trace(trace, out / "search_trace.png", metric=objective,
+                      baseline=result[f"baseline_{objective}"],
+                      title=f"CRF search ({cfg.strategy}): {len(trace)} configs on all {n_cv} "
+                            f"CV images, {result['crf_runs']} CRF runs")
+
+
 @flow(name="crf_search")
 def crf_search_flow() -> dict:
     params = get_params()
@@ -161,20 +182,7 @@ def crf_search_flow() -> dict:
                 "cv_miou_gt_without_crf": result["baseline_miou_gt"], "objective": objective,
                 "cv_images": cv_ids, "strategy": cfg.strategy, "crf_runs": result["crf_runs"]})
             write_table(tmp / "table.csv", rows, result.get("screen_rows", []))
-            from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
-            shown, metric, title = grid_rows_for_heatmap(result, cfg)
-            if shown:
-                plot_heatmaps(shown, tmp / "heatmaps.png", title=title, metric=metric,
-                              label=f"{objective} (%)")
-            else:
-                plot_heatmaps(rows, tmp / "heatmaps.png", metric=objective,
-                              label=f"{objective} (%)")
-            grid = _grid_points(cfg)
-            trace = [{**r, "on_grid": _point(r) in grid} for r in result["rows"]]
-            plot_search_trace(trace, tmp / "search_trace.png", metric=objective,
-                              baseline=result[f"baseline_{objective}"],
-                              title=f"CRF search ({cfg.strategy}): {len(trace)} configs on all "
-                                    f"{len(cv_ids)} CV images, {result['crf_runs']} CRF runs")
+            save_figures(tmp, result, rows, cfg, len(cv_ids))
         metrics = {"cv_images": len(cv_ids), "configs_evaluated": len(rows),
                    "crf_runs": result.get("crf_runs"), "cv_miou_crf": best["miou"],
                    "cv_miou_plain": result["baseline_miou"],

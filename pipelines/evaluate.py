@@ -23,7 +23,7 @@ from pipelines.eval_data import eval_dataset, read_list_ids
 
 
 @task
-@tracking.compute()
+@tracking.work("compute")
 def run_eval(model, ids: list[str], val_list, params, crf_params: dict | None, examples: list):
     cfg = params.evaluate
     ds = eval_dataset(val_list, ids)
@@ -38,6 +38,22 @@ def run_eval(model, ids: list[str], val_list, params, crf_params: dict | None, e
                     scales=cfg.scales, flip=cfg.flip, trimap_widths=cfg.trimap_widths,
                     crf_params=crf_params, crf_workers=cfg.crf_workers, class_names=VOC_CLASSES,
                     on_prediction=keep)
+
+
+@tracking.work("compute")
+def save_figures(out, widths: list, trimap_rows: list[dict], per_class: dict, examples: list,
+                 crf_params: dict | None) -> None:
+    """trimap.png, per_class_iou.png and examples.png (the examples with and without CRF)."""
+    curves = {"DeepLab": [r["acc"] for r in trimap_rows]}
+    if crf_params:
+        curves["DeepLab + CRF"] = [r["acc_crf"] for r in trimap_rows]
+    viz.save_trimap_plot(widths, curves, "pixel accuracy in band (%)", out / "trimap.png")
+    viz.save_per_class_bars(per_class, out / "per_class_iou.png")
+    if crf_params and examples:
+        from deeplab_core.crf.densecrf import CRFParams, dense_crf
+        for ex in examples:
+            ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"], CRFParams.from_dict(crf_params))
+    viz.save_examples(examples, out / "examples.png")
 
 
 def _headline(acc_plain, acc_crf) -> dict:
@@ -105,17 +121,7 @@ def evaluate_flow() -> dict:
 
         with atomic_dir(d / "eval") as tmp:
             write_json(tmp / "per_class_iou.json", per_class_rows)
-            curves = {"DeepLab": [r["acc"] for r in trimap_rows]}
-            if crf_rep:
-                curves["DeepLab + CRF"] = [r["acc_crf"] for r in trimap_rows]
-            viz.save_trimap_plot(widths, curves, "pixel accuracy in band (%)", tmp / "trimap.png")
-            viz.save_per_class_bars(per_class, tmp / "per_class_iou.png")
-            if crf_params and examples:
-                from deeplab_core.crf.densecrf import CRFParams, dense_crf
-                for ex in examples:  # a handful of images: not timed as compute
-                    ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"],
-                                                  CRFParams.from_dict(crf_params))
-            viz.save_examples(examples, tmp / "examples.png")
+            save_figures(tmp, widths, trimap_rows, per_class, examples, crf_params)
         write_json(d / "plots" / "trimap.json", trimap_rows)
         write_json(d / "metrics" / "evaluate.json", metrics)
         tracking.log_metrics(metrics)

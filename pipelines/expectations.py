@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
 import pandas as pd
 
 from deeplab_core.config import ValidateConfig
 
 
 def build_suite(gx, cfg: ValidateConfig, min_rows: int, name: str):
-    import great_expectations.expectations as gxe
-
     suite = gx.ExpectationSuite(name=name)
     for e in (
         gxe.ExpectTableRowCountToBeBetween(min_value=min_rows),
@@ -32,10 +34,6 @@ def build_suite(gx, cfg: ValidateConfig, min_rows: int, name: str):
 
 def run_suite(df: pd.DataFrame, cfg: ValidateConfig, min_rows: int, split: str) -> dict:
     """Validate one split's manifest; returns {'success', 'failures': [...], 'n_rows'}."""
-    import logging
-
-    import great_expectations as gx
-
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     ctx = gx.get_context(mode="ephemeral")
     asset = ctx.data_sources.add_pandas(f"manifest_{split}").add_dataframe_asset(split)

@@ -27,6 +27,7 @@ def _resolve(p: str | None) -> Path | None:
 
 
 @task
+@tracking.work("data")
 def generate(params: Params, raw_build: Path) -> dict:
     from deeplab_core.data.synthetic import generate_synthetic
 
@@ -39,6 +40,7 @@ def generate(params: Params, raw_build: Path) -> dict:
 
 
 @task
+@tracking.work("data")
 def locate_real(params: Params) -> dict[str, Path | None]:
     """The real dataset roots, checked (layouts, split files, labels and images present) before
     anything is written."""
@@ -56,6 +58,7 @@ def locate_real(params: Params) -> dict[str, Path | None]:
 
 
 @task
+@tracking.work("data")
 def build_lists(voc: Path, sbd: Path | None, coco: Path | None, build_dir: Path, out_dir: Path,
                 moved: dict[Path, Path]) -> dict:
     from deeplab_core.data.trainaug import prepare_datasets

@@ -7,8 +7,10 @@
 - one MLflow parent run (`pipeline`) that every stage run of this repro is nested under and
   tagged with (`pipeline_run`);
 - a timing table at the end: per stage, the wall time DVC took, the part spent in training, CRF
-  and evaluation (`compute_seconds`) and the rest (`overhead`: start-up, imports, Prefect,
-  MLflow, DVC hashing); the same figures are logged to the parent run.
+  and evaluation (`compute`), the part spent generating, converting and validating data
+  (`data`), and the rest (`overhead`: interpreter start-up, imports, Prefect, MLflow, DVC
+  hashing); the same figures are logged to the parent run. The total row's overhead includes
+  starting the Prefect server and DVC's own start-up.
 
 `make run` and the end-to-end test use it; plain `dvc repro` works too (each stage then falls back
 to Prefect's temporary server of its own, and the runs are not grouped).
@@ -20,10 +22,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from pipelines.common import REPO, git_commit, run_stage
+from pipelines.common import REPO, StageError, git_commit, run_stage
 
 RUNNING = "Running stage '"
 
@@ -57,30 +60,41 @@ def run_dvc(args: list[str]) -> tuple[int, dict[str, float]]:
     return code, walls
 
 
+COLUMNS = ("wall", "compute", "data", "overhead")
+
+
 def timing_rows(walls: dict[str, float], pipeline_run: str) -> list[dict]:
-    """Per stage that ran: DVC's wall time, and compute seconds from the stage's MLflow run."""
+    """Per stage that ran: DVC's wall time, the work seconds its MLflow run logged, and the
+    rest (overhead)."""
     import mlflow
 
     from pipelines import tracking
 
     runs = mlflow.search_runs(experiment_names=[tracking.EXPERIMENT], output_format="list",
                               filter_string=f"tags.pipeline_run = '{pipeline_run}'")
-    compute = {r.data.tags.get("stage"): r.data.metrics.get("compute_seconds", 0.0) for r in runs}
+    metrics = {r.data.tags.get("stage"): r.data.metrics for r in runs}
     rows = []
     for stage, wall in walls.items():
-        c = float(compute.get(stage, 0.0))
-        rows.append({"stage": stage, "wall_s": round(wall, 2), "compute_s": round(c, 2),
-                     "overhead_s": round(wall - c, 2)})
+        m = metrics.get(stage, {})
+        row = {"stage": stage, "wall_s": wall}
+        row.update({f"{k}_s": float(m.get(f"{k}_seconds", 0.0)) for k in tracking.WORK_KINDS})
+        row["overhead_s"] = wall - sum(row[f"{k}_s"] for k in tracking.WORK_KINDS)
+        rows.append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
     return rows
 
 
+def total_row(rows: list[dict], total_s: float) -> dict:
+    out = {"stage": "total", "wall_s": round(total_s, 2)}
+    for k in ("compute", "data"):
+        out[f"{k}_s"] = round(sum(r[f"{k}_s"] for r in rows), 2)
+    out["overhead_s"] = round(total_s - out["compute_s"] - out["data_s"], 2)
+    return out
+
+
 def format_timings(rows: list[dict], total_s: float) -> str:
-    lines = [f"{'stage':12s}{'wall s':>9s}{'compute s':>11s}{'overhead s':>12s}"]
-    for r in rows:
-        lines.append(f"{r['stage']:12s}{r['wall_s']:9.1f}{r['compute_s']:11.1f}"
-                     f"{r['overhead_s']:12.1f}")
-    c = sum(r["compute_s"] for r in rows)
-    lines.append(f"{'total':12s}{total_s:9.1f}{c:11.1f}{total_s - c:12.1f}")
+    lines = [f"{'stage':12s}" + "".join(f"{c + ' s':>12s}" for c in COLUMNS)]
+    for r in rows + [total_row(rows, total_s)]:
+        lines.append(f"{r['stage']:12s}" + "".join(f"{r[c + '_s']:12.1f}" for c in COLUMNS))
     return "\n".join(lines)
 
 
@@ -89,9 +103,16 @@ def repro(args: list[str]) -> int:
     from pipelines.prefect_server import prefect_api
 
     t0 = time.perf_counter()
+    # MLflow's import and store set-up overlap the Prefect server's start-up.
+    configured: list = []
+    setup = threading.Thread(target=lambda: configured.append(tracking.configure()))
+    setup.start()
     with prefect_api() as api:
         print(f"Prefect API: {api}", flush=True)
-        mlflow = tracking.configure()
+        setup.join()
+        if not configured:
+            raise StageError(f"could not open the MLflow store {tracking.tracking_uri()}")
+        mlflow = configured[0]
         parent = mlflow.start_run(run_name="pipeline", tags={
             "stage": "pipeline", "git_commit": git_commit(), "dvc_args": " ".join(args)})
         pipeline_run = parent.info.run_id
@@ -105,11 +126,12 @@ def repro(args: list[str]) -> int:
             rows = timing_rows(walls, pipeline_run)
             table = format_timings(rows, total)
             print(f"\npipeline run {pipeline_run} ({len(rows)} stage(s) ran):\n{table}", flush=True)
-            compute = sum(r["compute_s"] for r in rows)
-            mlflow.log_metrics({"total_seconds": total, "compute_seconds": compute,
-                                "overhead_seconds": total - compute, "stages_run": len(rows),
+            tot = total_row(rows, total)
+            mlflow.log_metrics({"total_seconds": total, "compute_seconds": tot["compute_s"],
+                                "data_seconds": tot["data_s"],
+                                "overhead_seconds": tot["overhead_s"], "stages_run": len(rows),
                                 "dvc_exit_code": code})
-            mlflow.log_dict({"stages": rows, "total_s": round(total, 2)}, "timings.json")
+            mlflow.log_dict({"stages": rows, "total": tot}, "timings.json")
             return code
         finally:
             os.environ.pop(tracking.PIPELINE_RUN_ENV, None)

@@ -21,13 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipelines.common import REPO, dvc_md5, git_commit, stage_lineage, stage_outs
+from pipelines.common import (PIPELINE_RUN_ENV, REPO, dvc_md5, git_commit, stage_lineage,
+                              stage_outs)
 
 EXPERIMENT = os.environ.get("DEEPLAB_EXPERIMENT", "deeplab")
 STORE = REPO / "mlflow.db"
 ARTIFACTS = "mlruns"  # relative to the project root
-PIPELINE_RUN_ENV = "DEEPLAB_PIPELINE_RUN"
-_COMPUTE = {"seconds": 0.0}
+# Seconds of real work this process did, by kind: "compute" (training, CRF search, evaluation)
+# and "data" (generating, converting and validating the datasets); logged as <kind>_seconds.
+WORK_KINDS = ("compute", "data")
+_WORK = dict.fromkeys(WORK_KINDS, 0.0)
 
 
 def tracking_uri() -> str:
@@ -103,38 +106,37 @@ def _process_seconds() -> float:
 
 
 @contextmanager
-def compute() -> Iterator[None]:
-    """Time a block of the stage's real work (training, CRF, evaluation); the stage run logs the
-    total as `compute_seconds` beside `stage_seconds`, so the pipeline's own overhead is their
-    difference."""
+def work(kind: str = "compute") -> Iterator[None]:
+    """Time a block of the stage's real work (also usable as a decorator): `compute` for
+    training, CRF and evaluation, `data` for dataset generation, conversion and validation. The
+    stage run logs the totals as `compute_seconds` / `data_seconds` beside `stage_seconds`; the
+    rest of a stage's time is the pipeline's own overhead."""
+    if kind not in _WORK:
+        raise ValueError(f"work kind {kind!r}: expected one of {WORK_KINDS}")
     t0 = time.perf_counter()
     try:
         yield
     finally:
-        _COMPUTE["seconds"] += time.perf_counter() - t0
-
-
-def add_compute_seconds(seconds: float) -> None:
-    _COMPUTE["seconds"] += float(seconds)
+        _WORK[kind] += time.perf_counter() - t0
 
 
 @contextmanager
 def stage_run(stage: str, params_sections: dict) -> Iterator["mlflow.ActiveRun"]:
     """An MLflow run for one stage execution: params, lineage tags, and at the end the DVC
-    hashes of what it wrote and its timing split (`stage_seconds`, `compute_seconds`)."""
+    hashes of what it wrote and its timing split (`stage_seconds`, `<kind>_seconds`)."""
     mlflow = configure()
     tags = {"stage": stage, "git_commit": git_commit(), **lineage_tags(stage)}
     parent = os.environ.get(PIPELINE_RUN_ENV)
     if parent:
         tags.update({"pipeline_run": parent, "mlflow.parentRunId": parent})
-    _COMPUTE["seconds"] = 0.0
+    _WORK.update(dict.fromkeys(WORK_KINDS, 0.0))
     with mlflow.start_run(run_name=stage, tags=tags) as run:
         flat = {k: str(v)[:500] for k, v in flatten(params_sections).items()}
         if flat:
             mlflow.log_params(flat)
         yield run
         mlflow.set_tags(out_tags(stage))
-        mlflow.log_metrics({"compute_seconds": _COMPUTE["seconds"],
+        mlflow.log_metrics({**{f"{k}_seconds": v for k, v in _WORK.items()},
                             "stage_seconds": _process_seconds()})
 
 

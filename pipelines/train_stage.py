@@ -57,7 +57,7 @@ def init_model(params: Params, init_checkpoint: Path | None):
 
 
 @task
-@tracking.compute()
+@tracking.work("compute")
 def fit(model, dataset, cfg: TrainConfig, params: Params, ckpt_path: Path, stage: str):
     if params.base.torch_threads:
         torch.set_num_threads(params.base.torch_threads)

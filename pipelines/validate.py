@@ -17,6 +17,7 @@ SPLITS = ("train_aug", "val", "coco_train", "coco_val")
 
 
 @task
+@tracking.work("data")
 def manifest(list_file, num_classes: int) -> list[dict]:
     from deeplab_core.classes import VOC_CLASSES
     from deeplab_core.data.manifest import build_manifest
@@ -27,6 +28,7 @@ def manifest(list_file, num_classes: int) -> list[dict]:
 
 
 @task
+@tracking.work("data")
 def check(records: list[dict], cfg, min_rows: int, split: str) -> dict:
     df = pd.DataFrame.from_records(records)
     if df.empty:

@@ -82,13 +82,19 @@ def test_first_repro_runs_every_stage_in_order_on_one_server(project):
     from pipelines.prefect_server import api_healthy
     assert not api_healthy(api[0].split(": ", 1)[1])
     assert (root / ".prefect" / "server.log").is_file()
-    # the timing table: every stage with wall, compute and overhead seconds
-    table = first.stdout[first.stdout.index("stage          wall s"):].splitlines()
-    rows = {r.split()[0]: [float(x) for x in r.split()[1:]] for r in table[1:10]}
+    # the timing table: every stage with wall, compute, data and overhead seconds
+    lines = first.stdout.splitlines()
+    head = next(i for i, line in enumerate(lines)
+                if line.split() == ["stage", "wall", "s", "compute", "s", "data", "s",
+                                    "overhead", "s"])
+    rows = {r.split()[0]: [float(x) for x in r.split()[1:]] for r in lines[head + 1:head + 10]}
     assert list(rows) == STAGES + ["total"]
-    for stage in ("pretrain", "finetune", "crf_search", "evaluate"):
-        wall, compute, overhead = rows[stage]
-        assert 0 < compute < wall and abs(wall - compute - overhead) < 0.2
+    for stage, (wall, compute, data, overhead) in rows.items():
+        assert abs(wall - compute - data - overhead) < 0.25, stage
+        assert compute > 0 if stage in ("pretrain", "finetune", "crf_search", "evaluate", "total")\
+            else compute == 0, stage
+        assert data > 0 if stage in ("prepare", "validate", "total") else data == 0, stage
+        assert overhead > 0, stage
 
 
 def _mlflow_runs(root: Path) -> list:
