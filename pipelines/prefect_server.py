@@ -64,7 +64,8 @@ def _stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 @contextlib.contextmanager
 def prefect_api(home: Path | None = None, timeout_s: float = START_TIMEOUT_S,
-                services: bool = False) -> Iterator[str]:
+                services: bool = False, reuse: bool = True,
+                env: dict[str, str] | None = None) -> Iterator[str]:
     """Yield the URL of a Prefect API for the duration of the block, with `PREFECT_API_URL` set
     to it in this process's environment (children inherit it).
 
@@ -72,10 +73,12 @@ def prefect_api(home: Path | None = None, timeout_s: float = START_TIMEOUT_S,
     `prefect server start` on a free 127.0.0.1 port with `PREFECT_HOME=home` (default: the
     project's `.prefect/`), waits until `/api/health` answers (no fixed start-up limit short
     enough to trip on a busy machine), and stops the server on exit. `services=False` runs the
-    API and UI only (no scheduler), which is all that running flows needs.
+    API and UI only (no scheduler), which is all that running flows needs; `services=True` runs
+    the scheduler and the other services too. `reuse=False` always starts a server; `env` adds
+    settings for it (e.g. PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS).
     """
     existing = os.environ.get("PREFECT_API_URL")
-    if existing:
+    if existing and reuse:
         if not api_healthy(existing, timeout=10):
             raise StageError(f"PREFECT_API_URL={existing} does not answer at /health; start "
                              "that server or unset PREFECT_API_URL to use a temporary one")
@@ -87,7 +90,8 @@ def prefect_api(home: Path | None = None, timeout_s: float = START_TIMEOUT_S,
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false")
+               PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false", **(env or {}))
+    env.pop("PREFECT_API_URL", None)
     cmd = _prefect_executable() + ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
     if not services:
         cmd.append("--no-services")
@@ -110,6 +114,9 @@ def prefect_api(home: Path | None = None, timeout_s: float = START_TIMEOUT_S,
         try:
             yield url
         finally:
-            os.environ.pop("PREFECT_API_URL", None)
+            if existing:
+                os.environ["PREFECT_API_URL"] = existing
+            else:
+                os.environ.pop("PREFECT_API_URL", None)
     finally:
         _stop(proc)

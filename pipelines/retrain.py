@@ -1,21 +1,32 @@
 """Scheduled retraining: a Prefect flow that re-runs the DVC pipeline (DVC re-executes only the
-stages whose inputs changed: new data, new params) on a GPU machine, then reports what the
-registry did. The register stage only promotes a model that beats the champion.
+stages whose inputs changed: new data, new params, new code) on a GPU machine, then reports what
+the registry did. The register stage only promotes a model that beats the champion.
 
-  python -m pipelines.retrain run [--allow-cpu] [--force]     # once, now
-  python -m pipelines.retrain serve --cron "0 3 * * 0"        # a served, scheduled deployment
+Deployments are declared in `prefect.yaml` (work pools `deeplab-cpu`, `deeplab-gpu` and
+`deeplab-gpu-docker`; the cron comes from DEEPLAB_RETRAIN_CRON at deploy time):
+
+  python -m pipelines.retrain run [--allow-cpu] [--force]     # once, now, in this process
+  DEEPLAB_RETRAIN_CRON="0 3 * * 0" prefect --no-prompt deploy --name retrain-gpu
+  prefect worker start --pool deeplab-gpu                      # on the GPU machine
+  python -m pipelines.retrain serve --cron "0 3 * * 0"        # or: serve without a work pool
+
+Everything the run does goes to the Prefect run log: the DVC output line by line, the stages that
+ran (or that nothing changed), and the registry's decision.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 
 from pipelines.common import REPO, StageError, data_dir, get_params
+
+RUNNING = "Running stage '"
 
 
 @task
@@ -31,24 +42,60 @@ def check_device(require_gpu: bool) -> str:
 
 
 @task
-def dvc_repro(force: bool) -> None:
-    # `dvc repro` through pipelines.repro: every stage reports to one Prefect API (this flow's
-    # server when PREFECT_API_URL is set) and the stage runs are grouped in MLflow.
+def dvc_repro(force: bool) -> list[str]:
+    """`dvc repro` through pipelines.repro (one Prefect API for every stage: this flow's server,
+    and the stage runs grouped in MLflow), its output streamed into the run log. Returns the
+    stages that ran."""
+    log = get_run_logger()
     cmd = [sys.executable, "-m", "pipelines.repro"] + (["--force"] if force else [])
-    proc = subprocess.run(cmd, cwd=REPO)
-    if proc.returncode != 0:
-        raise StageError(f"`{' '.join(cmd)}` failed with exit code {proc.returncode}")
+    log.info("running %s in %s", " ".join(cmd), REPO)
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1)
+    ran: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        if "\r" in line:  # progress bars: keep their last state only
+            line = line.rsplit("\r", 1)[-1]
+        if line.startswith(RUNNING):
+            ran.append(line[len(RUNNING):].split("'")[0])
+        if line.strip():
+            log.info("dvc | %s", line)
+    code = proc.wait()
+    if code != 0:
+        raise StageError(f"`{' '.join(cmd)}` failed with exit code {code}")
+    return ran
 
 
 @flow(name="retrain")
 def retrain_flow(require_gpu: bool = True, force: bool = False) -> dict:
+    log = get_run_logger()
     device = check_device(require_gpu)
-    print(f"retraining on {device}")
-    dvc_repro(force)
-    reg = data_dir(get_params()) / "register" / "registration.json"
-    out = json.loads(reg.read_text())
-    print(f"registry: {out['model_uri']} promoted={out['promoted']} ({out['reason']})")
+    log.info("retraining on %s", device)
+    ran = dvc_repro(force)
+    if not ran:
+        log.info("nothing changed: no stage ran (data, params and code match dvc.lock); the "
+                 "registry was not touched")
+        return {"stages_run": [], "registry": None}
+    log.info("stages that ran: %s", ", ".join(ran))
+    out: dict = {"stages_run": ran, "registry": None}
+    if "register" in ran:
+        reg = data_dir(get_params()) / "register" / "registration.json"
+        out["registry"] = json.loads(reg.read_text())
+        r = out["registry"]
+        log.info("registry: %s %s (%s)", r["model_uri"],
+                 "promoted to champion" if r["promoted"] else "registered, not promoted",
+                 r["reason"])
     return out
+
+
+def _exit_on_sigterm() -> None:
+    """A service manager stops `serve` with SIGTERM: leave as on Ctrl-C (Prefect's runner shuts
+    down on KeyboardInterrupt) instead of ignoring it."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,7 +118,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"ERROR [retrain]: {err}", file=sys.stderr)
             sys.exit(2)
     else:
-        retrain_flow.serve(name=a.name, cron=a.cron, parameters=params)
+        _exit_on_sigterm()
+        try:
+            retrain_flow.serve(name=a.name, cron=a.cron, parameters=params)
+        except KeyboardInterrupt:
+            print("retrain serve: stopped", file=sys.stderr)
 
 
 if __name__ == "__main__":
