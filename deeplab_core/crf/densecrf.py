@@ -98,7 +98,9 @@ class CRFParams:
 
 
 def check_image(image_hwc_uint8: np.ndarray) -> np.ndarray:
-    """Validate the RGB image for the colour term; returns a C-contiguous uint8 HxWx3 array."""
+    """Validate the RGB image for the colour term; returns a C-contiguous, writable uint8 HxWx3
+    array (a copy when the input is neither: pydensecrf refuses read-only buffers, such as
+    np.asarray of a PIL image)."""
     img = image_hwc_uint8
     if not isinstance(img, np.ndarray):
         raise ValueError(f"image must be a numpy array (H, W, 3) uint8, got {type(img).__name__}")
@@ -112,8 +114,8 @@ def check_image(image_hwc_uint8: np.ndarray) -> np.ndarray:
         raise ValueError(f"image must be uint8 RGB, got dtype {img.dtype}")
     if img.shape[0] < 1 or img.shape[1] < 1:
         raise ValueError(f"image is empty: shape {img.shape}")
-    if not img.flags.c_contiguous:
-        img = np.ascontiguousarray(img)
+    if not (img.flags.c_contiguous and img.flags.writeable):
+        img = np.array(img, order="C")
     return img
 
 

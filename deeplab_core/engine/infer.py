@@ -39,7 +39,8 @@ class Segmenter:
         if image_hwc.ndim != 3 or image_hwc.shape[2] != 3 or image_hwc.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape HxWx3, got {image_hwc.dtype} "
                              f"{image_hwc.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(image_hwc)).permute(2, 0, 1).float() / 255.0
+        # A copy: torch cannot wrap a read-only array (np.asarray of a PIL image is one).
+        x = torch.from_numpy(np.array(image_hwc, order="C")).permute(2, 0, 1).float() / 255.0
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         x = ((x - mean) / std).unsqueeze(0).to(self.device)
