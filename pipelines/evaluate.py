@@ -16,10 +16,36 @@ from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import evaluate, split_cv
 from deeplab_core.engine.train import resolve_device
 from deeplab_core import viz
+from deeplab_core.data.io import read_list_file
 from pipelines import tracking
-from pipelines.common import (atomic_dir, data_dir, get_params, require_inputs, run_stage,
-                              write_json)
+from pipelines.common import (StageError, atomic_dir, data_dir, get_params, require_inputs,
+                              run_stage, update_with_file, write_json)
 from pipelines.eval_data import eval_dataset, read_list_ids
+
+
+def eval_settings(params) -> dict:
+    """The settings that change what a model scores on the same images: inference scales and
+    flip, the output stride at evaluation, the CRF on or off, and the size of the CRF-CV split
+    (which decides the held-out set)."""
+    cfg = params.evaluate
+    return {"scales": [float(s) for s in cfg.scales], "flip": bool(cfg.flip),
+            "eval_output_stride": params.model.eval_output_stride, "crf": bool(cfg.crf),
+            "crf_cv_images": params.crf_search.cv_images}
+
+
+def eval_set_md5(list_file, ids: list[str], settings: dict) -> str:
+    """Identity of an evaluation: md5 over the settings and, for each id in order, the id and the
+    md5 of its image's and its label's bytes. Models are compared only when this is equal."""
+    files = {sid: (img, lab) for sid, img, lab in read_list_file(list_file)}
+    missing = [i for i in ids if i not in files]
+    if missing:
+        raise StageError(f"ids {missing[:5]} not in {list_file}")
+    h = hashlib.md5(json.dumps(settings, sort_keys=True).encode())
+    for sid in ids:
+        h.update(f"\n{sid}".encode())
+        for path in files[sid]:
+            h.update(b" " + update_with_file(hashlib.md5(), path).hexdigest().encode())
+    return h.hexdigest()
 
 
 @task
@@ -92,11 +118,12 @@ def evaluate_flow() -> dict:
         full_plain = acc_h["plain"].merge(acc_cv["plain"])
         full_crf = acc_h["crf"].merge(acc_cv["crf"]) if crf_params else None
 
-        eval_set_md5 = hashlib.md5(("\n".join(holdout_ids)).encode()
-                                   + val_list.read_bytes()).hexdigest()
+        settings = eval_settings(params)
         metrics = {**_headline(acc_h["plain"], acc_h["crf"]),
                    "eval_set": "val_holdout (val minus the CRF cross-validation images)",
-                   "n_images": len(holdout_ids), "eval_set_md5": eval_set_md5,
+                   "n_images": len(holdout_ids),
+                   "eval_set_md5": eval_set_md5(val_list, holdout_ids, settings),
+                   "eval_settings": settings,
                    "val_full": {**_headline(full_plain, full_crf), "n_images": len(all_ids)},
                    "crf_cv_subset": {**_headline(acc_cv["plain"], acc_cv["crf"]),
                                      "n_images": len(cv_ids)},
