@@ -1,6 +1,7 @@
 """register stage: log the fine-tuned model (with its CRF parameters) as an MLflow pyfunc, register
 a new version with alias `challenger`, and promote it to `champion` only when it beats the current
-champion on the same evaluation set by at least `register.min_improvement`."""
+champion on the same evaluation set by at least `register.min_improvement` (decided under the
+registry lock by pipelines.registry, which also holds the promotion rule)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,10 @@ from prefect import flow, task
 from pipelines import tracking
 from pipelines.common import (StageError, data_dir, get_params, require_inputs, run_stage,
                               stage_lineage, write_json)
+from pipelines.registry import (CHALLENGER, CHAMPION, EVAL_SET_TAG, decide_promotion,
+                                metric_tag, promote_if_better)
 
-CHALLENGER, CHAMPION = "challenger", "champion"
-
-
-def decide_promotion(candidate: float, champion: float | None, same_eval_set: bool,
-                     min_improvement: float) -> tuple[bool, str]:
-    """The registry never promotes a worse model: promote only over no champion, or over one
-    measured on the same evaluation set that the candidate beats by at least min_improvement."""
-    if champion is None:
-        return True, "no champion yet"
-    if not same_eval_set:
-        return False, "champion was evaluated on a different eval set; compare by hand"
-    if candidate >= champion + min_improvement and candidate > champion:
-        return True, f"{candidate:.4f} beats champion {champion:.4f}"
-    return False, f"{candidate:.4f} does not beat champion {champion:.4f} (+{min_improvement})"
+__all__ = ["CHALLENGER", "CHAMPION", "decide_promotion", "register_flow", "register_model"]
 
 
 def lineage() -> dict:
@@ -64,30 +54,20 @@ def register_model(model_name: str, metric: str, min_improvement: float) -> dict
     info = log_pyfunc_model(ckpt, crf, model_name)
     client = MlflowClient()
     version = str(info.registered_model_version)
-    client.set_model_version_tag(model_name, version, f"eval_{metric}", str(value))
-    client.set_model_version_tag(model_name, version, "eval_set_md5", eval_set)
+    client.set_model_version_tag(model_name, version, metric_tag(metric), str(value))
+    client.set_model_version_tag(model_name, version, EVAL_SET_TAG, eval_set)
     for key, val in lineage().items():
         client.set_model_version_tag(model_name, version, key, val)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
 
-    champ_value, same_set, champ_version = None, False, None
-    try:
-        champ = client.get_model_version_by_alias(model_name, CHAMPION)
-        champ_version = champ.version
-        if f"eval_{metric}" in champ.tags:
-            champ_value = float(champ.tags[f"eval_{metric}"])
-        same_set = champ.tags.get("eval_set_md5") == eval_set
-    except Exception:  # no champion alias yet
-        pass
-    promote, reason = decide_promotion(float(value), champ_value, same_set, min_improvement)
-    if promote:
-        client.set_registered_model_alias(model_name, CHAMPION, version)
+    res = promote_if_better(client, model_name, version, metric, min_improvement, by="register")
+    promote = res["promoted"]
     import mlflow
     mlflow.log_metrics({metric: float(value), "promoted": float(promote)})
     return {"model_name": model_name, "version": version, "metric": metric, "value": float(value),
-            "eval_set_md5": eval_set, "previous_champion": champ_version,
-            "previous_champion_value": champ_value, "promoted": promote, "reason": reason,
-            "aliases": [CHALLENGER] + ([CHAMPION] if promote else []),
+            "eval_set_md5": eval_set, "previous_champion": res["previous_champion"],
+            "previous_champion_value": res["previous_champion_value"], "promoted": promote,
+            "reason": res["reason"], "aliases": [CHALLENGER] + ([CHAMPION] if promote else []),
             "model_uri": f"models:/{model_name}/{version}"}
 
 
