@@ -1,0 +1,192 @@
+"""The serving contract in process (no MLflow store, no server): input forms and arrangements,
+one-line errors for bad input, compact PNG masks, and read-only arrays through the library."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_NUM_CLASSES
+from deeplab_core.crf.densecrf import CRFParams, check_image, dense_crf
+from deeplab_core.data.io import encode_jpeg, encode_label_png
+from deeplab_core.engine.infer import Segmenter
+from deeplab_core.models import build_model
+from pipelines.serving import (DeepLabPyfunc, ServingError, decode_mask_png_b64,
+                               encode_image_b64, parse_input)
+
+RNG = np.random.default_rng(0)
+IMG = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+SMALL = RNG.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a = a.copy()
+    a.flags.writeable = False
+    return a
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _png(array: np.ndarray, mode: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def pyfunc() -> DeepLabPyfunc:
+    torch.manual_seed(0)
+    model = DeepLabPyfunc()
+    model.segmenter = Segmenter(build_model("micro", num_classes=TINY_NUM_CLASSES).eval(),
+                                CRFParams(iterations=2).to_dict())
+    return model
+
+
+@pytest.mark.parametrize("model_input,arrangement,shapes", [
+    (IMG, "one", [(24, 32, 3)]),
+    (IMG.tolist(), "one", [(24, 32, 3)]),
+    (np.stack([IMG, IMG]), "stack", [(24, 32, 3)] * 2),
+    ([IMG, SMALL], "list", [(24, 32, 3), (16, 20, 3)]),
+    ([IMG.tolist(), SMALL.tolist()], "list", [(24, 32, 3), (16, 20, 3)]),
+    ({"image_b64": _b64(encode_jpeg(IMG))}, "one", [(24, 32, 3)]),
+    ({"image_b64": [_b64(encode_jpeg(IMG)), _b64(_png(SMALL, "RGB"))]}, "list",
+     [(24, 32, 3), (16, 20, 3)]),
+    (pd.DataFrame({"image_b64": [_b64(_png(SMALL[..., 0], "L"))]}), "list", [(16, 20, 3)]),
+], ids=["array", "nested-lists", "4d-array", "list-of-arrays", "list-of-nested-lists",
+        "b64-one", "b64-list", "b64-dataframe-gray-png"])
+def test_input_forms(model_input, arrangement, shapes):
+    images, got = parse_input(model_input)
+    assert got == arrangement
+    assert [im.shape for im in images] == shapes
+    assert all(im.dtype == np.uint8 for im in images)
+
+
+def test_nested_lists_are_the_same_pixels():
+    (image,), _ = parse_input(IMG.tolist())
+    np.testing.assert_array_equal(image, IMG)
+    (png,), _ = parse_input({"image_b64": _b64(_png(IMG, "RGB"))})
+    np.testing.assert_array_equal(png, IMG)
+
+
+def _tiny_gif() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(SMALL).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+BAD = [
+    (IMG / 255.0, "image: got a float64 array (float values, max 1: scale a [0, 1] image by 255"),
+    ((IMG / 255.0).tolist(), "image: got float values, max 1: scale"),
+    (IMG.astype(np.int16), "image: got a int16 array (integers, min 0, max 255: uint8 holds 0..255)"),
+    ((IMG.astype(np.int64) + 1).tolist(), "image: got integers, min 1, max 256: uint8 holds 0..255"),
+    (IMG[..., 0], "image: got shape (24, 32) (grayscale? repeat it into 3 channels)"),
+    (np.dstack([IMG, IMG[..., :1]]), "image: got shape (24, 32, 4) (RGBA? drop the alpha channel)"),
+    (np.zeros((0, 5, 3), np.uint8), "image: got an empty image of shape (0, 5, 3)"),
+    ([[[1, 2, 3]], [[1, 2, 3], [4, 5, 6]]], "image: got nested lists of unequal lengths"),
+    ([IMG, IMG[..., :2]], "images[1]: got shape (24, 32, 2)"),
+    ([], "got an empty list"),
+    (np.zeros((0, 4, 4, 3), np.uint8), "got an empty batch of shape (0, 4, 4, 3)"),
+    (["abc"], "got a list of strings; expected base64 PNG/JPEG strings as {\"image_b64\": [...]}"),
+    ({"image": IMG.tolist()}, "got a mapping with keys ['image']; expected only 'image_b64'"),
+    ({"image_b64": "not base64!"}, "image_b64: not valid base64"),
+    ({"image_b64": [_b64(b"plain text, not an image")]},
+     "image_b64[0]: cannot decode the file (UnidentifiedImageError)"),
+    ({"image_b64": [_b64(encode_jpeg(IMG)[:200])]}, "image_b64[0]: cannot decode the file (OSError)"),
+    ({"image_b64": _b64(_png(np.dstack([IMG, IMG[..., :1]]), "RGBA"))},
+     "image_b64: got a PNG image of mode RGBA; expected an 8-bit RGB, grayscale or palette image"),
+    ({"image_b64": _b64(_tiny_gif())}, "image_b64: got a GIF file; expected PNG or JPEG"),
+    (pd.DataFrame({"x": [1]}), "got a DataFrame with columns ['x']; expected a column 'image_b64'"),
+    ("abc", "got a str; expected a uint8 RGB image"),
+]
+
+
+@pytest.mark.parametrize("model_input,start", BAD, ids=range(len(BAD)))
+def test_bad_input_one_line_naming_got_and_expected(pyfunc, model_input, start):
+    with pytest.raises(ServingError) as exc:
+        pyfunc.predict(None, model_input)
+    message = str(exc.value)
+    assert message.startswith(start), message
+    assert "\n" not in message and len(message) < 220 and "expected" in message
+    assert exc.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_too_many_pixels_refused_before_decoding(monkeypatch):
+    monkeypatch.setattr("pipelines.serving.MAX_PIXELS", 100)
+    with pytest.raises(ServingError, match=r"image: got 24x32 pixels; at most 100"):
+        parse_input(IMG)
+    with pytest.raises(ServingError, match=r"image_b64: got 24x32 pixels; at most 100"):
+        parse_input({"image_b64": _b64(encode_jpeg(IMG))})
+
+
+def test_error_body_keeps_the_message_when_the_server_prefixes_the_data():
+    err = ServingError("image: got shape (2, 2); expected something")
+    err.message = f"Failed to predict data '{IMG.tolist()}'. \nError: {err.message}"  # as MLflow does
+    assert json.loads(err.serialize_as_json()) == {
+        "error_code": "INVALID_PARAMETER_VALUE", "message": "image: got shape (2, 2); expected something"}
+    assert err.get_http_status_code() == 400
+
+
+@pytest.mark.parametrize("params,start", [
+    ({"crf": "no"}, "params.crf: got str; expected true or false"),
+    ({"mask_format": "jpeg"}, "params.mask_format: got 'jpeg'; expected one of ['array', 'png']"),
+])
+def test_bad_params(pyfunc, params, start):
+    with pytest.raises(ServingError) as exc:
+        pyfunc.predict(None, IMG, params=params)
+    assert str(exc.value) == start
+
+
+def test_failure_inside_the_model_is_one_line_internal_error(pyfunc, monkeypatch):
+    def broken(image, use_crf=True):
+        raise RuntimeError("out of memory\nsecond line")
+
+    monkeypatch.setattr(pyfunc, "segmenter", broken)
+    with pytest.raises(ServingError) as exc:
+        pyfunc.predict(None, IMG)
+    assert str(exc.value) == "segmentation failed: RuntimeError: out of memory"
+    assert exc.value.get_http_status_code() == 500
+
+
+def test_output_arrangements_and_png_masks(pyfunc):
+    one = pyfunc.predict(None, IMG, params={"crf": False})
+    assert one.shape == (24, 32) and one.dtype == np.uint8
+    stacked = pyfunc.predict(None, np.stack([IMG, IMG]), params={"crf": False})
+    assert stacked.shape == (2, 24, 32) and stacked.dtype == np.uint8
+    listed = pyfunc.predict(None, [IMG, SMALL])
+    assert [m.shape for m in listed] == [(24, 32), (16, 20)]
+    pngs = pyfunc.predict(None, [IMG, SMALL], params={"mask_format": "png"})
+    assert all(isinstance(p, str) for p in pngs)
+    for png, mask in zip(pngs, listed):
+        np.testing.assert_array_equal(decode_mask_png_b64(png), mask)
+    png_one = pyfunc.predict(None, IMG, params={"crf": False, "mask_format": "png"})
+    np.testing.assert_array_equal(decode_mask_png_b64(png_one), one)
+
+
+def test_read_only_images_everywhere(pyfunc):
+    ro = _read_only(IMG)
+    for crf in (True, False):
+        np.testing.assert_array_equal(pyfunc.predict(None, ro, params={"crf": crf}),
+                                      pyfunc.predict(None, IMG.copy(), params={"crf": crf}))
+    decoded = np.asarray(Image.open(io.BytesIO(encode_jpeg(IMG))))
+    assert not decoded.flags.writeable
+    assert pyfunc.segmenter(decoded).shape == (24, 32)
+    probs = np.full((3, 24, 32), 1 / 3, dtype=np.float32)
+    labels, q = dense_crf(ro, probs, CRFParams(iterations=1))
+    assert labels.shape == (24, 32) and q.shape == (3, 24, 32)
+    assert check_image(ro).flags.writeable and check_image(IMG) is IMG
+
+
+def test_client_helpers_round_trip():
+    png = _b64(encode_label_png(IMG[..., 0] % 21))
+    np.testing.assert_array_equal(decode_mask_png_b64(png), IMG[..., 0] % 21)
+    (decoded,), _ = parse_input({"image_b64": encode_image_b64(IMG, "PNG")})
+    np.testing.assert_array_equal(decoded, IMG)
