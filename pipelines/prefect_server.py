@@ -15,51 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Iterator
 
 from pipelines.common import REPO, StageError
+from pipelines.procs import background_service, free_port, url_ok
 
 START_TIMEOUT_S = float(os.environ.get("DEEPLAB_PREFECT_START_TIMEOUT", "300"))
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def api_healthy(api_url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return url_ok(f"{api_url.rstrip('/')}/health", timeout=timeout)
 
 
 def _prefect_executable() -> list[str]:
     exe = Path(sys.executable).with_name("prefect")
     return [str(exe)] if exe.is_file() else [sys.executable, "-m", "prefect"]
-
-
-def _stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @contextlib.contextmanager
@@ -95,21 +67,8 @@ def prefect_api(home: Path | None = None, timeout_s: float = START_TIMEOUT_S,
     cmd = _prefect_executable() + ["server", "start", "--host", "127.0.0.1", "--port", str(port)]
     if not services:
         cmd.append("--no-services")
-    log_path = home / "server.log"
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not api_healthy(url):
-            if proc.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise StageError(f"`{' '.join(cmd)}` exited with code {proc.returncode} before "
-                                 f"its API answered; last lines of {log_path}:\n{tail}")
-            if time.monotonic() > deadline:
-                raise StageError(f"Prefect server at {url} did not answer within {timeout_s:.0f}"
-                                 f" s (DEEPLAB_PREFECT_START_TIMEOUT); see {log_path}")
-            time.sleep(0.25)
+    with background_service(cmd, f"{url}/health", home / "server.log", timeout_s, env=env,
+                            hint=" (DEEPLAB_PREFECT_START_TIMEOUT)"):
         os.environ["PREFECT_API_URL"] = url
         try:
             yield url
@@ -118,5 +77,3 @@ def prefect_api(home: Path | None = None, timeout_s: float = START_TIMEOUT_S,
                 os.environ["PREFECT_API_URL"] = existing
             else:
                 os.environ.pop("PREFECT_API_URL", None)
-    finally:
-        _stop(proc)

@@ -35,9 +35,7 @@ import io
 import json
 import logging
 import os
-import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -316,7 +314,7 @@ def mlflow_serve(model_uri: str, cwd: Path, env: dict | None = None,
     """Run `mlflow models serve --env-manager local` for `model_uri` on a free 127.0.0.1 port
     from `cwd` (the project root, for the project's store), yield its base URL once `/health`
     answers, and stop it (its whole process group) on exit."""
-    from pipelines.prefect_server import _stop, api_healthy, free_port
+    from pipelines.procs import background_service, free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -326,18 +324,5 @@ def mlflow_serve(model_uri: str, cwd: Path, env: dict | None = None,
     cmd = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
            "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     log_path = Path(log_path or Path(cwd) / "mlflow_serve.log")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while not api_healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                state = (f"exited with code {proc.returncode}" if proc.poll() is not None
-                         else f"did not answer within {start_timeout_s:.0f} s")
-                raise RuntimeError(f"`{' '.join(cmd)}` {state}; end of {log_path}:\n{tail}")
-            time.sleep(0.25)
+    with background_service(cmd, f"{url}/health", log_path, start_timeout_s, cwd=cwd, env=env):
         yield url
-    finally:
-        _stop(proc)
