@@ -120,12 +120,24 @@ def work(kind: str = "compute") -> Iterator[None]:
         _WORK[kind] += time.perf_counter() - t0
 
 
+def dvc_exp_tags(environ: dict | None = None) -> dict:
+    """Under `dvc exp run` DVC gives each stage command the experiment's name (DVC_EXP_NAME) and
+    baseline commit (DVC_EXP_BASELINE_REV): tags `dvc_exp` / `dvc_exp_baseline` on the runs, which
+    stay in EXPERIMENT so that look-ups across stages (find_stage_run) still find each other."""
+    env = os.environ if environ is None else environ
+    name = env.get("DVC_EXP_NAME")
+    if not name:
+        return {}
+    base = env.get("DVC_EXP_BASELINE_REV")
+    return {"dvc_exp": name, **({"dvc_exp_baseline": base} if base else {})}
+
+
 @contextmanager
 def stage_run(stage: str, params_sections: dict) -> Iterator["mlflow.ActiveRun"]:
     """An MLflow run for one stage execution: params, lineage tags, and at the end the DVC
     hashes of what it wrote and its timing split (`stage_seconds`, `<kind>_seconds`)."""
     mlflow = configure()
-    tags = {"stage": stage, "git_commit": git_commit(), **lineage_tags(stage)}
+    tags = {"stage": stage, "git_commit": git_commit(), **lineage_tags(stage), **dvc_exp_tags()}
     parent = os.environ.get(PIPELINE_RUN_ENV)
     if parent:
         tags.update({"pipeline_run": parent, "mlflow.parentRunId": parent})
