@@ -409,9 +409,6 @@ def _train(cfg: Config, grid: Grid, shared: Shared, workdir: Path) -> tuple[Any,
     params = cfg.params
     ft = params.finetune
     d = data_dir(params)
-    if params.base.torch_threads:
-        import torch
-        torch.set_num_threads(params.base.torch_threads)
     seed_everything(params.base.seed)
     m = params.model
     spec = model_spec(m.preset, params.base.num_classes, m.output_stride, m.overrides)
@@ -461,6 +458,9 @@ def run_config(grid: Grid, index: int, parent_id: str, shared: Shared) -> dict:
     from deeplab_core.models import set_output_stride, unwrap
 
     cfg = grid.configs[index]
+    if cfg.params.base.torch_threads:
+        import torch
+        torch.set_num_threads(cfg.params.base.torch_threads)
     tags = {"grid": grid.name, "ablation_config": cfg.name, "ablation_index": str(index),
             "overlay": json.dumps(cfg.overlay, sort_keys=True)[:5000],
             **tracking.dvc_exp_tags()}
@@ -530,8 +530,9 @@ def table_rows(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict], lis
     cols = setting_columns(rows, grid.columns)
     refs = [None] + [c.compare_to or grid.configs[i - 1 if grid.cumulative else 0].name
                      for i, c in enumerate(grid.configs) if i]
-    named = any(c.compare_to for c in grid.configs)
-    delta_label = "Δ" if named else "Δ vs previous" if grid.cumulative else "Δ vs first"
+    delta_label = "Δ vs previous" if grid.cumulative else "Δ vs first"
+    if any(c.compare_to for c in grid.configs):
+        delta_label += ", or vs the row named"
     any_crf = any("miou_crf" in r["metrics"] for r in rows)
     csv_cols = ["config"] + [label for _, label in cols] + ["miou", "miou_delta", "delta_vs",
                                                             "pixel_acc"]
@@ -563,14 +564,18 @@ def table_rows(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict], lis
     return csv_cols, out, md_cols
 
 
-def _md_row(row: dict, cols: list[str], named: bool) -> list[str]:
+def _delta_cell(grid: Grid, i: int, row: dict) -> str:
+    if row["miou_delta"] is None:
+        return ""
+    named = grid.configs[i].compare_to
+    return f"{100 * row['miou_delta']:+.2f}" + (f" vs {named}" if named else "")
+
+
+def _md_row(row: dict, cols: list[str], delta: str) -> list[str]:
     def pct(v):
         return "" if v is None else f"{100 * v:.2f}"
 
     cells = [row[c] for c in cols[: cols.index("miou")]]
-    delta = "" if row["miou_delta"] is None else f"{100 * row['miou_delta']:+.2f}"
-    if delta and named:
-        delta += f" vs {row['delta_vs']}"
     cells += [pct(row["miou"]), delta, pct(row["pixel_acc"])]
     if "miou_crf" in row:
         cells.append(pct(row["miou_plain"]) if row["miou_crf"] is not None else "")
@@ -627,8 +632,8 @@ def write_tables(grid: Grid, shared: Shared, rows: list[dict],
     w.writerows(csv_rows)
     md = header_lines(grid, shared)
     md += ["| " + " | ".join(md_cols) + " |", "|" + "---|" * len(md_cols)]
-    named = any(c.compare_to for c in grid.configs)
-    md += ["| " + " | ".join(_md_row(r, csv_cols, named)) + " |" for r in csv_rows]
+    md += ["| " + " | ".join(_md_row(r, csv_cols, _delta_cell(grid, i, r))) + " |"
+           for i, r in enumerate(csv_rows)]
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = atomic_write_text(out_dir / "table.md", "\n".join(md) + "\n")
     csv_path = atomic_write_text(out_dir / "table.csv", buf.getvalue())

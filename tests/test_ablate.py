@@ -184,7 +184,9 @@ def test_train_grid_trains_each_config_and_logs_its_model(project, tmp_path):
         ("(1, 2)", "yes"), ("none", "no"), ("none", "yes")]
     assert [r["delta_vs"] for r in table] == ["", "rates (1,2) + pooling", "no ASPP, no pooling"]
     md = (tmp_path / "out" / "table.md").read_text()
-    assert " vs no ASPP, no pooling |" in md and "| Δ (points) |" in md
+    assert "| Δ vs first, or vs the row named (points) |" in md
+    body = [ln for ln in md.splitlines() if ln.startswith("| no ASPP")]
+    assert " vs " not in body[0] and " vs no ASPP, no pooling |" in body[1]
     assert "Budget per configuration: 2 iterations of batch 2, 32x32 crops" in md
 
 
