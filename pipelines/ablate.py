@@ -25,8 +25,8 @@ A grid is a YAML file (the shipped ones are in `ablations/`):
                                   # the first row, or the previous one when cumulative)
 
 Every configuration is params.yaml, then single-scale, no-flip, no-CRF evaluation at the training
-output stride, then `base`, then its own overlay (or the previous configuration's, when
-cumulative), validated by the project's schemas. Only the keys that make sense for the kind may
+output stride, then `base`, then its own overlay (applied on top of the previous configuration
+when cumulative), validated by the project's schemas. Only the keys that make sense for the kind may
 vary: evaluation keys for an inference grid; the model, the training budget (`finetune`) and the
 seed as well for a train grid. A train grid trains every configuration from scratch on
 train_aug, as the finetune stage would, for `finetune.iterations` steps.
