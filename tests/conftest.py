@@ -16,17 +16,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _keep_tracking_uri():
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a test that points MLflow at a
-    scratch store must not leak it into later tests' stage subprocesses."""
+def _isolate_mlflow():
+    """mlflow.set_tracking_uri / set_experiment export MLFLOW_TRACKING_URI / MLFLOW_EXPERIMENT_ID
+    and remember the active experiment in-process; a test that points MLflow at a scratch store
+    must leak none of it into later tests (an experiment id of another store) or their stage
+    subprocesses."""
     import os
+    import sys
 
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+    before = {k: os.environ.get(k) for k in keys}
     yield
-    if before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is not None:
+        fluent._active_experiment_id = None
 
 
 @pytest.fixture(autouse=True)

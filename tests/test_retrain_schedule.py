@@ -51,12 +51,19 @@ def _wait_final(url: str, run_id: str, timeout_s: float) -> dict:
                          f"{run['state_type']}")
 
 
-def _logs(url: str, run_id: str) -> str:
-    rows = _api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}},
-                                      "sort": "TIMESTAMP_ASC", "limit": 200, "offset": 0})
-    more = _api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}},
-                                      "sort": "TIMESTAMP_DESC", "limit": 200, "offset": 0})
-    return "\n".join(r["message"] for r in rows + more)
+def _logs(url: str, run_id: str, expect: str, timeout_s: float = 120) -> str:
+    """The run's log (first and last 200 lines) once it holds `expect`: a flow run's logs reach
+    the API in batches, and may arrive after its final state."""
+    deadline = time.time() + timeout_s
+    while True:
+        rows = _api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}},
+                                          "sort": "TIMESTAMP_ASC", "limit": 200, "offset": 0})
+        more = _api(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}},
+                                          "sort": "TIMESTAMP_DESC", "limit": 200, "offset": 0})
+        text = "\n".join(r["message"] for r in rows + more)
+        if expect in text or time.time() > deadline:
+            return text
+        time.sleep(2)
 
 
 def _stop(proc: subprocess.Popen, timeout_s: float = 60) -> float:
@@ -110,7 +117,7 @@ def test_scheduled_deployment_worker_and_honest_reports(tmp_path):
         try:
             first = _api(url, f"/deployments/{dep['id']}/create_flow_run", {})
             run = _wait_final(url, first["id"], 600)
-            logs = _logs(url, first["id"])
+            logs = _logs(url, first["id"], "registry: ")
             assert run["state_type"] == "COMPLETED", logs[-3000:]
             assert "dvc | Running stage 'prepare':" in logs
             assert ("stages that ran: prepare, validate, bootstrap, pretrain, finetune, "
@@ -120,7 +127,7 @@ def test_scheduled_deployment_worker_and_honest_reports(tmp_path):
 
             second = _api(url, f"/deployments/{dep['id']}/create_flow_run", {})
             run = _wait_final(url, second["id"], 300)
-            logs = _logs(url, second["id"])
+            logs = _logs(url, second["id"], "nothing changed")
             assert run["state_type"] == "COMPLETED", logs[-3000:]
             assert "nothing changed: no stage ran" in logs and "registry:" not in logs
         finally:

@@ -47,6 +47,7 @@ def registered(tmp_path_factory):
     os.chdir(root)
     mlflow.set_tracking_uri(uri)
     try:
+        mlflow.set_experiment("serving-test")
         with mlflow.start_run():
             log_pyfunc_model(root / "model.pt", root / "best_params.json", MODEL)
         yield root, f"models:/{MODEL}/1"
