@@ -31,6 +31,11 @@ from pipelines.common import REPO, StageError, git_commit, run_stage
 RUNNING = "Running stage '"
 
 
+def started_stage(line: str) -> str | None:
+    """The stage a line of `dvc repro` output starts ("Running stage 'x':"), else None."""
+    return line[len(RUNNING):].split("'")[0] if line.startswith(RUNNING) else None
+
+
 def dvc_executable() -> str:
     local = Path(sys.executable).with_name("dvc")
     return str(local) if local.is_file() else (shutil.which("dvc") or "dvc")
@@ -49,11 +54,12 @@ def run_dvc(args: list[str]) -> tuple[int, dict[str, float]]:
     for line in proc.stdout:
         sys.stdout.write(line)
         sys.stdout.flush()
-        if line.startswith(RUNNING):
+        stage = started_stage(line)
+        if stage:
             now = time.perf_counter()
             if current:
                 walls[current] = now - since
-            current, since = line[len(RUNNING):].split("'")[0], now
+            current, since = stage, now
     code = proc.wait()
     if current:
         walls[current] = time.perf_counter() - since

@@ -25,8 +25,7 @@ import sys
 from prefect import flow, get_run_logger, task
 
 from pipelines.common import REPO, StageError, data_dir, get_params
-
-RUNNING = "Running stage '"
+from pipelines.repro import started_stage
 
 
 @task
@@ -57,8 +56,9 @@ def dvc_repro(force: bool) -> list[str]:
         line = line.rstrip()
         if "\r" in line:  # progress bars: keep their last state only
             line = line.rsplit("\r", 1)[-1]
-        if line.startswith(RUNNING):
-            ran.append(line[len(RUNNING):].split("'")[0])
+        stage = started_stage(line)
+        if stage:
+            ran.append(stage)
         if line.strip():
             log.info("dvc | %s", line)
     code = proc.wait()
