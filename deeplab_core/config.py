@@ -30,6 +30,8 @@ class BaseConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = Field(0, ge=0, le=64)
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
+    nproc: int = Field(1, ge=1, le=64, description="training processes on this machine: "
+                       "pretrain/finetune relaunch themselves under torchrun when > 1 (DDP)")
 
 
 class SyntheticConfig(Strict):
@@ -98,9 +100,11 @@ class ModelConfig(Strict):
 
 
 class TrainConfig(Strict):
+    """One training run: schedule, optimizer, parameter groups, batch norm, precision."""
     enabled: bool = True
     iterations: int = Field(300, ge=1)
-    batch_size: int = Field(8, ge=2, description=">=2: batch norm needs more than one sample")
+    batch_size: int = Field(8, ge=2, description="global batch of one optimizer step (all "
+                            "processes and accumulation steps together); >=2 for batch norm")
     crop_size: int = Field(96, ge=16)
     scale_min: float = Field(0.5, gt=0.0)
     scale_max: float = Field(2.0, gt=0.0)
@@ -110,15 +114,49 @@ class TrainConfig(Strict):
     poly_power: float = Field(0.9, ge=0.0)
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(100, ge=1)
-    amp: bool = Field(False, description="mixed precision on CUDA (bf16/fp16); ignored on CPU")
+    amp: bool = Field(False, description="mixed precision: autocast to amp_dtype on CPU or CUDA")
+    amp_dtype: Literal["auto", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CPU and on CUDA devices that support it, else "
+        "float16 (with a gradient scaler); float16 needs CUDA")
+    channels_last: bool = Field(False, description="NHWC memory layout for model and inputs")
     optimizer: Literal["sgd", "adamw"] = Field(
         "sgd", description="sgd (the papers' recipe) | adamw (momentum is then AdamW's beta1)")
-    warmup_iters: int = Field(0, ge=0, description="linear lr warmup steps before the poly decay")
+    warmup_iters: int = Field(0, ge=0, description="linear lr warmup steps before the policy")
+    lr_policy: Literal["poly", "step"] = Field(
+        "poly", description="poly: lr (1 - it/iterations)^poly_power; step: lr * lr_gamma^"
+        "floor(it / lr_step_size)")
+    lr_step_size: int = Field(2000, ge=1, description="step policy: iterations per lr drop")
+    lr_gamma: float = Field(0.1, gt=0.0, le=1.0, description="step policy: factor per drop")
+    head_lr_mult: float = Field(1.0, gt=0.0, description="lr multiplier of the new layers "
+                                "(papers: 10 for the classifier)")
+    head_lr_scope: Literal["classifier", "head"] = Field(
+        "classifier", description="what head_lr_mult applies to: the final class-score "
+        "convolutions (v1/v2 fc8) or everything outside the backbone")
+    bias_lr_mult: float = Field(1.0, gt=0.0, description="extra lr multiplier of biases "
+                                "(Caffe recipes: 2)")
+    bias_weight_decay: bool = Field(True, description="false: no weight decay on biases")
+    norm_weight_decay: bool = Field(True, description="false: no weight decay on norm layers")
+    batch_norm: Literal["finetune", "frozen"] = Field(
+        "finetune", description="finetune: batch statistics and affine trained (v3); frozen: "
+        "running statistics used and affine fixed (v2)")
+    bn_momentum: float | None = Field(None, gt=0.0, lt=1.0, description="running-statistics "
+                                      "momentum (1 - TF decay: v3's 0.9997 is 0.0003); None = "
+                                      "the model's")
+    sync_batch_norm: bool = Field(True, description="SyncBatchNorm across processes under DDP "
+                                  "on CUDA (batch_norm finetune)")
+    accumulate_steps: int = Field(1, ge=1, description="micro-batches per optimizer step "
+                                  "(gradient accumulation); batch_size is split among them")
+    loss_at: Literal["input", "score_map"] = Field(
+        "input", description="input: logits upsampled to the label size; score_map: logits at "
+        "the score-map resolution against nearest-downsampled labels (v1/v2)")
 
     @model_validator(mode="after")
     def _scales(self) -> "TrainConfig":
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min {self.scale_min} > scale_max {self.scale_max}")
+        if self.batch_size % self.accumulate_steps:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by accumulate_steps "
+                             f"{self.accumulate_steps}")
         return self
 
 

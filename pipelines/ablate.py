@@ -404,7 +404,7 @@ def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
 def _train(cfg: Config, grid: Grid, shared: Shared, workdir: Path) -> tuple[Any, dict]:
     from deeplab_core.engine.checkpoint import build_from_spec, model_spec, save_checkpoint
     from deeplab_core.engine.train import resolve_device, seed_everything, train
-    from pipelines.train_stage import build_dataset, read_repeat_ids, settings_from
+    from pipelines.train_stage import build_dataset, read_repeat_ids, train_options
 
     params = cfg.params
     ft = params.finetune
@@ -420,8 +420,8 @@ def _train(cfg: Config, grid: Grid, shared: Shared, workdir: Path) -> tuple[Any,
                                  default=str).encode()).hexdigest()
     t0 = time.perf_counter()
     with tracking.work("compute"):
-        res = train(model, ds, settings_from(ft, params, run_key=key),
-                    resolve_device(params.base.device),
+        res = train(model, ds, ft, resolve_device(params.base.device),
+                    **train_options(params, run_key=key),
                     log_metrics=tracking.metric_logger(), progress=shared.progress)
     n_params = sum(p.numel() for p in model.parameters())
     metrics = {"train_seconds": time.perf_counter() - t0, "final_loss": res.final_loss,

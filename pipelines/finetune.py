@@ -1,26 +1,31 @@
 """finetune stage: train on VOC trainaug (with the bootstrap duplicates of hard images),
-initialised from the pretrain stage's COCO model."""
+initialised from the pretrain stage's COCO model. Data-parallel with `base.nproc` > 1 or under
+torchrun (see pipelines.train_stage)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from pipelines.common import data_dir, get_params, run_stage
-from pipelines.train_stage import read_repeat_ids, run_training
+from deeplab_core.config import Params
+from pipelines.common import data_dir, get_params
+from pipelines.train_stage import TrainingInputs, read_repeat_ids, run_training, stage_main
+
+
+def inputs(params: Params) -> TrainingInputs:
+    cfg = params.finetune
+    d = data_dir(params)
+    repeat = read_repeat_ids(d / "bootstrap" / "hard_images.json") if cfg.use_bootstrap else None
+    init = d / "models" / "pretrain" / "model.pt" if cfg.init_from_pretrain else None
+    return TrainingInputs(cfg, d / "prepared" / "train_aug.txt", init, repeat)
 
 
 @flow(name="finetune")
 def finetune_flow() -> dict:
     params = get_params()
-    cfg = params.finetune
-    d = data_dir(params)
-    repeat = read_repeat_ids(d / "bootstrap" / "hard_images.json") if cfg.use_bootstrap else None
-    init = d / "models" / "pretrain" / "model.pt" if cfg.init_from_pretrain else None
-    metrics = run_training("finetune", params, cfg, d / "prepared" / "train_aug.txt",
-                           init_checkpoint=init, repeat_ids=repeat)
+    metrics = run_training("finetune", params, inputs(params))
     print(f"finetune: {metrics}")
     return metrics
 
 
 if __name__ == "__main__":
-    run_stage(finetune_flow)
+    stage_main("finetune", finetune_flow, inputs)

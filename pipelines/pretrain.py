@@ -1,23 +1,27 @@
 """pretrain stage: train on COCO images mapped to the 20 VOC classes (DeepLab's MS-COCO
-pretraining), starting from the ImageNet backbone when `model.pretrained_backbone` is set."""
+pretraining), starting from the ImageNet backbone when `model.pretrained_backbone` is set.
+Data-parallel with `base.nproc` > 1 or under torchrun (see pipelines.train_stage)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from pipelines.common import data_dir, get_params, run_stage
-from pipelines.train_stage import run_training
+from deeplab_core.config import Params
+from pipelines.common import data_dir, get_params
+from pipelines.train_stage import TrainingInputs, run_training, stage_main
+
+
+def inputs(params: Params) -> TrainingInputs:
+    return TrainingInputs(params.pretrain, data_dir(params) / "prepared" / "coco_train.txt")
 
 
 @flow(name="pretrain")
 def pretrain_flow() -> dict:
     params = get_params()
-    lists = data_dir(params) / "prepared"
-    metrics = run_training("pretrain", params, params.pretrain, lists / "coco_train.txt",
-                           init_checkpoint=None)
+    metrics = run_training("pretrain", params, inputs(params))
     print(f"pretrain: {metrics}")
     return metrics
 
 
 if __name__ == "__main__":
-    run_stage(pretrain_flow)
+    stage_main("pretrain", pretrain_flow, inputs)

@@ -1,27 +1,42 @@
-"""Shared body of the pretrain (COCO, VOC classes) and finetune (VOC trainaug) stages."""
+"""Shared body of the pretrain (COCO, VOC classes) and finetune (VOC trainaug) stages, on one
+process or data-parallel: with `base.nproc` > 1 the stage relaunches itself under torchrun; rank 0
+runs the Prefect flow (MLflow, outputs, checkpoints), the other ranks only train beside it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from prefect import task
 
-from deeplab_core.config import Params, TrainConfig
+from deeplab_core.config import ConfigError, Params, TrainConfig
+from deeplab_core.engine import distributed
 from deeplab_core.engine.checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
-from deeplab_core.engine.train import (TrainSettings, atomic_torch_save, resolve_device,
-                                       seed_everything, train)
+from deeplab_core.engine.train import atomic_torch_save, resolve_device, seed_everything, train
 from pipelines import tracking
-from pipelines.common import StageError, atomic_dir, data_dir, stage_inputs_hash, write_json
+from pipelines.common import (StageError, atomic_dir, data_dir, get_params, run_stage,
+                              stage_inputs_hash, write_json)
 
 
-def settings_from(cfg: TrainConfig, params: Params, run_key: str = "") -> TrainSettings:
-    return TrainSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=cfg.lr,
-                         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                         poly_power=cfg.poly_power, log_every=cfg.log_every,
-                         checkpoint_every=cfg.checkpoint_every, num_workers=params.base.num_workers,
-                         amp=cfg.amp, seed=params.base.seed, run_key=run_key,
-                         optimizer=cfg.optimizer, warmup_iters=cfg.warmup_iters)
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What one training stage trains on: its config section, list file, initial weights and
+    the ids to repeat (bootstrapping)."""
+    cfg: TrainConfig
+    list_file: Path
+    init_checkpoint: Path | None = None
+    repeat_ids: list[str] | None = None
+
+
+def train_options(params: Params, run_key: str = "") -> dict:
+    """The base settings `train()` takes beside the stage's TrainConfig."""
+    return {"seed": params.base.seed, "run_key": run_key, "num_workers": params.base.num_workers}
 
 
 @task
@@ -59,18 +74,24 @@ def init_model(params: Params, init_checkpoint: Path | None):
 @task
 @tracking.work("compute")
 def fit(model, dataset, cfg: TrainConfig, params: Params, ckpt_path: Path, stage: str):
+    return _fit(model, dataset, cfg, params, ckpt_path, stage,
+                log_metrics=tracking.metric_logger(f"{stage}_"))
+
+
+def _fit(model, dataset, cfg: TrainConfig, params: Params, ckpt_path: Path, stage: str,
+         log_metrics=None, progress: bool = True):
     if params.base.torch_threads:
         torch.set_num_threads(params.base.torch_threads)
     device = resolve_device(params.base.device)
-    res = train(model, dataset, settings_from(cfg, params, stage_inputs_hash(stage)), device, checkpoint_path=ckpt_path,
-                log_metrics=tracking.metric_logger(f"{stage}_"))
-    return res
+    return train(model, dataset, cfg, device, **train_options(params, stage_inputs_hash(stage)),
+                 checkpoint_path=ckpt_path, log_metrics=log_metrics, progress=progress)
 
 
-def run_training(stage: str, params: Params, cfg: TrainConfig, list_file: Path,
-                 init_checkpoint: Path | None, repeat_ids: list[str] | None = None) -> dict:
+def run_training(stage: str, params: Params, inputs: TrainingInputs) -> dict:
     """Train (or, when cfg.enabled is false, pass the initial weights through) and write
     data/models/<stage>/model.pt, data/metrics/<stage>.json and data/plots/<stage>_loss.json."""
+    cfg, list_file, init_checkpoint = inputs.cfg, inputs.list_file, inputs.init_checkpoint
+    repeat_ids = inputs.repeat_ids
     d = data_dir(params)
     sections = {"base": params.base.model_dump(), "model": params.model.model_dump(),
                 stage: cfg.model_dump()}
@@ -105,3 +126,44 @@ def read_repeat_ids(path: Path) -> list[str]:
     if not path.is_file():
         raise StageError(f"bootstrap list not found: {path} (run the bootstrap stage)")
     return read_hard_list(path)
+
+
+def train_worker(stage: str, params: Params, inputs: TrainingInputs) -> None:
+    """A non-zero rank of a data-parallel stage: the same model, data and schedule as rank 0,
+    no tracking and no outputs (rank 0 writes them)."""
+    cfg = inputs.cfg
+    if not cfg.enabled:
+        return
+    model, _ = init_model.fn(params, inputs.init_checkpoint)
+    ds = build_dataset.fn(inputs.list_file, cfg, inputs.repeat_ids)
+    _fit(model, ds, cfg, params, data_dir(params) / "checkpoints" / f"{stage}.pt", stage,
+         progress=False)
+
+
+def _requested_nproc() -> int:
+    try:
+        return get_params().base.nproc
+    except (ConfigError, FileNotFoundError):
+        return 1  # the flow reports the problem in the stage's own words
+
+
+def stage_main(stage: str, flow: Callable[[], dict],
+               inputs: Callable[[Params], TrainingInputs]) -> None:
+    """Entry point of a training stage. With base.nproc > 1 and not yet under torchrun, runs
+    `torchrun --standalone --nproc_per_node <nproc> -m pipelines.<stage>` and exits with its
+    status; under torchrun, rank 0 runs the flow and the other ranks `train_worker`."""
+    rank = int(os.environ.get("RANK", "0"))
+    if distributed.launched_world_size() == 1 and _requested_nproc() > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={_requested_nproc()}", "-m", f"pipelines.{stage}"]
+        print(f"{stage}: {' '.join(cmd[2:])}", flush=True)
+        sys.exit(subprocess.run(cmd).returncode)
+    if rank == 0:
+        run_stage(flow)
+        return
+    try:
+        params = get_params()
+        train_worker(stage, params, inputs(params))
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)

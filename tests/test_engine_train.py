@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -12,8 +11,9 @@ from torch.utils.data import Dataset
 from conftest import TINY_NUM_CLASSES
 from deeplab_core.data.dataset import SegmentationListDataset
 from deeplab_core.data.transforms import train_transform
-from deeplab_core.engine.train import (TrainSettings, make_optimizer, poly_lr, resolve_device,
-                                       scheduled_lr, segmentation_loss, train)
+from deeplab_core.config import TrainConfig
+from deeplab_core.engine.recipe import make_optimizer, poly_lr, scheduled_lr, segmentation_loss
+from deeplab_core.engine.train import resolve_device, run_fingerprint, train
 from deeplab_core.models import build_model
 
 CPU = torch.device("cpu")
@@ -33,11 +33,19 @@ def _dataset(list_file, seed: int | None = 0) -> SegmentationListDataset:
                                    seed=seed)
 
 
-def _settings(**kw) -> TrainSettings:
-    base = dict(iterations=12, batch_size=4, lr=0.02, log_every=1, checkpoint_every=8,
-                num_workers=0, seed=3)
+SEED = 3
+
+
+def _settings(**kw) -> TrainConfig:
+    base = dict(iterations=12, batch_size=4, lr=0.02, log_every=1, checkpoint_every=8)
     base.update(kw)
-    return TrainSettings(**base)
+    return TrainConfig(**base)
+
+
+def _fit(model, ds, cfg, **kw):
+    """train() with the tests' seed, no progress bar."""
+    kw.setdefault("seed", SEED)
+    return train(model, ds, cfg, CPU, progress=False, **kw)
 
 
 def _interrupt_at(step: int):
@@ -57,16 +65,15 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 def _run_interrupted_then_resumed(list_file, tmp_path, settings, ds_seed=0):
     """Uninterrupted reference run, then a run stopped after the first checkpoint and resumed."""
     ref = _micro()
-    ref_res = train(ref, _dataset(list_file, ds_seed), settings, CPU, progress=False)
+    ref_res = _fit(ref, _dataset(list_file, ds_seed), settings)
     ckpt = tmp_path / "resume.pt"
     with pytest.raises(Interrupt):
-        train(_micro(), _dataset(list_file, ds_seed), settings, CPU, checkpoint_path=ckpt,
-              log_metrics=_interrupt_at(settings.checkpoint_every + 1), progress=False)
+        _fit(_micro(), _dataset(list_file, ds_seed), settings, checkpoint_path=ckpt,
+             log_metrics=_interrupt_at(settings.checkpoint_every + 1))
     state = torch.load(ckpt, weights_only=False)
     assert state["iteration"] == settings.checkpoint_every
     resumed = _micro()
-    res = train(resumed, _dataset(list_file, ds_seed), settings, CPU, checkpoint_path=ckpt,
-                progress=False)
+    res = _fit(resumed, _dataset(list_file, ds_seed), settings, checkpoint_path=ckpt)
     return ref, ref_res, resumed, res, ckpt
 
 
@@ -103,14 +110,18 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
+def _fp(seed=SEED, run_key="", **kw) -> str:
+    return run_fingerprint(_settings(**kw), seed, run_key)
+
+
 def test_fingerprint_depends_on_run_defining_settings_only():
-    s = _settings()
-    assert s.fingerprint() == _settings().fingerprint()
-    assert s.fingerprint() != _settings(lr=0.03).fingerprint()
-    assert s.fingerprint() != _settings(run_key="other-data").fingerprint()
-    assert s.fingerprint() != _settings(seed=4).fingerprint()
-    # logging / checkpoint cadence and workers do not change what is computed
-    assert s.fingerprint() == _settings(log_every=5, checkpoint_every=3, num_workers=2).fingerprint()
+    assert _fp() == _fp()
+    for change in ({"lr": 0.03}, {"run_key": "other-data"}, {"seed": 4}, {"optimizer": "adamw"},
+                   {"warmup_iters": 3}, {"batch_norm": "frozen"}, {"head_lr_mult": 10.0},
+                   {"lr_policy": "step"}, {"amp": True}, {"loss_at": "score_map"}):
+        assert _fp() != _fp(**change), change
+    # logging / checkpoint cadence do not change what is computed
+    assert _fp() == _fp(log_every=5, checkpoint_every=3)
 
 
 # ----------------------------------------------------------------------------- training
@@ -118,8 +129,7 @@ def test_training_lowers_the_loss(tiny_list):
     model = _micro()
     settings = _settings(iterations=30, lr=0.2, log_every=5, checkpoint_every=100)
     logged = []
-    res = train(model, _dataset(tiny_list), settings, CPU,
-                log_metrics=lambda s, v: logged.append((s, v)), progress=False)
+    res = _fit(model, _dataset(tiny_list), settings, log_metrics=lambda s, v: logged.append((s, v)))
     assert [r["iteration"] for r in res.history] == [5, 10, 15, 20, 25, 30]
     assert [s for s, _ in logged] == [5, 10, 15, 20, 25, 30]
     assert logged[0][1]["train_loss"] == pytest.approx(res.history[0]["loss"])
@@ -134,8 +144,8 @@ def test_training_lowers_the_loss(tiny_list):
 
 def test_same_seed_same_weights(tiny_list):
     a, b = _micro(), _micro()
-    train(a, _dataset(tiny_list), _settings(iterations=4), CPU, progress=False)
-    train(b, _dataset(tiny_list), _settings(iterations=4), CPU, progress=False)
+    _fit(a, _dataset(tiny_list), _settings(iterations=4))
+    _fit(b, _dataset(tiny_list), _settings(iterations=4))
     _assert_same_weights(a, b)
 
 
@@ -159,9 +169,9 @@ def test_finished_checkpoint_starts_afresh(tiny_list, tmp_path):
     settings = _settings(iterations=4, checkpoint_every=2)
     ckpt = tmp_path / "done.pt"
     first = _micro()
-    train(first, _dataset(tiny_list), settings, CPU, checkpoint_path=ckpt, progress=False)
+    _fit(first, _dataset(tiny_list), settings, checkpoint_path=ckpt)
     again = _micro()
-    res = train(again, _dataset(tiny_list), settings, CPU, checkpoint_path=ckpt, progress=False)
+    res = _fit(again, _dataset(tiny_list), settings, checkpoint_path=ckpt)
     assert res.resumed_from == 0
     assert len(res.history) == 4
     _assert_same_weights(first, again)
@@ -172,18 +182,20 @@ def test_checkpoint_from_other_settings_is_not_resumed(tiny_list, tmp_path, chan
     old = _settings(iterations=8, checkpoint_every=4)
     ckpt = tmp_path / "other.pt"
     with pytest.raises(Interrupt):
-        train(_micro(), _dataset(tiny_list), old, CPU, checkpoint_path=ckpt,
-              log_metrics=_interrupt_at(5), progress=False)
+        _fit(_micro(), _dataset(tiny_list), old, checkpoint_path=ckpt,
+             log_metrics=_interrupt_at(5))
     assert torch.load(ckpt, weights_only=False)["iteration"] == 4
-    new = dataclasses.replace(old, **change)
+    run = {"seed": change.get("seed", SEED), "run_key": change.get("run_key", "")}
+    new = old.model_copy(update={k: v for k, v in change.items() if k not in run})
     fresh = _micro()
-    res = train(fresh, _dataset(tiny_list), new, CPU, checkpoint_path=ckpt, progress=False)
+    res = _fit(fresh, _dataset(tiny_list), new, checkpoint_path=ckpt, **run)
     assert res.resumed_from == 0
     assert [r["iteration"] for r in res.history] == list(range(1, 9))
     ref = _micro()
-    train(ref, _dataset(tiny_list), new, CPU, progress=False)
+    _fit(ref, _dataset(tiny_list), new, **run)
     _assert_same_weights(ref, fresh)
-    assert torch.load(ckpt, weights_only=False)["fingerprint"] == new.fingerprint()
+    assert torch.load(ckpt, weights_only=False)["fingerprint"] == run_fingerprint(
+        new, run["seed"], run["run_key"])
 
 
 def test_resume_off_sampler_chunk_matches_uninterrupted_run(tiny_list, tmp_path):
@@ -221,7 +233,7 @@ class _NaNAfter(Dataset):
 def test_nan_loss_raises_naming_the_iteration(tiny_list):
     ds = _NaNAfter(_dataset(tiny_list), after=3 * 4)  # batch size 4: iteration 3 is the first bad
     with pytest.raises(FloatingPointError, match=r"loss became nan at iteration 3 \(lr"):
-        train(_micro(), ds, _settings(iterations=10), CPU, progress=False)
+        _fit(_micro(), ds, _settings(iterations=10))
 
 
 # ----------------------------------------------------------------------------- optimizer, warmup
@@ -235,22 +247,15 @@ def test_scheduled_lr_warms_up_linearly_then_follows_poly():
 
 
 def test_optimizer_choice_defaults_to_sgd():
-    params = [torch.nn.Parameter(torch.zeros(2))]
-    assert TrainSettings(iterations=1, batch_size=2, lr=0.1).optimizer == "sgd"
-    sgd = make_optimizer(params, _settings())
+    model = torch.nn.Conv2d(2, 3, 1)
+    assert TrainConfig(iterations=1, batch_size=2, lr=0.1).optimizer == "sgd"
+    sgd = make_optimizer(model, _settings())
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
-    adamw = make_optimizer(params, _settings(optimizer="adamw", momentum=0.8, weight_decay=0.01))
-    assert isinstance(adamw, torch.optim.AdamW)
-    assert adamw.defaults["betas"] == (0.8, 0.999) and adamw.defaults["weight_decay"] == 0.01
+    adamw = make_optimizer(model, _settings(optimizer="adamw", momentum=0.8, weight_decay=0.01))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.8, 0.999)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.01]
     with pytest.raises(ValueError, match="unknown optimizer"):
-        make_optimizer(params, _settings(optimizer="lbfgs"))
-
-
-def test_fingerprint_keeps_sgd_runs_and_tells_optimizer_and_warmup_apart():
-    s = _settings()
-    assert s.fingerprint() == _settings(optimizer="sgd", warmup_iters=0).fingerprint()
-    assert s.fingerprint() != _settings(optimizer="adamw").fingerprint()
-    assert s.fingerprint() != _settings(warmup_iters=3).fingerprint()
+        make_optimizer(model, _settings().model_copy(update={"optimizer": "lbfgs"}))
 
 
 def test_adamw_with_warmup_trains_and_resumes(tiny_list, tmp_path):
@@ -272,4 +277,4 @@ def test_empty_dataset_is_rejected():
             return 0
 
     with pytest.raises(ValueError, match="training dataset is empty"):
-        train(_micro(), Empty(), _settings(), CPU, progress=False)
+        _fit(_micro(), Empty(), _settings())

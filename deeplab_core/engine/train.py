@@ -1,8 +1,13 @@
-"""Training loop: SGD with momentum (or AdamW), poly learning rate with an optional linear warmup, cross-entropy with the VOC ignore label,
-periodic atomic checkpoints and resumption after an interruption."""
+"""Training loop to the papers' recipes (see ``recipe``), on one process or data-parallel under
+torchrun (see ``distributed``): each optimizer step's global batch is drawn from a generator seeded
+by (seed, step), split among the processes and accumulation steps, and its loss is the mean over
+all labelled pixels of the global batch, so any split takes the same steps. Checkpoints (model,
+optimizer, gradient scaler, every process's CPU and CUDA RNG, data position) are written
+atomically; a resumed run is the same run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -18,10 +23,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from deeplab_core.classes import IGNORE_INDEX
+from deeplab_core.config import TrainConfig
 from deeplab_core.data.io import atomic_write_bytes
+from deeplab_core.engine import distributed
+from deeplab_core.engine.distributed import DistContext
+from deeplab_core.engine.recipe import (freeze_batch_norm, loss_sum, lr_at, make_optimizer,
+                                        set_bn_momentum, set_group_lrs)
 
 MetricLogger = Callable[[int, dict], None]
+# Settings that change nothing computed: a checkpoint written under other values still resumes.
+_NOT_RUN_DEFINING = {"enabled", "log_every", "checkpoint_every"}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -38,38 +49,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def poly_lr(base_lr: float, it: int, max_it: int, power: float) -> float:
-    """DeepLab's 'poly' policy: lr = base_lr * (1 - it / max_it) ** power."""
-    return base_lr * (1.0 - min(it, max_it) / max_it) ** power
-
-
-def scheduled_lr(base_lr: float, it: int, max_it: int, power: float, warmup: int = 0) -> float:
-    """Poly policy, preceded by a linear ramp from base_lr / warmup up to base_lr over the first
-    ``warmup`` iterations (0 = no warmup, plain poly)."""
-    if warmup > 0 and it < warmup:
-        return base_lr * (it + 1) / warmup
-    return poly_lr(base_lr, it, max_it, power)
-
-
-def make_optimizer(params, settings: "TrainSettings") -> torch.optim.Optimizer:
-    """SGD with momentum (the papers' recipe) or AdamW (betas (momentum, 0.999)); weight decay is
-    L2 for SGD and decoupled for AdamW."""
-    if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum,
-                               weight_decay=settings.weight_decay)
-    if settings.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=settings.lr, betas=(settings.momentum, 0.999),
-                                 weight_decay=settings.weight_decay)
-    raise ValueError(f"unknown optimizer {settings.optimizer!r} (expected 'sgd' or 'adamw')")
-
-
-def segmentation_loss(outputs: torch.Tensor | list | tuple, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy ignoring label 255; a list of outputs (multi-scale training) sums the losses."""
-    if isinstance(outputs, (list, tuple)):
-        return sum(segmentation_loss(o, target) for o in outputs)
-    return nn.functional.cross_entropy(outputs, target, ignore_index=IGNORE_INDEX)
-
-
 def atomic_torch_save(obj, path: Path) -> None:
     """torch.save that never leaves a truncated file behind (written aside, then swapped in)."""
     buf = io.BytesIO()
@@ -77,35 +56,13 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-@dataclass
-class TrainSettings:
-    iterations: int
-    batch_size: int
-    lr: float
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    log_every: int = 20
-    checkpoint_every: int = 100
-    num_workers: int = 0
-    amp: bool = False
-    seed: int = 0
-    run_key: str = ""  # e.g. a hash of the data and config; a resume only continues the same run
-    optimizer: str = "sgd"  # sgd | adamw
-    warmup_iters: int = 0   # linear lr warmup before the poly decay
-
-    def fingerprint(self) -> str:
-        """Identifies the run a checkpoint belongs to (a resume only continues the same run)."""
-        keys = ("iterations", "batch_size", "lr", "momentum", "weight_decay", "poly_power", "seed",
-                "run_key")
-        d = {k: getattr(self, k) for k in keys}
-        # left out at their defaults, so fingerprints of plain SGD runs stay as they were
-        if self.optimizer != "sgd":
-            d["optimizer"] = self.optimizer
-        if self.warmup_iters:
-            d["warmup_iters"] = self.warmup_iters
-        blob = json.dumps(d, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def run_fingerprint(cfg: TrainConfig, seed: int, run_key: str = "") -> str:
+    """Identifies the run a checkpoint belongs to (a resume only continues the same run): every
+    TrainConfig field that changes what is computed, the seed and ``run_key`` (e.g. a hash of
+    the data). Fields of subclasses (a stage's own switches) do not count."""
+    d = {k: getattr(cfg, k) for k in TrainConfig.model_fields if k not in _NOT_RUN_DEFINING}
+    blob = json.dumps({"cfg": d, "seed": seed, "run_key": run_key}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -117,21 +74,31 @@ class TrainResult:
 
 
 class _StepBatches(Sampler):
-    """Batches of (sample index, step, slot) for steps start..stop-1. Step t's indices come from a
-    generator seeded by (seed, t) alone, so a resumed run draws exactly the batches that the
-    uninterrupted run would have drawn, whatever happened before."""
+    """Micro-batches of (sample index, step, slot) for steps start..stop-1. Step t's global batch
+    comes from a generator seeded by (seed, t) alone, so a resumed run draws exactly the batches
+    that the uninterrupted run would have drawn. Each step yields ``micro`` micro-batches; process
+    ``rank`` of ``world`` takes slots [(j * world + rank) * m, ... + m) of micro-batch j, where
+    m = batch_size / (micro * world)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int,
+                 micro: int = 1, ctx: DistContext = DistContext()) -> None:
+        parts = micro * ctx.world_size
+        if batch_size % parts:
+            raise ValueError(f"batch_size {batch_size} must be divisible by accumulate_steps x "
+                             f"processes = {micro} x {ctx.world_size}")
         self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
+        self.micro, self.ctx, self.m = micro, ctx, batch_size // parts
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+        return max(0, self.stop - self.start) * self.micro
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         for step in range(self.start, self.stop):
             idx = np.random.default_rng([self.seed & 0xFFFFFFFF, step]).integers(
                 0, self.n, self.batch_size)
-            yield [(int(i), step, slot) for slot, i in enumerate(idx)]
+            for j in range(self.micro):
+                lo = (j * self.ctx.world_size + self.ctx.rank) * self.m
+                yield [(int(idx[s]), step, s) for s in range(lo, lo + self.m)]
 
 
 class _StepSamples(Dataset):
@@ -156,95 +123,214 @@ class _StepSamples(Dataset):
         return {"image": img_t, "label": lab_t}
 
 
-def train(model: nn.Module, dataset: Dataset, settings: TrainSettings, device: torch.device,
+
+@dataclass
+class _Precision:
+    dtype: torch.dtype | None          # autocast dtype; None = float32
+    scaler: torch.amp.GradScaler       # enabled for float16 only
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype or torch.bfloat16,
+                              enabled=self.dtype is not None)
+
+
+def _precision(cfg: TrainConfig, device: torch.device) -> _Precision:
+    """bfloat16 autocast on CPU; on CUDA bfloat16 where supported (auto) or float16 with a
+    gradient scaler; nothing unless ``cfg.amp``."""
+    dtype = None
+    if cfg.amp and device.type == "cpu":
+        if cfg.amp_dtype == "float16":
+            raise ValueError("amp_dtype 'float16' needs a CUDA device; on CPU use 'bfloat16' "
+                             "(or 'auto')")
+        dtype = torch.bfloat16
+    elif cfg.amp and device.type == "cuda":
+        bf16 = cfg.amp_dtype == "bfloat16" or (cfg.amp_dtype == "auto"
+                                               and torch.cuda.is_bf16_supported())
+        dtype = torch.bfloat16 if bf16 else torch.float16
+    scaler = torch.amp.GradScaler("cuda" if device.type == "cuda" else "cpu",
+                                  enabled=dtype == torch.float16)
+    return _Precision(dtype, scaler)
+
+
+def _read_resume(path: Path | None, fingerprint: str, iterations: int) -> dict | None:
+    """The checkpoint at ``path`` when it continues this run (same fingerprint, unfinished)."""
+    if path is None or not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if (ckpt.get("fingerprint") != fingerprint or "model" not in ckpt
+            or ckpt.get("iteration", 0) >= iterations):
+        return None
+    return ckpt
+
+
+def _restore_rng(ckpt: dict, ctx: DistContext) -> None:
+    """This process's CPU (and CUDA) RNG state, when the checkpoint has one per process."""
+    cpu, cuda = ckpt.get("torch_rng"), ckpt.get("cuda_rng")
+    if isinstance(cpu, torch.Tensor):  # written by a single process
+        cpu = [cpu]
+    if cpu and len(cpu) == ctx.world_size:
+        torch.set_rng_state(cpu[ctx.rank])
+    if cuda and len(cuda) == ctx.world_size and cuda[ctx.rank] is not None \
+            and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda[ctx.rank])
+
+
+def _save_resume(path: Path, model: nn.Module, opt, prec: _Precision, step: int,
+                 batch_size: int, fingerprint: str, history: list, ctx: DistContext) -> None:
+    """Collective under DDP (every process hands over its RNG states); rank 0 writes."""
+    cpu_rng = distributed.all_gather_objects(torch.get_rng_state())
+    cuda_rng = distributed.all_gather_objects(
+        torch.cuda.get_rng_state() if torch.cuda.is_available() else None)
+    if ctx.is_main:
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scaler": prec.scaler.state_dict(), "iteration": step,
+                           "fingerprint": fingerprint, "torch_rng": cpu_rng, "cuda_rng": cuda_rng,
+                           "data_position": {"step": step, "samples_seen": step * batch_size},
+                           "world_size": ctx.world_size, "history": history}, path)
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool):
+    x = batch["image"].to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, batch["label"].to(device, non_blocking=True)
+
+
+def _optimizer_step(net: nn.Module, opt, micro_batches: list[dict], cfg: TrainConfig,
+                    prec: _Precision, device: torch.device, it: int) -> float:
+    """One optimizer step over this process's micro-batches; returns the global batch's loss.
+    Each micro-batch back-propagates its loss sum over P label positions (a mean-sized value,
+    safe for float16); once the gradients are summed (and averaged over the processes by DDP)
+    they are rescaled by world_size * P / (labelled pixels of the global batch), which makes
+    them the gradient of the global batch's mean loss, whatever the split."""
+    ctx = distributed.current()
+    opt.zero_grad(set_to_none=True)
+    stats = torch.zeros(2, dtype=torch.float64)
+    positions = 1
+    for j, batch in enumerate(micro_batches):
+        x, y = _to_device(batch, device, cfg.channels_last)
+        last = j == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not ctx.enabled else net.no_sync()
+        with sync:
+            with prec.autocast(device):
+                out = net(x) if cfg.loss_at == "input" else net(x, upsample=False)
+            total, count = loss_sum(out, y)
+            first = out[0] if isinstance(out, (list, tuple)) else out
+            positions = first.shape[0] * first.shape[-2] * first.shape[-1]
+            prec.scaler.scale(total / positions).backward()
+        stats += torch.tensor([float(total.detach()), count], dtype=torch.float64)
+    total_sum, total_count = distributed.all_reduce_sum(stats).tolist()
+    loss = total_sum / max(total_count, 1.0)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss} at iteration {it} (lr "
+                                 f"{opt.param_groups[0]['lr']:.3g}); lower the learning rate")
+    prec.scaler.unscale_(opt)
+    factor = ctx.world_size * positions / max(total_count, 1.0)
+    for g in opt.param_groups:
+        for p in g["params"]:
+            if p.grad is not None:
+                p.grad.mul_(factor)
+    prec.scaler.step(opt)
+    prec.scaler.update()
+    return loss
+
+
+def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   resume: dict | None) -> tuple[nn.Module, list]:
+    """Model on the device in training mode, batch norm per the recipe, resumed weights loaded;
+    returns (the model DDP-wrapped when distributed, the parameters frozen here)."""
+    model.to(device).train()
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    set_bn_momentum(model, cfg.bn_momentum)
+    frozen = freeze_batch_norm(model) if cfg.batch_norm == "frozen" else []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+    net = distributed.wrap(model, device, cfg.sync_batch_norm and cfg.batch_norm == "finetune")
+    return net, frozen
+
+
+def _loader(dataset: Dataset, cfg: TrainConfig, seed: int, start: int, num_workers: int,
+            ctx: DistContext) -> DataLoader:
+    # The loader's own generator keeps DataLoader seeding off torch's global RNG (dropout uses it).
+    sampler = _StepBatches(len(dataset), cfg.batch_size, seed, start, cfg.iterations,
+                           cfg.accumulate_steps, ctx)
+    return DataLoader(_StepSamples(dataset, seed), batch_sampler=sampler, num_workers=num_workers,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.device, *,
+          seed: int = 0, run_key: str = "", num_workers: int = 0,
           checkpoint_path: Path | None = None, log_metrics: MetricLogger | None = None,
           progress: bool = True) -> TrainResult:
-    """Train `model` in place for `settings.iterations` optimizer steps.
+    """Train ``model`` in place for ``cfg.iterations`` optimizer steps (under torchrun: with
+    DistributedDataParallel, this process taking its share of every global batch).
 
-    If `checkpoint_path` is given, a checkpoint (model, optimizer, iteration, RNG state, history)
-    is written there atomically every `checkpoint_every` steps; a later call with the same path and
-    the same settings resumes from it instead of starting again.
+    With ``checkpoint_path``, a checkpoint is written there atomically (by rank 0) every
+    ``cfg.checkpoint_every`` steps; a later call with the same path, config, seed and run_key
+    resumes from it. Metrics go to ``log_metrics(step, values)`` on rank 0 only.
     """
     if len(dataset) == 0:
         raise ValueError("training dataset is empty")
-    seed_everything(settings.seed)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, settings)
+    ctx, device = distributed.setup(device)
+    seed_everything(seed)
+    fp = run_fingerprint(cfg, seed, run_key)
+    resume = _read_resume(checkpoint_path, fp, cfg.iterations)
+    net, frozen = _prepare_model(model, cfg, device, resume)
+    opt, prec = make_optimizer(model, cfg), _precision(cfg, device)
     result = TrainResult()
-    start_it = 0
-    fp = settings.fingerprint()
-    if checkpoint_path is not None and checkpoint_path.is_file():
-        ckpt = torch.load(checkpoint_path, map_location=device, weights_only=False)
-        if ckpt.get("fingerprint") == fp and ckpt.get("iteration", 0) < settings.iterations:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["torch_rng"])
-            start_it = ckpt["iteration"]
-            result.history = ckpt["history"]
-            result.resumed_from = start_it
-    use_amp = settings.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        if "scaler" in resume:
+            prec.scaler.load_state_dict(resume["scaler"])
+        _restore_rng(resume, ctx)
+        result.resumed_from, result.history = resume["iteration"], resume["history"]
+    try:
+        _run_loop(net, model, opt, prec, dataset, cfg, device, ctx, result,
+                  dict(seed=seed, fp=fp, num_workers=num_workers, ckpt=checkpoint_path,
+                       log=log_metrics if ctx.is_main else None,
+                       progress=progress and ctx.is_main))
+    finally:
+        distributed.unwrap_model(net)
+        for p in frozen:
+            p.requires_grad_(True)
+    model.eval()
+    return result
 
-    # The loader's own generator keeps DataLoader seeding off torch's global RNG (dropout uses it).
-    loader = DataLoader(_StepSamples(dataset, settings.seed),
-                        batch_sampler=_StepBatches(len(dataset), settings.batch_size,
-                                                   settings.seed, start_it, settings.iterations),
-                        num_workers=settings.num_workers,
-                        generator=torch.Generator().manual_seed(settings.seed))
+
+def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: DistContext,
+              result: TrainResult, run: dict) -> None:
+    start = result.resumed_from
+    micro_batches = iter(_loader(dataset, cfg, run["seed"], start, run["num_workers"], ctx))
     bar = None
-    if progress:
+    if run["progress"]:
         from tqdm.auto import tqdm
-        bar = tqdm(total=settings.iterations, initial=start_it, desc="train", unit="it",
-                   mininterval=2.0)
+        bar = tqdm(total=cfg.iterations, initial=start, desc="train", unit="it", mininterval=2.0)
     t0 = time.perf_counter()
-    batches = iter(loader)
-    running, n_running = 0.0, 0
-    loss_val = math.nan
-    for it in range(start_it, settings.iterations):
-        lr = scheduled_lr(settings.lr, it, settings.iterations, settings.poly_power,
-                          settings.warmup_iters)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        batch = next(batches)
-        x = batch["image"].to(device, non_blocking=True)
-        y = batch["label"].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            loss = segmentation_loss(model(x), y)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at iteration {it} (lr {lr:.3g}); "
-                                     "lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        loss_val = float(loss.detach())
-        running += loss_val
-        n_running += 1
-        step = it + 1
-        if step % settings.log_every == 0 or step == settings.iterations:
+    running, n_running, loss = 0.0, 0, math.nan
+    for it in range(start, cfg.iterations):
+        lr = lr_at(cfg, it)
+        set_group_lrs(opt, lr)
+        batches = [next(micro_batches) for _ in range(cfg.accumulate_steps)]
+        loss = _optimizer_step(net, opt, batches, cfg, prec, device, it)
+        running, n_running, step = running + loss, n_running + 1, it + 1
+        if step % cfg.log_every == 0 or step == cfg.iterations:
             row = {"iteration": step, "loss": running / n_running, "lr": lr}
             result.history.append(row)
             running, n_running = 0.0, 0
-            if log_metrics:
-                log_metrics(step, {"train_loss": row["loss"], "lr": lr})
-        if checkpoint_path is not None and (step % settings.checkpoint_every == 0
-                                            and step < settings.iterations):
-            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "iteration": step, "fingerprint": fp,
-                               "torch_rng": torch.get_rng_state(),
-                               "history": result.history}, checkpoint_path)
+            if run["log"]:
+                run["log"](step, {"train_loss": row["loss"], "lr": lr})
+        if run["ckpt"] is not None and step % cfg.checkpoint_every == 0 and step < cfg.iterations:
+            _save_resume(run["ckpt"], model, opt, prec, step, cfg.batch_size, run["fp"],
+                         result.history, ctx)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
     if bar is not None:
         bar.close()
-    if checkpoint_path is not None:
+    if run["ckpt"] is not None and ctx.is_main:
         # Mark the run finished so a later call with the same settings starts afresh.
-        atomic_torch_save({"iteration": settings.iterations, "fingerprint": fp, "complete": True},
-                          checkpoint_path)
+        atomic_torch_save({"iteration": cfg.iterations, "fingerprint": run["fp"],
+                           "complete": True}, run["ckpt"])
     result.seconds = time.perf_counter() - t0
-    result.final_loss = result.history[-1]["loss"] if result.history else loss_val
-    model.eval()
-    return result
+    result.final_loss = result.history[-1]["loss"] if result.history else loss

@@ -174,7 +174,10 @@ def init_weights(module: nn.Module) -> None:
 
 
 def init_classifier(conv: nn.Conv2d, std: float = 0.01) -> None:
+    """Initialise a final class-score convolution and mark it as one (``is_classifier``: the
+    training recipes give these layers their own learning rate)."""
     nn.init.normal_(conv.weight, std=std)
+    conv.is_classifier = True
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
 

@@ -1,0 +1,159 @@
+"""The papers' training recipes as functions of a TrainConfig: learning-rate policies (poly, step,
+linear warmup), optimizer parameter groups (classifier/head at a higher rate, biases at 2x, no
+weight decay on norms and biases), batch-norm modes (frozen or fine-tuned) and the segmentation
+loss at the input or at the score-map resolution."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplab_core.classes import IGNORE_INDEX
+from deeplab_core.config import TrainConfig
+
+CLASSIFIER_ATTR = "is_classifier"  # set on the final class-score convolutions by the model
+
+
+def poly_lr(base_lr: float, it: int, max_it: int, power: float) -> float:
+    """DeepLab's 'poly' policy: lr = base_lr * (1 - it / max_it) ** power."""
+    return base_lr * (1.0 - min(it, max_it) / max_it) ** power
+
+
+def step_lr(base_lr: float, it: int, step_size: int, gamma: float) -> float:
+    """Caffe's 'step' policy (DeepLab v1): lr = base_lr * gamma ** floor(it / step_size)."""
+    return base_lr * gamma ** (it // step_size)
+
+
+def scheduled_lr(base_lr: float, it: int, max_it: int, power: float, warmup: int = 0,
+                 policy: str = "poly", step_size: int = 2000, gamma: float = 0.1) -> float:
+    """The policy's rate at iteration ``it``, preceded by a linear ramp from base_lr / warmup up
+    to base_lr over the first ``warmup`` iterations (0 = no warmup)."""
+    if warmup > 0 and it < warmup:
+        return base_lr * (it + 1) / warmup
+    if policy == "poly":
+        return poly_lr(base_lr, it, max_it, power)
+    if policy == "step":
+        return step_lr(base_lr, it, step_size, gamma)
+    raise ValueError(f"unknown lr_policy {policy!r} (expected 'poly' or 'step')")
+
+
+def lr_at(cfg: TrainConfig, it: int) -> float:
+    """Base learning rate of iteration ``it`` under the config's policy and warmup."""
+    return scheduled_lr(cfg.lr, it, cfg.iterations, cfg.poly_power, cfg.warmup_iters,
+                        cfg.lr_policy, cfg.lr_step_size, cfg.lr_gamma)
+
+
+def _norm_param_ids(model: nn.Module) -> set[int]:
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    return {id(p) for m in model.modules() if isinstance(m, norms) for p in m.parameters()}
+
+
+def _head_param_ids(model: nn.Module, scope: str) -> set[int]:
+    if scope == "classifier":
+        return {id(p) for m in model.modules() if getattr(m, CLASSIFIER_ATTR, False)
+                for p in m.parameters()}
+    from deeplab_core.models.deeplab import unwrap
+
+    try:
+        backbone = unwrap(model).backbone
+    except TypeError:  # not a DeepLab model: nothing is 'head'
+        return set()
+    body = {id(p) for p in backbone.parameters()}
+    return {id(p) for p in model.parameters() if id(p) not in body}
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Trainable parameters in groups of equal (lr_mult, weight_decay), in model order. Each
+    group carries 'name' and 'lr_mult' (its rate is lr_mult x the scheduled rate)."""
+    norms, head = _norm_param_ids(model), _head_param_ids(model, cfg.head_lr_scope)
+    groups: dict[tuple, dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_norm, is_bias = id(p) in norms, name.endswith("bias") and id(p) not in norms
+        mult = cfg.head_lr_mult if id(p) in head else 1.0
+        mult *= cfg.bias_lr_mult if is_bias else 1.0
+        decay = cfg.weight_decay
+        if (is_norm and not cfg.norm_weight_decay) or (is_bias and not cfg.bias_weight_decay):
+            decay = 0.0
+        kind = "norm" if is_norm else "bias" if is_bias else "weight"
+        key = (mult, decay)
+        label = f"{'head' if id(p) in head else 'body'}.{kind}"
+        g = groups.setdefault(key, {"params": [], "lr_mult": mult, "weight_decay": decay,
+                                    "name": label})
+        if label not in g["name"].split("+"):
+            g["name"] += f"+{label}"
+        g["params"].append(p)
+    return list(groups.values())
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the papers' recipe) or AdamW (betas (momentum, 0.999)) over the
+    config's parameter groups; weight decay is L2 for SGD and decoupled for AdamW."""
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (expected 'sgd' or 'adamw')")
+
+
+def set_group_lrs(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+
+
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def freeze_batch_norm(model: nn.Module) -> list[nn.Parameter]:
+    """v2's frozen batch norm: running statistics used (eval mode) and the affine parameters fixed.
+    Call after ``model.train()``; returns the parameters it froze (to thaw them afterwards)."""
+    frozen = []
+    for m in batch_norms(model):
+        m.eval()
+        for p in m.parameters():
+            if p.requires_grad:
+                p.requires_grad_(False)
+                frozen.append(p)
+    return frozen
+
+
+def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
+    if momentum is not None:
+        for m in batch_norms(model):
+            m.momentum = momentum
+
+
+def _loss_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Labels nearest-downsampled to the logits' size (v1/v2 score-map training)."""
+    if logits.shape[-2:] == target.shape[-2:]:
+        return target
+    small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
+    return small[:, 0].long()
+
+
+def loss_sum(outputs: torch.Tensor | list | tuple, target: torch.Tensor
+             ) -> tuple[torch.Tensor, int]:
+    """(sum of per-pixel cross-entropies, number of labelled pixels), ignoring label 255, with
+    the labels downsampled to each output's size. A list of outputs (multi-scale training) sums
+    the losses; the count is that of the first output."""
+    if isinstance(outputs, (list, tuple)):
+        parts = [loss_sum(o, target) for o in outputs]
+        return sum(p[0] for p in parts), parts[0][1]
+    y = _loss_target(outputs, target)
+    total = F.cross_entropy(outputs.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, int((y != IGNORE_INDEX).sum())
+
+
+def segmentation_loss(outputs: torch.Tensor | list | tuple, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled pixels (255 ignored); a list of outputs (multi-scale
+    training) sums the losses."""
+    total, count = loss_sum(outputs, target)
+    return total / count if count else total * math.nan

@@ -1,0 +1,73 @@
+"""Trains the `micro` model on a list file, alone or as one rank under torchrun, and writes the
+run's loss history and final weights (rank 0): the subject of tests/test_ddp.py.
+
+  torchrun --standalone --nproc_per_node 2 tests/ddp_train_script.py --list L --out DIR --cfg JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deeplab_core.config import TrainConfig  # noqa: E402
+from deeplab_core.data.dataset import SegmentationListDataset  # noqa: E402
+from deeplab_core.data.transforms import train_transform  # noqa: E402
+from deeplab_core.engine import distributed  # noqa: E402
+from deeplab_core.engine.train import train  # noqa: E402
+from deeplab_core.models import build_model  # noqa: E402
+
+NUM_CLASSES, SEED = 4, 3
+
+
+class FailAfter(SegmentationListDataset):
+    """Raises on the (n+1)-th sample read: every rank reads the same number of samples per step,
+    so all ranks stop at the same step, as a killed job would."""
+
+    def __init__(self, *args, n: int, **kw):
+        super().__init__(*args, **kw)
+        self.n, self.reads = n, 0
+
+    def get_raw(self, i):
+        self.reads += 1
+        if self.reads > self.n:
+            raise RuntimeError(f"simulated failure after {self.n} samples")
+        return super().get_raw(i)
+
+
+def dataset(list_file: Path, fail_after: int | None) -> SegmentationListDataset:
+    tf = train_transform(32, (0.75, 1.25))
+    if fail_after is None:
+        return SegmentationListDataset(list_file, transform=tf, seed=0)
+    return FailAfter(list_file, transform=tf, seed=0, n=fail_after)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--list", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--cfg", required=True, help="TrainConfig fields as JSON")
+    ap.add_argument("--ckpt", type=Path, default=None)
+    ap.add_argument("--fail-after-samples", type=int, default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model("micro", num_classes=NUM_CLASSES)
+    cfg = TrainConfig(**json.loads(a.cfg))
+    res = train(model, dataset(a.list, a.fail_after_samples), cfg, torch.device("cpu"),
+                seed=SEED, checkpoint_path=a.ckpt, progress=False)
+    if distributed.current().is_main:
+        a.out.mkdir(parents=True, exist_ok=True)
+        (a.out / "history.json").write_text(json.dumps(
+            {"history": res.history, "resumed_from": res.resumed_from,
+             "world_size": distributed.current().world_size}))
+        torch.save(model.state_dict(), a.out / "model.pt")
+
+
+if __name__ == "__main__":
+    main()
