@@ -12,7 +12,8 @@ from conftest import TINY_NUM_CLASSES
 from deeplab_core.data.dataset import SegmentationListDataset
 from deeplab_core.data.transforms import train_transform
 from deeplab_core.config import TrainConfig
-from deeplab_core.engine.recipe import make_optimizer, poly_lr, scheduled_lr, segmentation_loss
+from deeplab_core.engine.recipe import (loss_sum, lr_at, make_optimizer, poly_lr, scheduled_lr,
+                                        segmentation_loss, set_group_lrs)
 from deeplab_core.engine.train import resolve_device, run_fingerprint, train
 from deeplab_core.models import build_model
 
@@ -72,6 +73,8 @@ def _run_interrupted_then_resumed(list_file, tmp_path, settings, ds_seed=0):
              log_metrics=_interrupt_at(settings.checkpoint_every + 1))
     state = torch.load(ckpt, weights_only=False)
     assert state["iteration"] == settings.checkpoint_every
+    assert state["data_position"]["samples_seen"] == settings.checkpoint_every * settings.batch_size
+    assert "scaler" in state and len(state["torch_rng"]) == 1
     resumed = _micro()
     res = _fit(resumed, _dataset(list_file, ds_seed), settings, checkpoint_path=ckpt)
     return ref, ref_res, resumed, res, ckpt
@@ -278,3 +281,117 @@ def test_empty_dataset_is_rejected():
 
     with pytest.raises(ValueError, match="training dataset is empty"):
         _fit(_micro(), Empty(), _settings())
+
+
+# ----------------------------------------------------------------------------- papers' recipes
+def test_step_policy_drops_by_gamma_every_step_size():
+    cfg = _settings(lr=1e-3, iterations=6000, lr_policy="step", lr_step_size=2000, lr_gamma=0.1)
+    got = [lr_at(cfg, it) for it in (0, 1999, 2000, 3999, 4000, 5999)]
+    assert got == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5])
+    warm = cfg.model_copy(update={"warmup_iters": 4})
+    assert [lr_at(warm, it) for it in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    assert lr_at(_settings(lr=0.01, iterations=100), 50) == pytest.approx(0.01 * 0.5 ** 0.9)
+
+
+def _group_of(opt, param) -> dict:
+    return next(g for g in opt.param_groups if any(p is param for p in g["params"]))
+
+
+def test_param_groups_classifier_at_10x_bias_2x_no_decay_on_norm_and_bias():
+    model = _micro()
+    cfg = _settings(head_lr_mult=10.0, bias_lr_mult=2.0, bias_weight_decay=False,
+                    norm_weight_decay=False, weight_decay=5e-4)
+    opt = make_optimizer(model, cfg)
+    set_group_lrs(opt, 0.001)
+    cls = model.decoder.classifier
+    assert _group_of(opt, cls.weight)["lr"] == pytest.approx(0.01)
+    assert _group_of(opt, cls.weight)["weight_decay"] == 5e-4
+    assert _group_of(opt, cls.bias)["lr"] == pytest.approx(0.02)
+    assert _group_of(opt, cls.bias)["weight_decay"] == 0.0
+    bn = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d))
+    assert _group_of(opt, bn.weight)["weight_decay"] == 0.0
+    assert _group_of(opt, bn.weight)["lr"] == pytest.approx(0.001)
+    assert (_group_of(opt, conv.weight)["lr"], _group_of(opt, conv.weight)["weight_decay"]) == (
+        pytest.approx(0.001), 5e-4)  # the ASPP is outside the classifier scope
+    n_opt = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_opt == len(list(model.parameters()))  # every parameter exactly once
+
+
+def test_param_groups_head_scope_and_defaults():
+    model = _micro()
+    opt = make_optimizer(model, _settings(head_lr_mult=10.0, head_lr_scope="head"))
+    set_group_lrs(opt, 0.1)
+    conv = next(m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d))
+    assert _group_of(opt, conv.weight)["lr"] == pytest.approx(1.0)
+    assert _group_of(opt, next(model.backbone.parameters()))["lr"] == pytest.approx(0.1)
+    plain = make_optimizer(model, _settings(weight_decay=1e-4))  # defaults: one group
+    assert len(plain.param_groups) == 1 and plain.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_v1_head_marks_only_fc8_as_classifier():
+    from deeplab_core.models.heads import ASPPv2, V1Head
+
+    head = V1Head(8, 3, channels=16)
+    assert [n for n, m in head.named_modules() if getattr(m, "is_classifier", False)] == ["fc8"]
+    aspp = ASPPv2(8, 3, rates=(2, 4), hidden=None)
+    assert [n for n, m in aspp.named_modules() if getattr(m, "is_classifier", False)] == [
+        "branches.0.conv", "branches.1.conv"]
+
+
+def test_frozen_batch_norm_keeps_statistics_and_affine(tiny_list):
+    model = _micro()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.weight.detach().clone()) for m in bns]
+    _fit(model, _dataset(tiny_list), _settings(iterations=3, batch_norm="frozen"))
+    for m, (mean, weight) in zip(bns, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.weight.detach(), weight)
+        assert m.weight.requires_grad  # thawed again after training
+    tuned = _micro()
+    _fit(tuned, _dataset(tiny_list), _settings(iterations=3, bn_momentum=0.5))
+    tuned_bns = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert tuned_bns[0].momentum == 0.5
+    assert not torch.equal(tuned_bns[0].running_mean, before[0][0])
+
+
+def test_accumulated_micro_batches_take_the_same_steps(tiny_list):
+    cfg = _settings(iterations=4, batch_size=4, batch_norm="frozen")
+    a, b = _micro(), _micro()
+    ra = _fit(a, _dataset(tiny_list), cfg)
+    rb = _fit(b, _dataset(tiny_list), cfg.model_copy(update={"accumulate_steps": 2}))
+    assert [r["loss"] for r in rb.history] == pytest.approx([r["loss"] for r in ra.history],
+                                                            rel=1e-5)
+    _assert_same_weights(a, b)
+    with pytest.raises(ValueError, match="not divisible by accumulate_steps 3"):
+        TrainConfig(iterations=1, batch_size=4, accumulate_steps=3)
+
+
+def test_bf16_autocast_on_cpu_and_channels_last_train(tiny_list):
+    cfg = _settings(iterations=3)
+    ref = _fit(_micro(), _dataset(tiny_list), cfg)
+    bf16 = _fit(_micro(), _dataset(tiny_list), cfg.model_copy(update={"amp": True}))
+    assert bf16.history[0]["loss"] == pytest.approx(ref.history[0]["loss"], rel=0.02)
+    assert bf16.history[0]["loss"] != ref.history[0]["loss"]  # it did run in bf16
+    nhwc = _micro()
+    res = _fit(nhwc, _dataset(tiny_list), cfg.model_copy(update={"channels_last": True}))
+    assert [r["loss"] for r in res.history] == pytest.approx(
+        [r["loss"] for r in ref.history], rel=1e-4)
+    with pytest.raises(ValueError, match="amp_dtype 'float16' needs a CUDA device"):
+        _fit(_micro(), _dataset(tiny_list), cfg.model_copy(update={"amp": True,
+                                                                 "amp_dtype": "float16"}))
+
+
+def test_loss_at_score_map_uses_nearest_downsampled_labels(tiny_list):
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 8, 10))
+    target[0, :2] = 255
+    total, count = loss_sum(logits, target)
+    small = target[:, ::2, ::2]  # nearest at factor 2 takes the top-left pixel of each 2x2
+    by_hand = torch.nn.functional.cross_entropy(logits, small, ignore_index=255, reduction="sum")
+    assert total.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    assert count == int((small != 255).sum())
+    res = _fit(_micro(), _dataset(tiny_list), _settings(iterations=2, loss_at="score_map"))
+    full = _fit(_micro(), _dataset(tiny_list), _settings(iterations=2))
+    assert math.isfinite(res.history[0]["loss"])
+    assert res.history[0]["loss"] != pytest.approx(full.history[0]["loss"], rel=1e-6)
