@@ -1,7 +1,7 @@
 """Apply a paper recipe (an overlay in presets/) to params.yaml, validating the result first.
 
   python -m pipelines.use_preset presets/v3plus_xception65.yaml [--out params.yaml]
-  python -m pipelines.use_preset --list
+  python -m pipelines.use_preset --list     # every preset with its paper figures and schedule
 """
 
 from __future__ import annotations
@@ -31,6 +31,24 @@ def apply_preset(base_file: Path, overlay_file: Path, out_file: Path) -> dict:
     return merged
 
 
+def preset_header(path: Path) -> list[str]:
+    """The comment block at the top of a preset: what it is, the paper's figures, its schedule."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip())
+    return lines
+
+
+def list_presets() -> str:
+    """Every preset with its whole header, one block each."""
+    blocks = []
+    for p in sorted(PRESETS_DIR.glob("*.yaml")):
+        blocks.append("\n".join([p.stem] + [f"    {ln}" for ln in preset_header(p)]))
+    return "\n\n".join(blocks)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pipelines.use_preset", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,9 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--list", action="store_true", help="list the presets")
     a = ap.parse_args(argv)
     if a.list or not a.preset:
-        for p in sorted(PRESETS_DIR.glob("*.yaml")):
-            first = p.read_text().splitlines()[0].lstrip("# ")
-            print(f"{p.stem:28s} {first}")
+        print(list_presets())
         return
     overlay = Path(a.preset)
     if not overlay.is_file():
