@@ -1,5 +1,6 @@
 """Trains the `micro` model on a list file, alone or as one rank under torchrun, and writes the
-run's loss history and final weights (rank 0): the subject of tests/test_ddp.py.
+run's loss history and final weights (rank 0); with --eval-only, evaluates the untrained model
+on the list and writes the confusion matrix instead: the subject of tests/test_ddp.py.
 
   torchrun --standalone --nproc_per_node 2 tests/ddp_train_script.py --list L --out DIR --cfg JSON
 """
@@ -11,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -47,6 +49,25 @@ def dataset(list_file: Path, fail_after: int | None) -> SegmentationListDataset:
     return FailAfter(list_file, transform=tf, seed=0, n=fail_after)
 
 
+def seeded_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("micro", num_classes=NUM_CLASSES)
+
+
+def evaluate_only(model: torch.nn.Module, list_file: Path, out: Path) -> None:
+    from deeplab_core.data.transforms import eval_transform
+    from deeplab_core.engine.evaluate import evaluate
+
+    ds = SegmentationListDataset(list_file, transform=eval_transform())
+    distributed.setup(torch.device("cpu"))
+    res = evaluate(model, ds, NUM_CLASSES, torch.device("cpu"), trimap_widths=(1, 3),
+                   progress=False)
+    if distributed.current().is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        acc = res["accumulators"]["plain"]
+        np.savez(out / "confusion.npz", conf=acc.conf, trimap=acc.trimap)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--list", type=Path, required=True)
@@ -54,10 +75,12 @@ def main() -> None:
     ap.add_argument("--cfg", required=True, help="TrainConfig fields as JSON")
     ap.add_argument("--ckpt", type=Path, default=None)
     ap.add_argument("--fail-after-samples", type=int, default=None)
+    ap.add_argument("--eval-only", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = build_model("micro", num_classes=NUM_CLASSES)
+    model = seeded_model()
+    if a.eval_only:
+        return evaluate_only(model, a.list, a.out)
     cfg = TrainConfig(**json.loads(a.cfg))
     res = train(model, dataset(a.list, a.fail_after_samples), cfg, torch.device("cpu"),
                 seed=SEED, checkpoint_path=a.ckpt, progress=False)

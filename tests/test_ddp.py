@@ -31,8 +31,8 @@ def _torchrun() -> str:
 
 
 def _run(list_file: Path, out: Path, nproc: int, cfg: dict, ckpt: Path | None = None,
-         fail_after: int | None = None) -> subprocess.CompletedProcess:
-    args = ["--list", str(list_file), "--out", str(out), "--cfg", json.dumps(cfg)]
+         fail_after: int | None = None, *extra: str) -> subprocess.CompletedProcess:
+    args = ["--list", str(list_file), "--out", str(out), "--cfg", json.dumps(cfg), *extra]
     if ckpt is not None:
         args += ["--ckpt", str(ckpt)]
     if fail_after is not None:
@@ -98,6 +98,19 @@ def test_interrupted_two_process_run_resumes_exactly(reference, tiny_list, tmp_p
     assert _losses(tmp_path / "resumed") == _losses(reference["two"])
     _assert_close(_weights(tmp_path / "resumed"), _weights(reference["two"]), atol=0.0)
     assert torch.load(ckpt, weights_only=False)["complete"] is True
+
+
+def test_evaluation_confusion_is_summed_over_processes(tiny_list, tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import ddp_train_script as script
+
+    _ok(_run(tiny_list, tmp_path / "two", 2, CFG, None, None, "--eval-only"))
+    two = np.load(tmp_path / "two" / "confusion.npz")
+    script.evaluate_only(script.seeded_model(), tiny_list, tmp_path / "one")
+    one = np.load(tmp_path / "one" / "confusion.npz")
+    assert one["conf"].sum() == 6 * 32 * 40  # every pixel of the 6 images, once
+    assert np.array_equal(two["conf"], one["conf"])
+    assert np.array_equal(two["trimap"], one["trimap"])
 
 
 def test_outside_torchrun_everything_is_one_process():

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab_core.engine import metrics
+from deeplab_core.engine import distributed, metrics
 
 
 @torch.inference_mode()
@@ -89,7 +89,9 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
     'raw_image' uint8 HxWx3). Returns {'plain': report, 'crf': report or None, 'n_images': int}.
 
     `on_prediction(id, raw_image, probs_chw, pred_hw, label_hw)` is called for each image (e.g. to
-    cache probabilities for the CRF search or to draw example figures).
+    cache probabilities for the CRF search or to draw example figures). Under torchrun each
+    process evaluates every world_size-th image and the confusion matrices are summed over all
+    processes (on_prediction sees this process's images only).
     """
     widths = tuple(int(w) for w in trimap_widths)
     plain = EvalAccumulator(num_classes, widths)
@@ -109,7 +111,7 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
             fut, lab = pending.pop(0)
             crf_acc.add(fut.result(), lab)
 
-    iterator = range(len(dataset))
+    iterator = distributed.shard(len(dataset))  # under torchrun: this process's share
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(iterator, desc="evaluate", unit="img", mininterval=2.0)
@@ -133,6 +135,10 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
         if pool is not None:
             pool.shutdown(cancel_futures=True)
             torch.set_num_threads(threads)
+    for acc in (plain, crf_acc):
+        if acc is not None:
+            acc.conf, acc.trimap = (distributed.all_reduce_array(acc.conf),
+                                    distributed.all_reduce_array(acc.trimap))
     return {"n_images": len(dataset), "plain": plain.report(class_names),
             "crf": crf_acc.report(class_names) if crf_acc is not None else None,
             "accumulators": {"plain": plain, "crf": crf_acc}}
