@@ -109,6 +109,7 @@ def run_training(stage: str, params: Params, inputs: TrainingInputs) -> dict:
             history = res.history
             metrics.update({"final_loss": res.final_loss, "resumed_from": res.resumed_from,
                             "train_images": len(ds), "iterations": cfg.iterations})
+            tracking.log_metrics({"train_processes": distributed.current().world_size})
         else:
             atomic_torch_save({"complete": True, "skipped": True}, d / "checkpoints" / f"{stage}.pt")
         with atomic_dir(d / "models" / stage) as tmp:

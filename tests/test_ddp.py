@@ -140,3 +140,38 @@ def test_sync_batch_norm_swap_round_trips_classes_and_state():
     distributed._swap_batch_norms(model, to_sync=False)
     assert type(model[1]) is torch.nn.BatchNorm2d and type(model[2][0]) is PooledBatchNorm2d
     _assert_close(before, model.state_dict(), atol=0.0)
+
+
+@pytest.mark.e2e
+def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_url):
+    """`python -m pipelines.finetune` (the DVC stage's command) with base.nproc 2 relaunches
+    itself under torchrun; rank 0 alone writes the outputs and the one MLflow run."""
+    import mlflow
+    import yaml
+
+    from conftest import scratch_project
+
+    root = scratch_project(tmp_path / "proj", {
+        "base": {"nproc": 2},
+        "finetune": {"init_from_pretrain": False, "use_bootstrap": False, "iterations": 4,
+                     "checkpoint_every": 2, "batch_norm": "frozen"}})
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "OMP_NUM_THREADS": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    for stage in ("prepare", "finetune"):
+        proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "--nproc_per_node=2 -m pipelines.finetune" in proc.stdout
+    metrics = json.loads((root / "data" / "metrics" / "finetune.json").read_text())
+    assert metrics["iterations"] == 4 and metrics["resumed_from"] == 0
+    assert (root / "data" / "models" / "finetune" / "model.pt").is_file()
+    assert torch.load(root / "data" / "checkpoints" / "finetune.pt",
+                      weights_only=False)["complete"] is True
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.stage = 'finetune'")
+    assert len(runs) == 1
+    assert runs[0].data.metrics["train_processes"] == 2
+    assert yaml.safe_load((root / "params.yaml").read_text())["base"]["nproc"] == 2
