@@ -154,9 +154,10 @@ def stage_main(stage: str, flow: Callable[[], dict],
     `torchrun --standalone --nproc_per_node <nproc> -m pipelines.<stage>` and exits with its
     status; under torchrun, rank 0 runs the flow and the other ranks `train_worker`."""
     rank = int(os.environ.get("RANK", "0"))
-    if distributed.launched_world_size() == 1 and _requested_nproc() > 1:
+    nproc = _requested_nproc() if distributed.launched_world_size() == 1 else 1
+    if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={_requested_nproc()}", "-m", f"pipelines.{stage}"]
+               f"--nproc_per_node={nproc}", "-m", f"pipelines.{stage}"]
         print(f"{stage}: {' '.join(cmd[2:])}", flush=True)
         sys.exit(subprocess.run(cmd).returncode)
     if rank == 0:
