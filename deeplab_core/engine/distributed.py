@@ -56,10 +56,14 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum of ``values`` over all processes (returned, the input is left alone)."""
-    out = values.clone()
-    if current().enabled:
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
+    if not current().enabled:
+        return values.clone()
+    # NCCL reduces CUDA tensors only; gloo takes CPU tensors
+    on = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = values.to(on, copy=True)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(values.device)
 
 
 def all_reduce_array(arr: np.ndarray) -> np.ndarray:
