@@ -202,7 +202,8 @@ def _optimizer_step(net: nn.Module, opt, micro_batches: list[dict], cfg: TrainCo
     Each micro-batch back-propagates its loss sum over P label positions (a mean-sized value,
     safe for float16); once the gradients are summed (and averaged over the processes by DDP)
     they are rescaled by world_size * P / (labelled pixels of the global batch), which makes
-    them the gradient of the global batch's mean loss, whatever the split."""
+    them the gradient of the global batch's mean loss, whatever the split (exactly so when every
+    micro-batch has the same shape, as fixed-size training crops do)."""
     ctx = distributed.current()
     opt.zero_grad(set_to_none=True)
     stats = torch.zeros(2, dtype=torch.float64)
