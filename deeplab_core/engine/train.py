@@ -274,7 +274,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
     if len(dataset) == 0:
         raise ValueError("training dataset is empty")
     ctx, device = distributed.setup(device)
-    seed_everything(seed)
+    seed_everything(seed + ctx.rank)  # dropout masks differ between ranks, rank 0 as one process
     fp = run_fingerprint(cfg, seed, run_key)
     resume = _read_resume(checkpoint_path, fp, cfg.iterations)
     net, frozen = _prepare_model(model, cfg, device, resume)
