@@ -395,3 +395,32 @@ def test_loss_at_score_map_uses_nearest_downsampled_labels(tiny_list):
     full = _fit(_micro(), _dataset(tiny_list), _settings(iterations=2))
     assert math.isfinite(res.history[0]["loss"])
     assert res.history[0]["loss"] != pytest.approx(full.history[0]["loss"], rel=1e-6)
+
+
+def test_step_batches_split_each_global_batch_among_ranks_and_micro_batches():
+    from deeplab_core.engine.distributed import DistContext
+    from deeplab_core.engine.train import _StepBatches
+
+    whole = list(_StepBatches(50, 8, seed=5, start=2, stop=4))
+    assert [len(b) for b in whole] == [8, 8]
+    parts = {r: list(_StepBatches(50, 8, 5, 2, 4, micro=2, ctx=DistContext(r, 2)))
+             for r in (0, 1)}
+    for step in range(2):
+        # micro-batch j of rank r holds slots (j * 2 + r) * 2 .. + 2 of the step's global batch
+        got = sorted(k for r in (0, 1) for b in parts[r][2 * step:2 * step + 2] for k in b)
+        assert got == sorted(whole[step])
+    assert [k[2] for k in parts[1][0]] == [2, 3] and [k[2] for k in parts[1][1]] == [6, 7]
+    with pytest.raises(ValueError, match=r"batch_size 6 must be divisible by accumulate_steps x "
+                                         r"processes = 2 x 2"):
+        _StepBatches(50, 6, 5, 0, 1, micro=2, ctx=DistContext(0, 2))
+
+
+def test_bad_recipe_values_name_the_key():
+    from deeplab_core.config import ConfigError, parse_params
+
+    with pytest.raises(ConfigError, match=r"finetune\.batch_norm = 'freeze'"):
+        parse_params({"finetune": {"batch_norm": "freeze"}})
+    with pytest.raises(ConfigError, match=r"pretrain\.lr_policy = 'cosine'"):
+        parse_params({"pretrain": {"lr_policy": "cosine"}})
+    with pytest.raises(ConfigError, match=r"base\.nproc = 0"):
+        parse_params({"base": {"nproc": 0}})
