@@ -9,14 +9,14 @@ pooling, multi-grid, cascade), v3+ (encoder-decoder, Xception-65), plus light CP
 from .deeplab import DeepLab, set_output_stride, unwrap
 from .layers import dilate_kernel, rf_of
 from .msc import MultiScaleInputs
-from .presets import PRESETS, ModelConfig, build_model, get_config, list_presets
+from .presets import PRESETS, ArchSpec, build_model, get_config, list_presets
 from .receptive_field import (count_macs, count_parameters, plot_valid_weights, receptive_field,
                               valid_weight_counts, valid_weight_curve, valid_weight_fractions)
 from .weights import convert_vgg_fc, load_backbone_weights
 
 __all__ = [
     "build_model", "list_presets", "set_output_stride", "load_backbone_weights",
-    "DeepLab", "MultiScaleInputs", "ModelConfig", "PRESETS", "get_config", "unwrap",
+    "DeepLab", "MultiScaleInputs", "ArchSpec", "PRESETS", "get_config", "unwrap",
     "receptive_field", "count_parameters", "count_macs", "rf_of", "dilate_kernel",
     "valid_weight_counts", "valid_weight_fractions", "valid_weight_curve", "plot_valid_weights",
     "convert_vgg_fc",

@@ -1,7 +1,8 @@
 """Model presets and ``build_model``.
 
-Each preset is a ``ModelConfig``; ``build_model(preset, num_classes, output_stride,
-pretrained_backbone, **overrides)`` replaces any of its fields (unknown keys raise ValueError).
+Each preset is an ``ArchSpec`` (the architecture; not the params.yaml ``model`` section, which
+names a preset); ``build_model(preset, num_classes, output_stride, pretrained_backbone,
+**overrides)`` replaces any of its fields (unknown keys raise ValueError).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .msc import MultiScaleInputs
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ArchSpec:
     backbone: str  # vgg16 | resnet50 | resnet101 | xception65 | mobilenetv2 | basicnet
     head: str                         # v1 | aspp_v2 | aspp_v3 | cascade
     output_stride: int = 16           # base output stride the rates below refer to
@@ -53,44 +54,44 @@ class ModelConfig:
 
 _VGG_V1 = dict(backbone="vgg16", head="v1", output_stride=8)
 
-PRESETS: dict[str, ModelConfig] = {
+PRESETS: dict[str, ArchSpec] = {
     # DeepLab v1 (VGG-16, output stride 8)
-    "v1_largefov": ModelConfig(**_VGG_V1, fc6_kernel=3, fc6_rate=12, fc_channels=1024),
-    "v1_7x7": ModelConfig(**_VGG_V1, fc6_kernel=7, fc6_rate=4, fc_channels=4096),
-    "v1_4x4_r4": ModelConfig(**_VGG_V1, fc6_kernel=4, fc6_rate=4, fc_channels=4096),
-    "v1_4x4_r8": ModelConfig(**_VGG_V1, fc6_kernel=4, fc6_rate=8, fc_channels=4096),
-    "v1_msc_largefov": ModelConfig(**_VGG_V1, fc6_kernel=3, fc6_rate=12, fc_channels=1024,
-                                   msc_features=True),
+    "v1_largefov": ArchSpec(**_VGG_V1, fc6_kernel=3, fc6_rate=12, fc_channels=1024),
+    "v1_7x7": ArchSpec(**_VGG_V1, fc6_kernel=7, fc6_rate=4, fc_channels=4096),
+    "v1_4x4_r4": ArchSpec(**_VGG_V1, fc6_kernel=4, fc6_rate=4, fc_channels=4096),
+    "v1_4x4_r8": ArchSpec(**_VGG_V1, fc6_kernel=4, fc6_rate=8, fc_channels=4096),
+    "v1_msc_largefov": ArchSpec(**_VGG_V1, fc6_kernel=3, fc6_rate=12, fc_channels=1024,
+                                msc_features=True),
     # DeepLab v2
-    "v2_aspp_s_vgg16": ModelConfig(backbone="vgg16", head="aspp_v2", output_stride=8,
-                                   aspp_rates=(2, 4, 8, 12), aspp_hidden=1024),
-    "v2_aspp_l_vgg16": ModelConfig(backbone="vgg16", head="aspp_v2", output_stride=8,
-                                   aspp_rates=(6, 12, 18, 24), aspp_hidden=1024),
-    "v2_aspp_l_resnet101": ModelConfig(backbone="resnet101", head="aspp_v2", output_stride=8,
-                                       aspp_rates=(6, 12, 18, 24), aspp_hidden=None,
-                                       msc_scales=(1.0, 0.75, 0.5)),
+    "v2_aspp_s_vgg16": ArchSpec(backbone="vgg16", head="aspp_v2", output_stride=8,
+                                aspp_rates=(2, 4, 8, 12), aspp_hidden=1024),
+    "v2_aspp_l_vgg16": ArchSpec(backbone="vgg16", head="aspp_v2", output_stride=8,
+                                aspp_rates=(6, 12, 18, 24), aspp_hidden=1024),
+    "v2_aspp_l_resnet101": ArchSpec(backbone="resnet101", head="aspp_v2", output_stride=8,
+                                    aspp_rates=(6, 12, 18, 24), aspp_hidden=None,
+                                    msc_scales=(1.0, 0.75, 0.5)),
     # DeepLab v3 (ResNet-101, output stride 16 for training)
-    "v3_resnet101_os16_mg124": ModelConfig(backbone="resnet101", head="aspp_v3", output_stride=16,
-                                           multi_grid=(1, 2, 4), aspp_rates=(6, 12, 18)),
-    "v3_resnet101_block7_mg121": ModelConfig(backbone="resnet101", head="cascade", output_stride=16,
-                                             multi_grid=(1, 2, 1), cascade_blocks=3),
+    "v3_resnet101_os16_mg124": ArchSpec(backbone="resnet101", head="aspp_v3", output_stride=16,
+                                        multi_grid=(1, 2, 4), aspp_rates=(6, 12, 18)),
+    "v3_resnet101_block7_mg121": ArchSpec(backbone="resnet101", head="cascade", output_stride=16,
+                                          multi_grid=(1, 2, 1), cascade_blocks=3),
     # DeepLab v3+
-    "v3plus_xception65": ModelConfig(backbone="xception65", head="aspp_v3", output_stride=16,
-                                     aspp_rates=(6, 12, 18), separable=True, decoder=True),
-    "v3plus_resnet101": ModelConfig(backbone="resnet101", head="aspp_v3", output_stride=16,
-                                    aspp_rates=(6, 12, 18), decoder=True),
+    "v3plus_xception65": ArchSpec(backbone="xception65", head="aspp_v3", output_stride=16,
+                                  aspp_rates=(6, 12, 18), separable=True, decoder=True),
+    "v3plus_resnet101": ArchSpec(backbone="resnet101", head="aspp_v3", output_stride=16,
+                                 aspp_rates=(6, 12, 18), decoder=True),
     # CPU presets. light: a small dense BasicBlock trunk (dense 3x3 convs train faster from
     # scratch on a CPU than depthwise ones), ASPP with image pooling, v3+ decoder on stride-4
     # features. micro (unit tests): MobileNetV2 trunk, separable ASPP, v3+ decoder.
-    "light": ModelConfig(backbone="basicnet", head="aspp_v3", output_stride=16, width_mult=1.0,
-                         aspp_rates=(2, 4, 6), aspp_channels=64, separable=False, decoder=True,
-                         decoder_channels=64, low_level_channels=24, aspp_dropout=0.0,
-                         low_level_stride=4),
-    "micro": ModelConfig(backbone="mobilenetv2", head="aspp_v3", output_stride=16, width_mult=0.25,
-                         aspp_rates=(1, 2), aspp_channels=16, separable=True, decoder=True,
-                         decoder_channels=16, low_level_channels=8, aspp_dropout=0.0,
-                         mobilenet_settings=((1, 16, 1, 1), (6, 24, 1, 2), (6, 32, 1, 2),
-                                             (6, 64, 1, 2), (6, 96, 1, 1), (6, 160, 1, 2))),
+    "light": ArchSpec(backbone="basicnet", head="aspp_v3", output_stride=16, width_mult=1.0,
+                      aspp_rates=(2, 4, 6), aspp_channels=64, separable=False, decoder=True,
+                      decoder_channels=64, low_level_channels=24, aspp_dropout=0.0,
+                      low_level_stride=4),
+    "micro": ArchSpec(backbone="mobilenetv2", head="aspp_v3", output_stride=16, width_mult=0.25,
+                      aspp_rates=(1, 2), aspp_channels=16, separable=True, decoder=True,
+                      decoder_channels=16, low_level_channels=8, aspp_dropout=0.0,
+                      mobilenet_settings=((1, 16, 1, 1), (6, 24, 1, 2), (6, 32, 1, 2),
+                                          (6, 64, 1, 2), (6, 96, 1, 1), (6, 160, 1, 2))),
 }
 
 
@@ -98,11 +99,11 @@ def list_presets() -> list[str]:
     return list(PRESETS)
 
 
-def get_config(preset: str, **overrides: object) -> ModelConfig:
-    """The preset's ``ModelConfig`` with ``overrides`` applied (unknown keys raise ValueError)."""
+def get_config(preset: str, **overrides: object) -> ArchSpec:
+    """The preset's ``ArchSpec`` with ``overrides`` applied (unknown keys raise ValueError)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
-    allowed = [f.name for f in dataclasses.fields(ModelConfig)]
+    allowed = [f.name for f in dataclasses.fields(ArchSpec)]
     unknown = sorted(k for k in overrides if k not in allowed)
     if unknown:
         raise ValueError(f"unknown override key(s) {unknown} for preset {preset!r}; "
@@ -111,7 +112,7 @@ def get_config(preset: str, **overrides: object) -> ModelConfig:
     return dataclasses.replace(PRESETS[preset], **fixed)
 
 
-def _build_backbone(cfg: ModelConfig) -> nn.Module:
+def _build_backbone(cfg: ArchSpec) -> nn.Module:
     name, os_ = cfg.backbone, cfg.output_stride
     if name == "vgg16":
         return VGG16(os_, width_mult=cfg.width_mult)
@@ -127,7 +128,7 @@ def _build_backbone(cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown backbone {name!r}")
 
 
-def build_from_config(cfg: ModelConfig, num_classes: int = 21) -> nn.Module:
+def build_from_config(cfg: ArchSpec, num_classes: int = 21) -> nn.Module:
     backbone = _build_backbone(cfg)
     cin = backbone.out_channels
     decoder = None
