@@ -206,6 +206,13 @@ class RegisterConfig(Strict):
     min_improvement: float = Field(0.0, ge=0.0)
 
 
+# params.yaml's `train` section holds the settings `pretrain` and `finetune` share; each of
+# those holds only what differs (see merge_shared_train). It is not a field of Params: after the
+# merge, params.pretrain and params.finetune are complete.
+SHARED_TRAIN = "train"
+TRAIN_SECTIONS = ("pretrain", "finetune")
+
+
 class Params(Strict):
     base: BaseConfig = BaseConfig()
     prepare: PrepareConfig = PrepareConfig()
@@ -221,15 +228,30 @@ class Params(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _error_path(loc: tuple, raw: dict) -> str:
+    """The key path of an error as the user wrote it: a key of a training section that came from
+    the shared `train` section is named there."""
+    path = ".".join(str(p) for p in loc) or "<root>"
+    if len(loc) > 1 and loc[0] in TRAIN_SECTIONS:
+        own, shared = raw.get(loc[0]), raw.get(SHARED_TRAIN)
+        if (isinstance(shared, dict) and loc[1] in shared
+                and not (isinstance(own, dict) and loc[1] in own)):
+            rest = ".".join(str(p) for p in loc[1:])
+            path = f"{SHARED_TRAIN}.{rest} (shared, merged into {loc[0]})"
+    return path
+
+
+def _format_errors(err: ValidationError, source: str, raw: dict) -> str:
     lines = [f"invalid parameters in {source}:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        path = _error_path(e["loc"], raw)
         value = e.get("input")
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {path}: unknown key (value {value!r}); check the spelling")
+            line = f"  {path}: unknown key (value {value!r}); check the spelling"
         else:
-            lines.append(f"  {path} = {value!r}: {e['msg']}")
+            line = f"  {path} = {value!r}: {e['msg']}"
+        if line not in lines:
+            lines.append(line)
     return "\n".join(lines)
 
 
@@ -241,24 +263,90 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+def merge_shared_train(raw: dict, source: str = "<dict>") -> dict:
+    """A copy of `raw` with its `train` section (the settings pretrain and finetune share) merged
+    under `pretrain` and under `finetune` (their own keys win) and then removed."""
+    if SHARED_TRAIN not in raw:
+        return raw
+    shared = raw[SHARED_TRAIN]
+    if shared is None:
+        shared = {}
+    if not isinstance(shared, dict):
+        raise ConfigError(f"{source}: {SHARED_TRAIN} = {shared!r}: expected a mapping of the "
+                          f"settings {' and '.join(TRAIN_SECTIONS)} share")
+    out = {k: v for k, v in raw.items() if k != SHARED_TRAIN}
+    for section in TRAIN_SECTIONS:
+        own = out.get(section)
+        own = {} if own is None else own
+        # a section that is not a mapping is left as it is for the schema to report
+        out[section] = deep_merge(shared, own) if isinstance(own, dict) else own
+    return out
+
+
 def parse_params(raw: dict, source: str = "<dict>") -> Params:
+    """Validate a params mapping (params.yaml and overlays merged); `train` is merged under
+    `pretrain` and `finetune` first."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate(merge_shared_train(raw, source))
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(_format_errors(err, source, raw)) from None
+
+
+def merge_overlay(base: dict, overlay: dict) -> dict:
+    """`overlay` over `base` as deep_merge does, where a key the overlay sets in `train` also
+    replaces that key in the base's `pretrain` and `finetune`: the later layer wins, whichever of
+    the three sections each layer names it in."""
+    shared = overlay.get(SHARED_TRAIN)
+    if isinstance(shared, dict) and shared:
+        base = dict(base)
+        for section in TRAIN_SECTIONS:
+            if isinstance(base.get(section), dict):
+                base[section] = {k: v for k, v in base[section].items() if k not in shared}
+    return deep_merge(base, overlay)
+
+
+BASES_KEY = "_base_"
+
+
+def read_overlay(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """An overlay file (e.g. a paper preset) with the files its `_base_` list names, relative to
+    it, merged under it: the bases in order (later wins), then the file's own keys."""
+    path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in _chain + (path.resolve(),))
+        raise ConfigError(f"{path}: {BASES_KEY} cycle: {cycle}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of params.yaml sections, got "
+                          f"{type(raw).__name__}")
+    bases = raw.pop(BASES_KEY, [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: {BASES_KEY} = {bases!r}: expected a list of overlay files, "
+                          f"relative to {path.parent}")
+    merged: dict = {}
+    for name in bases:
+        base_path = path.parent / name
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: {BASES_KEY} entry {name!r}: file {base_path} not found")
+        merged = merge_overlay(merged, read_overlay(base_path, _chain + (path.resolve(),)))
+    return merge_overlay(merged, raw)
 
 
 def load_params(path: str | Path = "params.yaml", overlays: list[str | Path] = ()) -> Params:
-    """Read params.yaml (plus optional overlay files, e.g. a paper preset) and validate it."""
+    """Read params.yaml (plus optional overlay files, e.g. a paper preset, each with its
+    `_base_` files) and validate it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"params file not found: {path.resolve()}")
     raw = yaml.safe_load(path.read_text()) or {}
     source = str(path)
     for ov in overlays:
-        ov_raw = yaml.safe_load(Path(ov).read_text()) or {}
-        raw = deep_merge(raw, ov_raw)
+        raw = merge_overlay(raw, read_overlay(ov))
         source += f" + {ov}"
     return parse_params(raw, source)

@@ -1,5 +1,8 @@
 """Apply a paper recipe (an overlay in presets/) to params.yaml, validating the result first.
 
+A preset may start with `_base_: [file, ...]`: shared overlays (presets/_base_/, e.g. the real
+data roots or the papers' SGD block), relative to the preset, stacked in order under its own lines.
+
   python -m pipelines.use_preset presets/v3plus_xception65.yaml [--out params.yaml]
   python -m pipelines.use_preset --list     # every preset with its paper figures and schedule
 """
@@ -13,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from deeplab_core.config import ConfigError, deep_merge, parse_params
+from deeplab_core.config import ConfigError, merge_overlay, parse_params, read_overlay
 from pipelines.common import REPO
 
 PRESETS_DIR = REPO / "presets"
@@ -21,8 +24,7 @@ PRESETS_DIR = REPO / "presets"
 
 def apply_preset(base_file: Path, overlay_file: Path, out_file: Path) -> dict:
     base = yaml.safe_load(base_file.read_text()) or {}
-    overlay = yaml.safe_load(overlay_file.read_text()) or {}
-    merged = deep_merge(base, overlay)
+    merged = merge_overlay(base, read_overlay(overlay_file))
     parse_params(merged, f"{base_file} + {overlay_file}")  # refuse to write an invalid file
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     tmp.write_text(f"# {overlay_file.name} applied over {base_file.name}\n"

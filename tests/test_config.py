@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deeplab_core.config import ConfigError, Params, deep_merge, load_params, parse_params
+from deeplab_core.config import (ConfigError, Params, deep_merge, load_params, merge_shared_train,
+                                 parse_params, read_overlay)
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -30,7 +31,7 @@ def _config_error(raw: dict) -> str:
 def test_project_params_validate_and_keep_every_value():
     params = load_params(PARAMS)
     assert isinstance(params, Params)
-    raw = yaml.safe_load(PARAMS.read_text())
+    raw = merge_shared_train(yaml.safe_load(PARAMS.read_text()))
     dumped = params.model_dump(by_alias=True)
     assert set(raw) <= set(dumped)
     for section, values in raw.items():
@@ -180,3 +181,80 @@ def test_invalid_overlay_is_named_in_the_error(tmp_path):
     msg = str(exc.value)
     assert "model.outputstride" in msg and "unknown key" in msg
     assert str(ov) in msg
+
+
+# ----------------------------------------------------------------------------- shared train section
+def test_train_section_is_merged_under_pretrain_and_finetune():
+    raw = yaml.safe_load(PARAMS.read_text())
+    params = load_params(PARAMS)
+    for key, value in raw["train"].items():
+        for section in ("pretrain", "finetune"):
+            if key not in raw[section]:
+                got = getattr(getattr(params, section), key)
+                assert _normalise(got) == _normalise(value), f"{section}.{key}"
+    # each section's own keys win over train's
+    params = parse_params({"train": {"lr": 0.5, "iterations": 9}, "finetune": {"lr": 0.25}})
+    assert (params.pretrain.lr, params.finetune.lr) == (0.5, 0.25)
+    assert params.pretrain.iterations == params.finetune.iterations == 9
+    assert isinstance(params.finetune.use_bootstrap, bool)
+
+
+def test_project_params_train_sections_hold_only_what_differs():
+    raw = yaml.safe_load(PARAMS.read_text())
+    common = {k for k in raw["pretrain"] if raw["finetune"].get(k) == raw["pretrain"][k]}
+    assert not common, f"params.yaml: pretrain and finetune both set {sorted(common)}; use train"
+
+
+def test_error_in_train_names_the_train_key():
+    msg = _config_error({"train": {"batch_size": 1}})
+    assert "train.batch_size (shared, merged into pretrain) = 1" in msg
+    assert msg.count("train.batch_size") == 2  # once for each section it reaches
+    msg = _config_error({"train": {"use_bootstrap": False}})
+    assert "train.use_bootstrap (shared, merged into pretrain): unknown key" in msg
+    # a key the section sets itself is named in the section
+    msg = _config_error({"train": {"lr": 0.1}, "finetune": {"lr": -1}})
+    assert "finetune.lr = -1" in msg and "train.lr" not in msg
+
+
+def test_train_section_must_be_a_mapping():
+    msg = _config_error({"train": [1, 2]})
+    assert "params-under-test.yaml: train = [1, 2]: expected a mapping" in msg
+
+
+def test_later_overlay_train_key_beats_earlier_section_key(tmp_path):
+    base = tmp_path / "p.yaml"
+    base.write_text("train:\n  lr: 0.1\npretrain:\n  lr: 0.2\n  iterations: 5\n")
+    ov = tmp_path / "o.yaml"
+    ov.write_text("train:\n  lr: 0.3\n")
+    params = load_params(base, [ov])
+    assert params.pretrain.lr == params.finetune.lr == 0.3
+    assert params.pretrain.iterations == 5
+
+
+# ----------------------------------------------------------------------------- _base_ overlays
+def test_overlay_bases_stack_in_order_then_the_file(tmp_path):
+    (tmp_path / "_base_").mkdir()
+    (tmp_path / "_base_" / "a.yaml").write_text("finetune:\n  lr: 0.1\n  iterations: 3\n")
+    (tmp_path / "_base_" / "b.yaml").write_text("_base_: [a.yaml]\nfinetune:\n  lr: 0.2\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("_base_: [_base_/b.yaml]\nfinetune:\n  crop_size: 64\n")
+    assert read_overlay(top) == {"finetune": {"lr": 0.2, "iterations": 3, "crop_size": 64}}
+    params = load_params(PARAMS, [top])
+    assert (params.finetune.lr, params.finetune.iterations, params.finetune.crop_size) == \
+        (0.2, 3, 64)
+
+
+def test_overlay_base_cycle_and_missing_base_are_named(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("_base_: [b.yaml]\n")
+    b.write_text("_base_: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"_base_ cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        read_overlay(a)
+    c = tmp_path / "c.yaml"
+    c.write_text("_base_: [nowhere.yaml]\n")
+    with pytest.raises(ConfigError,
+                       match=r"c\.yaml: _base_ entry 'nowhere\.yaml': file .* not found"):
+        read_overlay(c)
+    c.write_text("_base_: {a: 1}\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: _base_ = \{'a': 1\}: expected a list"):
+        read_overlay(c)
