@@ -83,3 +83,80 @@ def test_list_shows_each_preset_whole_with_the_papers_figures(capsys):
     header = [ln for ln in (REPO / "presets" / "v1_largefov.yaml").read_text().splitlines()
               if ln.startswith("#")]
     assert len(blocks["v1_largefov"].splitlines()) == 1 + len(header)
+
+
+# ----------------------------------------------------------------------------- _base_ composition
+BASE_FILES = sorted((REPO / "presets" / "_base_").glob("*.yaml"))
+
+
+def _applied(name: str, tmp_path):
+    out = tmp_path / f"{name}.yaml"
+    apply_preset(REPO / "params.yaml", REPO / "presets" / f"{name}.yaml", out)
+    return parse_params(yaml.safe_load(out.read_text()))
+
+
+def test_presets_are_composed_from_shared_bases():
+    assert {p.stem for p in BASE_FILES} >= {"voc_real_data", "sgd_papers"}
+    for p in PRESET_FILES:
+        bases = yaml.safe_load(p.read_text())["_base_"]
+        assert {"_base_/voc_real_data.yaml", "_base_/sgd_papers.yaml"} <= set(bases), p.name
+        assert all((p.parent / b).is_file() for b in bases), p.name
+
+
+@pytest.mark.parametrize("overlay", PRESET_FILES, ids=lambda p: p.stem)
+def test_every_preset_trains_with_the_papers_sgd_on_real_data(overlay, tmp_path):
+    params = _applied(overlay.stem, tmp_path)
+    for cfg in (params.pretrain, params.finetune):
+        assert (cfg.optimizer, cfg.warmup_iters, cfg.momentum) == ("sgd", 0, 0.9)
+    assert params.prepare.source == "real"
+    assert params.prepare.voc_root == "data/external/VOCdevkit/VOC2012"
+    assert params.prepare.sbd_root == "data/external/benchmark_RELEASE/dataset"
+    # the same params whether applied to a file or loaded as an overlay
+    from deeplab_core.config import load_params
+    assert load_params(REPO / "params.yaml", [overlay]) == params
+
+
+def test_composed_presets_keep_their_own_lines_over_the_bases(tmp_path):
+    v1 = _applied("v1_largefov", tmp_path)
+    assert v1.prepare.coco_root is None and v1.pretrain.enabled is False
+    assert (v1.pretrain.lr_policy, v1.finetune.lr_policy) == ("poly", "step")
+    v2 = _applied("v2_aspp_l_resnet101", tmp_path)
+    assert v2.prepare.coco_root == "data/external/coco"
+    assert (v2.pretrain.iterations, v2.finetune.iterations) == (100000, 20000)
+    for cfg in (v2.pretrain, v2.finetune):
+        assert (cfg.batch_norm, cfg.accumulate_steps, cfg.crop_size, cfg.loss_at) == \
+            ("frozen", 2, 321, "score_map")
+    x65 = _applied("v3plus_xception65", tmp_path)
+    assert (x65.pretrain.weight_decay, x65.finetune.weight_decay) == (0.0001, 0.00004)
+    assert x65.model.eval_output_stride == 8 and x65.evaluate.flip is True
+    assert x65.evaluate.crf is False and x65.register_.metric == "miou"
+    b7 = _applied("v3_resnet101_block7_mg121", tmp_path)
+    assert b7.prepare.coco_root is None and b7.model.eval_output_stride is None
+    assert (b7.evaluate.scales, b7.evaluate.flip, b7.evaluate.crf) == ((1.0,), False, False)
+    assert (b7.pretrain.bn_momentum, b7.finetune.bn_momentum) == (None, 0.0003)
+    r101 = _applied("v3plus_resnet101", tmp_path)
+    default = parse_params(yaml.safe_load((REPO / "params.yaml").read_text())).pretrain
+    assert (r101.pretrain.iterations, r101.pretrain.crop_size) == \
+        (default.iterations, default.crop_size)
+
+
+def test_list_leaves_out_the_base_files(capsys):
+    from pipelines.use_preset import main
+
+    main(["--list"])
+    names = {b.splitlines()[0] for b in capsys.readouterr().out.strip().split("\n\n")}
+    assert not names & {p.stem for p in BASE_FILES}
+
+
+def test_missing_base_is_refused_with_its_name(tmp_path, capsys):
+    from pipelines.use_preset import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("_base_: [_base_/nowhere.yaml]\nmodel:\n  preset: micro\n")
+    out = tmp_path / "params.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main([str(bad), "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: _base_ entry '_base_/nowhere.yaml'" in err and "not found" in err
+    assert not out.exists()
