@@ -282,6 +282,43 @@ def _input_file(name: str, key: str, given: str | None, listed: str | None, d: P
     return path, value
 
 
+def _model_file(name: str, spec: GridFile, model: str | None, d: Path) -> Path | None:
+    """The trained model an inference grid evaluates (a train grid names none)."""
+    if spec.kind == "inference":
+        if not (model or spec.model):
+            raise GridError(f"{name}: key 'model' is missing; an inference grid evaluates one "
+                            f"trained model (e.g. models/finetune/model.pt, relative to "
+                            f"base.data_dir)")
+        model_path, _ = _input_file(name, "model", model, spec.model, d,
+                                    "run the pipeline first, e.g. make run, or pass --model")
+        return model_path
+    if model or spec.model:
+        raise GridError(f"{name}: model = {model or spec.model!r}: a train grid trains its own "
+                        f"models; 'model' is for inference grids")
+    return None
+
+
+def _crf_file(name: str, spec: GridFile, configs: list[Config], crf_params: str | None,
+              d: Path) -> tuple[Path | None, dict | None]:
+    """The CRF parameters file and its parameters, when a configuration sets evaluate.crf."""
+    if not any(c.params.evaluate.crf for c in configs):
+        return None, None
+    if not (crf_params or spec.crf_params):
+        raise GridError(f"{name}: key 'crf_params' is missing; a configuration sets "
+                        f"evaluate.crf (e.g. crf_params: crf_search/best_params.json)")
+    crf_file, value = _input_file(name, "crf_params", crf_params, spec.crf_params, d,
+                                  "run the crf_search stage, or pass --crf-params")
+    return crf_file, _read_crf_params(f"{name}: crf_params = {value!r}", crf_file)
+
+
+def _check_columns(name: str, spec: GridFile, configs: list[Config]) -> None:
+    known = {k for c in configs for k in tracking.flatten(c.settings)}
+    for col in spec.columns or []:
+        if col not in known:
+            raise GridError(f"{name}: columns: {col!r} is not a setting of this grid; settings: "
+                            f"{', '.join(sorted(known))}")
+
+
 def load_grid(grid: str | Path, params_raw: dict | None = None, model: str | None = None,
               crf_params: str | None = None) -> Grid:
     """Read and check a grid file against params.yaml (or `params_raw`); every configuration is
@@ -306,30 +343,9 @@ def load_grid(grid: str | Path, params_raw: dict | None = None, model: str | Non
         cfg, prev = _config(spec, i, start, prev, configs, name)
         configs.append(cfg)
 
-    model_path = None
-    if spec.kind == "inference":
-        if not (model or spec.model):
-            raise GridError(f"{name}: key 'model' is missing; an inference grid evaluates one "
-                            f"trained model (e.g. models/finetune/model.pt, relative to "
-                            f"base.data_dir)")
-        model_path, _ = _input_file(name, "model", model, spec.model, d,
-                                    "run the pipeline first, e.g. make run, or pass --model")
-    elif model or spec.model:
-        raise GridError(f"{name}: model = {model or spec.model!r}: a train grid trains its own "
-                        f"models; 'model' is for inference grids")
-    crf_file = crf = None
-    if any(c.params.evaluate.crf for c in configs):
-        if not (crf_params or spec.crf_params):
-            raise GridError(f"{name}: key 'crf_params' is missing; a configuration sets "
-                            f"evaluate.crf (e.g. crf_params: crf_search/best_params.json)")
-        crf_file, value = _input_file(name, "crf_params", crf_params, spec.crf_params, d,
-                                      "run the crf_search stage, or pass --crf-params")
-        crf = _read_crf_params(f"{name}: crf_params = {value!r}", crf_file)
-    known = {k for c in configs for k in tracking.flatten(c.settings)}
-    for col in spec.columns or []:
-        if col not in known:
-            raise GridError(f"{name}: columns: {col!r} is not a setting of this grid; settings: "
-                            f"{', '.join(sorted(known))}")
+    model_path = _model_file(name, spec, model, d)
+    crf_file, crf = _crf_file(name, spec, configs, crf_params, d)
+    _check_columns(name, spec, configs)
     return Grid(path=path, name=spec.name or path.stem, kind=spec.kind, title=spec.title,
                 description=spec.description.strip(), eval_set=spec.eval_set,
                 cumulative=spec.cumulative, columns=spec.columns, params=base_params,
