@@ -264,7 +264,7 @@ def deep_merge(base: dict, overlay: dict) -> dict:
 
 
 def merge_shared_train(raw: dict, source: str = "<dict>") -> dict:
-    """A copy of `raw` with its `train` section (the settings pretrain and finetune share) merged
+    """`raw` with its `train` section (the settings pretrain and finetune share) merged
     under `pretrain` and under `finetune` (their own keys win) and then removed."""
     if SHARED_TRAIN not in raw:
         return raw
@@ -276,8 +276,7 @@ def merge_shared_train(raw: dict, source: str = "<dict>") -> dict:
                           f"settings {' and '.join(TRAIN_SECTIONS)} share")
     out = {k: v for k, v in raw.items() if k != SHARED_TRAIN}
     for section in TRAIN_SECTIONS:
-        own = out.get(section)
-        own = {} if own is None else own
+        own = out.get(section, {})
         # a section that is not a mapping is left as it is for the schema to report
         out[section] = deep_merge(shared, own) if isinstance(own, dict) else own
     return out
