@@ -1,19 +1,19 @@
 """pretrain stage: train on COCO images mapped to the 20 VOC classes (DeepLab's MS-COCO
-pretraining), starting from the ImageNet backbone when `model.pretrained_backbone` is set."""
+pretraining, the clean list validate passed), starting from the ImageNet backbone when
+`model.pretrained_backbone` is set."""
 
 from __future__ import annotations
 
 from prefect import flow
 
-from pipelines.common import data_dir, get_params, run_stage
+from pipelines.common import clean_list, get_params, run_stage
 from pipelines.train_stage import run_training
 
 
 @flow(name="pretrain")
 def pretrain_flow() -> dict:
     params = get_params()
-    lists = data_dir(params) / "prepared"
-    metrics = run_training("pretrain", params, params.pretrain, lists / "coco_train.txt",
+    metrics = run_training("pretrain", params, params.pretrain, clean_list(params, "coco_train"),
                            init_checkpoint=None)
     print(f"pretrain: {metrics}")
     return metrics
