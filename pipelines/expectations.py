@@ -5,14 +5,17 @@ renders GX's data docs (HTML)."""
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
+import re
 from pathlib import Path
 from typing import Callable
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
+from great_expectations.core.run_identifier import RunIdentifier
 
 from deeplab_core.config import ValidateConfig
 
@@ -20,6 +23,9 @@ from deeplab_core.config import ValidateConfig
 # in the later (a val image in train_aug is removed from train_aug, never from val).
 SPLIT_PRECEDENCE = ("val", "train_aug", "coco_val", "coco_train")
 LEAKAGE = "leakage"
+# One fixed run identity, so that the data docs' paths do not change from run to run.
+RUN_ID = RunIdentifier(run_name="validate",
+                       run_time=datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc))
 MANIFEST_COLUMNS = ["id", "image_readable", "label_readable", "image_channels", "width",
                     "height", "size_match", "label_values_valid", "ignore_fraction"]
 
@@ -130,10 +136,29 @@ def run_suites(frames: dict[str, tuple[pd.DataFrame, Callable[[], object]]],
         actions = [gx.checkpoint.UpdateDataDocsAction(name="docs")] if docs_dir else []
         cp = ctx.checkpoints.add(gx.Checkpoint(name=f"cp_{name}", validation_definitions=[vd],
                                                actions=actions, result_format="COMPLETE"))
-        res = next(iter(cp.run(batch_parameters={"dataframe": df}).run_results.values()))
+        res = next(iter(cp.run(batch_parameters={"dataframe": df},
+                               run_id=RUN_ID).run_results.values()))
         out[name] = {"split": name, "success": bool(res.success), "n_rows": int(len(df)),
                      "failures": _failures(res, df)}
+    if docs_dir is not None:
+        stable_docs(docs_dir)
     return out
+
+
+_STAMP = re.compile(r"\d{8}T\d{6}\.\d{6}Z")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def stable_docs(docs_dir: Path) -> None:
+    """Make the data docs byte-identical for the same data: GX stamps each page with the time it
+    was rendered and gives its collapsible blocks random uuids; the stamps become the fixed run
+    time (the real one is in the MLflow run) and the uuids a count in order of appearance."""
+    fixed = RUN_ID.run_time.strftime("%Y%m%dT%H%M%S.%fZ")
+    for page in sorted(Path(docs_dir).rglob("*.html")):
+        text = _STAMP.sub(fixed, page.read_text(encoding="utf-8"))
+        seen: dict[str, str] = {}
+        text = _UUID.sub(lambda m: seen.setdefault(m.group(0), f"block-{len(seen)}"), text)
+        page.write_text(text, encoding="utf-8")
 
 
 def run_suite(df: pd.DataFrame, cfg: ValidateConfig, min_rows: int, split: str,

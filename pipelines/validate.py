@@ -63,14 +63,16 @@ def failure_lines(results: dict, row_level: bool | None = None) -> list[str]:
 
 
 def quarantine_entries(results: dict) -> list[dict]:
-    """``{split, id, rule, value}`` for every sample a per-sample rule flags, in split order."""
-    out = []
+    """``{split, id, rules: [{rule, value}, ...]}`` for every sample a per-sample rule flags,
+    in the order found."""
+    out: dict[tuple[str, str], dict] = {}
     for split, r in results.items():
         for f in r["failures"]:
-            if f["row_level"]:
-                out += [{"split": u["split"] or split, "id": u["id"], "rule": f["rule"],
-                         "value": u["value"]} for u in f["unexpected"]]
-    return out
+            for u in f["unexpected"] if f["row_level"] else ():
+                key = (u["split"] or split, u["id"])
+                entry = out.setdefault(key, {"split": key[0], "id": key[1], "rules": []})
+                entry["rules"].append({"rule": f["rule"], "value": u["value"]})
+    return list(out.values())
 
 
 def write_clean_lists(prepared: Path, out: Path, drop: set[tuple[str, str]]) -> dict[str, int]:

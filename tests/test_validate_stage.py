@@ -118,7 +118,7 @@ def test_expected_counts_are_exact(project):
     _fails(project, params, "train_aug: expect_table_row_count_to_equal", f"observed {n_aug}")
 
 
-def test_quarantine_lists_bad_samples_and_training_lists_exclude_them(project):
+def test_quarantine_lists_bad_samples_and_training_lists_exclude_them(project, monkeypatch):
     sid, img, lab = _val_entry(project)
     _append_to_train_aug(project, sid, img, lab)                       # leak
     prepared = project / "data" / "prepared"
@@ -131,16 +131,19 @@ def test_quarantine_lists_bad_samples_and_training_lists_exclude_them(project):
     assert proc.returncode == 0, proc.stderr[-4000:]
     val_dir = project / "data" / "validation"
     q = json.loads((val_dir / "quarantine.json").read_text())
-    got = {(e["split"], e["id"], e["rule"]) for e in q["samples"]}
+    got = {(e["split"], e["id"], x["rule"]) for e in q["samples"] for x in e["rules"]}
     assert ("train_aug", sid, "expect_column_values_to_be_null(same_id_in)") in got
     assert ("train_aug", corrupt_id, "expect_column_values_to_be_in_set(image_readable)") in got
-    assert {(s, i) for s, i, _ in got} == {("train_aug", sid), ("train_aug", corrupt_id)}
+    assert [(e["split"], e["id"]) for e in q["samples"]] == [("train_aug", corrupt_id),
+                                                              ("train_aug", sid)]
+    assert q["count"] == 2
     clean = [i for i, _, _ in read_list_file(val_dir / "lists" / "train_aug.txt")]
     assert clean == [i for i, _, _ in aug if i not in (sid, corrupt_id)]
     assert [i for i, _, _ in read_list_file(val_dir / "lists" / "val.txt")] == VAL
     metrics = json.loads((project / "data" / "metrics" / "validate.json").read_text())
     assert metrics["quarantined"] == 2 and metrics["train_aug_clean"] == len(aug) - 2
     assert (project / "data" / "validation_docs" / "index.html").is_file()
+    monkeypatch.chdir(project)  # the store keeps artifact paths relative to the project
     assert _mlflow_quarantine(project)["count"] == 2
     proc = _run(project, "bootstrap", _params(project))
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -155,8 +158,12 @@ def _mlflow_quarantine(root: Path) -> dict:
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     runs = [r for e in client.search_experiments()
             for r in client.search_runs([e.experiment_id], "tags.stage = 'validate'")]
-    path = client.download_artifacts(runs[0].info.run_id, "quarantine.json", str(root.parent))
-    return json.loads(Path(path).read_text())
+    run_id = runs[0].info.run_id
+    names = {a.path for a in client.list_artifacts(run_id)}
+    assert {"quarantine.json", "data_docs", "validation_report.json"} <= names
+    assert "data_docs/index.html" in {a.path for a in client.list_artifacts(run_id, "data_docs")}
+    return json.loads(Path(client.download_artifacts(run_id, "quarantine.json", str(root.parent)))
+                      .read_text())
 
 
 def test_class_frequencies_in_the_outputs(validated):

@@ -170,7 +170,7 @@ def _example_sample(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarra
 
 
 def write_example_dataset(root: PathLike, n_train: int = 12, n_val: int = 6,
-                          size: tuple[int, int] = (40, 48), seed: int = 0) -> Path:
+                          size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
     """Write a tiny dataset in the generic layout (4 classes, palette masks) and return ``root``.
     The same arguments give the same bytes."""
     root = Path(root)
