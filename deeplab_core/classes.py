@@ -1,6 +1,11 @@
-"""PASCAL VOC class names and palette, the COCO->VOC category map, and the hard classes."""
+"""PASCAL VOC class names and palette, the COCO->VOC category map, the hard classes, and the
+class lists (names, palette, ignore index) that every dataset source carries."""
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -55,3 +60,80 @@ COCO_TO_VOC: dict[int, int] = {
     5: 1, 2: 2, 16: 3, 9: 4, 44: 5, 6: 6, 3: 7, 17: 8, 62: 9, 21: 10,
     67: 11, 18: 12, 19: 13, 4: 14, 1: 15, 64: 16, 20: 17, 63: 18, 7: 19, 72: 20,
 }
+
+
+# ----------------------------------------------------------------------------- class lists
+@dataclass(frozen=True)
+class ClassList:
+    """The classes of a dataset: ``names[k]`` is class index ``k``; ``palette`` an (n, 3) uint8
+    colour per class; ``ignore_index`` the label value that marks unlabelled pixels."""
+
+    names: tuple[str, ...]
+    palette: np.ndarray
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    def full_palette(self) -> np.ndarray:
+        """(256, 3) uint8: the class colours, then the VOC colour map for the other values (so
+        the ignore value keeps VOC's cream when it is 255)."""
+        pal = voc_palette()
+        pal[: self.num_classes] = self.palette
+        return pal
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "palette": self.palette.astype(int).tolist(),
+                "ignore_index": int(self.ignore_index)}
+
+
+def voc_class_list() -> ClassList:
+    return ClassList(VOC_CLASSES, voc_palette()[:NUM_VOC_CLASSES].copy(), IGNORE_INDEX)
+
+
+def parse_class_list(doc, source: str) -> ClassList:
+    """A :class:`ClassList` from ``{"names": [...], "palette": [[r, g, b], ...] (optional),
+    "ignore_index": 255 (optional)}``; ValueError naming ``source``, the key and the value."""
+    if not isinstance(doc, dict) or "names" not in doc:
+        raise ValueError(f"{source}: expected a mapping with a 'names' list")
+    names, ignore = doc["names"], doc.get("ignore_index", IGNORE_INDEX)
+    if (not isinstance(names, list) or len(names) < 2
+            or not all(isinstance(n, str) and n.strip() for n in names)):
+        raise ValueError(f"{source}: 'names' = {names!r}: expected a list of at least 2 "
+                         "non-empty class names")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{source}: 'names' lists {dup} more than once")
+    if not isinstance(ignore, int) or not 0 <= ignore <= 255 or ignore < len(names):
+        raise ValueError(f"{source}: 'ignore_index' = {ignore!r}: expected an integer in "
+                         f"{len(names)}..255 (not a class index)")
+    pal = doc.get("palette")
+    if pal is None:
+        palette = voc_palette()[: len(names)].copy()
+    else:
+        palette = np.asarray(pal)
+        if palette.shape != (len(names), 3) or palette.min() < 0 or palette.max() > 255:
+            raise ValueError(f"{source}: 'palette' must hold one [r, g, b] (0..255) per class "
+                             f"({len(names)}), got shape {list(palette.shape)}")
+        palette = palette.astype(np.uint8)
+    return ClassList(tuple(names), palette, int(ignore))
+
+
+def load_class_list(path, num_classes: int | None = None) -> ClassList:
+    """Read a class-list JSON file (see :func:`parse_class_list`). With ``num_classes``, a list of
+    another length raises ValueError naming both (``base.num_classes`` must agree with the data).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class list not found: {path} (written by the prepare stage)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    classes = parse_class_list(doc, repr(str(path)))
+    if num_classes is not None and classes.num_classes != num_classes:
+        raise ValueError(f"base.num_classes = {num_classes} but the class list {str(path)!r} "
+                         f"names {classes.num_classes} classes {list(classes.names)}: set "
+                         f"base.num_classes to {classes.num_classes}")
+    return classes

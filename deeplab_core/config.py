@@ -7,7 +7,7 @@ names the key path, the value and what was expected (see `load_params`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,18 +48,28 @@ class SyntheticConfig(Strict):
 
 
 class PrepareConfig(Strict):
-    source: Literal["synthetic", "real"] = "synthetic"
+    source: Literal["synthetic", "real", "generic"] = "synthetic"
     synthetic: SyntheticConfig = SyntheticConfig()
     voc_root: str | None = Field(None, description="…/VOCdevkit/VOC2012 (source: real)")
     sbd_root: str | None = Field(None, description="…/benchmark_RELEASE/dataset (optional)")
     coco_root: str | None = Field(None, description="dir with train2017/ val2017/ annotations/")
+    generic_root: str | None = Field(None, description="folder with classes.json, images/, "
+                                     "masks/, train.txt, val.txt (source: generic)")
+    coco_min_area: float = Field(1000.0, ge=0.0, description="VOC-class pixels a COCO image "
+                                 "needs to be kept for pretraining")
 
     @model_validator(mode="after")
-    def _real_needs_voc(self) -> "PrepareConfig":
+    def _roots(self) -> "PrepareConfig":
         if self.source == "real" and not self.voc_root:
             raise ValueError("source is 'real' but voc_root is not set: expected the path of "
                              "VOCdevkit/VOC2012")
+        if self.source == "generic" and not self.generic_root:
+            raise ValueError("source is 'generic' but generic_root is not set: expected a "
+                             "folder with classes.json, images/, masks/, train.txt, val.txt")
         return self
+
+
+SPLIT_NAMES = ("train_aug", "val", "coco_train", "coco_val")
 
 
 class ValidateConfig(Strict):
@@ -68,6 +78,23 @@ class ValidateConfig(Strict):
     max_ignore_fraction: float = Field(0.5, ge=0.0, le=1.0)
     min_side: int = Field(16, ge=1)
     max_side: int = Field(4096, ge=1)
+    expected_counts: dict[str, int] = Field(
+        default_factory=dict, description="split -> exact number of samples (e.g. the real "
+        "data's train_aug 10582, val 1449); splits not named are checked against minimums only")
+    on_error: Literal["fail", "quarantine"] = Field(
+        "fail", description="fail: bad samples fail the stage; quarantine: they are listed in "
+        "data/validation/quarantine.json and left out of the clean lists training reads")
+
+    @field_validator("expected_counts")
+    @classmethod
+    def _splits(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [k for k in v if k not in SPLIT_NAMES]
+        if bad:
+            raise ValueError(f"unknown split(s) {bad}; expected names from {list(SPLIT_NAMES)}")
+        neg = {k: n for k, n in v.items() if n < 0}
+        if neg:
+            raise ValueError(f"counts {neg} must be >= 0")
+        return v
 
 
 class BootstrapConfig(Strict):
@@ -75,13 +102,15 @@ class BootstrapConfig(Strict):
     min_pixels: int = Field(20, ge=1)
     repeats: int = Field(1, ge=0, le=10, description="extra copies of each hard image")
 
-    @field_validator("hard_classes")
-    @classmethod
-    def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [c for c in v if c not in VOC_CLASSES]
+    def class_ids(self, class_names: Sequence[str]) -> list[int]:
+        """Indices of ``hard_classes`` in a dataset's class list; ValueError naming the unknown
+        names and the list's names."""
+        bad = [c for c in self.hard_classes if c not in class_names]
         if bad:
-            raise ValueError(f"unknown class name(s) {bad}; expected names from {list(VOC_CLASSES)}")
-        return v
+            raise ValueError(f"bootstrap.hard_classes = {list(self.hard_classes)}: unknown class "
+                             f"name(s) {bad}; expected "
+                             f"names from {list(class_names)} (or [])")
+        return [list(class_names).index(c) for c in self.hard_classes]
 
 
 class ModelConfig(Strict):
@@ -227,6 +256,20 @@ class Params(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _voc_names(self) -> "Params":
+        """VOC and synthetic data have the VOC classes: hard classes and num_classes are checked
+        here; a generic dataset's class list is read (and checked) by the stages."""
+        if self.prepare.source == "generic" and self.pretrain.enabled:
+            raise ValueError("prepare.source = 'generic' with pretrain.enabled = true: COCO "
+                             "pretraining maps to the VOC classes; set pretrain.enabled: false")
+        if self.prepare.source != "generic":
+            self.bootstrap.class_ids(VOC_CLASSES)
+            if self.base.num_classes != len(VOC_CLASSES):
+                raise ValueError(f"base.num_classes = {self.base.num_classes} but prepare.source "
+                                 f"{self.prepare.source!r} has the {len(VOC_CLASSES)} VOC classes")
+        return self
+
 
 def _error_path(loc: tuple, raw: dict) -> str:
     """The key path of an error as the user wrote it: a key of a training section that came from
@@ -246,7 +289,9 @@ def _format_errors(err: ValidationError, source: str, raw: dict) -> str:
     for e in err.errors():
         path = _error_path(e["loc"], raw)
         value = e.get("input")
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a check across sections: its message names the keys itself
+            line = f"  {e['msg'].removeprefix('Value error, ')}"
+        elif e["type"] == "extra_forbidden":
             line = f"  {path}: unknown key (value {value!r}); check the spelling"
         else:
             line = f"  {path} = {value!r}: {e['msg']}"

@@ -4,6 +4,7 @@ trimap curve and per-class IoU bars. Matplotlib with the Agg backend (no display
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -14,22 +15,24 @@ import numpy as np  # noqa: E402
 from deeplab_core.classes import VOC_CLASSES, voc_palette  # noqa: E402
 
 
-def colorize(mask_hw: np.ndarray) -> np.ndarray:
-    """VOC palette colours for a label mask (255 = ignore shown in the palette's cream)."""
-    return voc_palette()[mask_hw.astype(np.uint8)]
+def colorize(mask_hw: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """Colours for a label mask from ``palette`` ((256, 3) uint8; default the VOC palette, where
+    255 = ignore shows in cream)."""
+    return (voc_palette() if palette is None else palette)[mask_hw.astype(np.uint8)]
 
 
-def save_examples(rows: list[dict], out_png: Path) -> None:
-    """rows: dicts with 'id', 'image' (HxWx3 uint8), 'label', 'pred' and optionally 'pred_crf'."""
+def save_examples(rows: list[dict], out_png: Path, palette: np.ndarray | None = None) -> None:
+    """rows: dicts with 'id', 'image' (HxWx3 uint8), 'label', 'pred' and optionally 'pred_crf';
+    masks coloured with ``palette`` (see :func:`colorize`)."""
     if not rows:
         return
     cols = 4 if any("pred_crf" in r for r in rows) else 3
     fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 2.4 * len(rows)), squeeze=False)
     titles = ["image", "ground truth", "DeepLab", "DeepLab + CRF"][:cols]
     for r, row in enumerate(rows):
-        panels = [row["image"], colorize(row["label"]), colorize(row["pred"])]
+        panels = [row["image"], colorize(row["label"], palette), colorize(row["pred"], palette)]
         if cols == 4:
-            panels.append(colorize(row.get("pred_crf", row["pred"])))
+            panels.append(colorize(row.get("pred_crf", row["pred"]), palette))
         for c, img in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(img)
@@ -58,9 +61,11 @@ def save_trimap_plot(widths: list[int], curves: dict[str, list[float]], ylabel: 
     plt.close(fig)
 
 
-def save_per_class_bars(per_class: dict[str, dict[str, float | None]], out_png: Path) -> None:
-    """per_class: {series name: {class name: IoU or None}} -> grouped horizontal bars."""
-    names = list(VOC_CLASSES)
+def save_per_class_bars(per_class: dict[str, dict[str, float | None]], out_png: Path,
+                        class_names: Sequence[str] = VOC_CLASSES) -> None:
+    """per_class: {series name: {class name: IoU or None}} -> grouped horizontal bars, one
+    group per name of ``class_names`` (the dataset's class list)."""
+    names = list(class_names)
     series = list(per_class)
     fig, ax = plt.subplots(figsize=(6, 7))
     h = 0.8 / max(len(series), 1)

@@ -1,5 +1,6 @@
 """bootstrap stage: the list of trainaug images holding hard classes (bicycle, chair, dining
-table, potted plant, sofa), duplicated in finetuning as DeepLab v3's bootstrapping does.
+table, potted plant, sofa by default; names from the dataset's class list), duplicated in
+finetuning as DeepLab v3's bootstrapping does. Reads the clean train_aug list validate passed.
 
 Outs: data/bootstrap/hard_images.json; metrics data/metrics/bootstrap.json."""
 
@@ -9,9 +10,9 @@ from collections import Counter
 
 from prefect import flow, task
 
-from deeplab_core.classes import VOC_CLASSES
 from pipelines import tracking
-from pipelines.common import StageError, atomic_dir, data_dir, get_params, run_stage, write_json
+from pipelines.common import (StageError, atomic_dir, clean_list, data_dir, dataset_classes,
+                              get_params, run_stage, write_json)
 
 
 @task
@@ -29,15 +30,19 @@ def bootstrap_flow() -> dict:
     params = get_params()
     cfg = params.bootstrap
     d = data_dir(params)
-    lf = d / "prepared" / "train_aug.txt"
+    lf = clean_list(params, "train_aug")
     if not lf.is_file():
-        raise StageError(f"{lf} not found: run the prepare stage")
-    class_ids = [VOC_CLASSES.index(c) for c in cfg.hard_classes]
+        raise StageError(f"{lf} not found: run the validate stage")
+    classes = dataset_classes(params)
+    try:
+        class_ids = cfg.class_ids(classes.names)
+    except ValueError as exc:
+        raise StageError(str(exc)) from None
     with tracking.stage_run("bootstrap", {"bootstrap": cfg.model_dump()}):
         ids = find_hard(lf, class_ids, cfg.min_pixels, cfg.repeats)
         with atomic_dir(d / "bootstrap") as tmp:
             write_hard_list(tmp / "hard_images.json", ids, class_ids, cfg.min_pixels, cfg.repeats,
-                            source=str(lf.relative_to(d)))
+                            source=str(lf.relative_to(d)), class_names=classes.names)
         n_train = sum(1 for line in lf.read_text().splitlines() if line.strip())
         metrics = {"hard_images": len(set(ids)), "added_samples": len(ids),
                    "train_aug_samples": n_train,

@@ -143,6 +143,24 @@ class StageError(RuntimeError):
     """A stage cannot run with what it was given; the message says what to fix."""
 
 
+def dataset_classes(params: Params):
+    """The class list prepare wrote (data/prepared/classes.json), checked against
+    base.num_classes."""
+    from deeplab_core.classes import load_class_list
+
+    try:
+        return load_class_list(data_dir(params) / "prepared" / "classes.json",
+                               params.base.num_classes)
+    except (FileNotFoundError, ValueError) as exc:
+        raise StageError(str(exc)) from None
+
+
+def clean_list(params: Params, split: str) -> Path:
+    """The list of ``split`` (train_aug, val, coco_train, coco_val) that validate passed: the
+    prepared list less the samples it quarantined."""
+    return data_dir(params) / "validation" / "lists" / f"{split}.txt"
+
+
 def require_inputs(stage: str, *paths: Path) -> None:
     """Fail with one message naming every missing input and the stage that writes them."""
     missing = [str(p) for p in paths if not Path(p).is_file()]

@@ -11,15 +11,14 @@ import json
 
 from prefect import flow, task
 
-from deeplab_core.classes import VOC_CLASSES
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import evaluate, split_cv
 from deeplab_core.engine.train import resolve_device
 from deeplab_core import viz
 from deeplab_core.data.io import read_list_file
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, data_dir, get_params, require_inputs,
-                              run_stage, update_with_file, write_json)
+from pipelines.common import (StageError, atomic_dir, data_dir, dataset_classes, get_params,
+                              require_inputs, run_stage, update_with_file, write_json)
 from pipelines.eval_data import eval_dataset, read_list_ids
 
 
@@ -62,31 +61,32 @@ def run_eval(model, ids: list[str], val_list, params, crf_params: dict | None, e
 
     return evaluate(model, ds, params.base.num_classes, resolve_device(params.base.device),
                     scales=cfg.scales, flip=cfg.flip, trimap_widths=cfg.trimap_widths,
-                    crf_params=crf_params, crf_workers=cfg.crf_workers, class_names=VOC_CLASSES,
+                    crf_params=crf_params, crf_workers=cfg.crf_workers,
+                    class_names=dataset_classes(params).names,
                     on_prediction=keep)
 
 
 @tracking.work("compute")
 def save_figures(out, widths: list, trimap_rows: list[dict], per_class: dict, examples: list,
-                 crf_params: dict | None) -> None:
+                 crf_params: dict | None, classes) -> None:
     """trimap.png, per_class_iou.png and examples.png (the examples with and without CRF)."""
     curves = {"DeepLab": [r["acc"] for r in trimap_rows]}
     if crf_params:
         curves["DeepLab + CRF"] = [r["acc_crf"] for r in trimap_rows]
     viz.save_trimap_plot(widths, curves, "pixel accuracy in band (%)", out / "trimap.png")
-    viz.save_per_class_bars(per_class, out / "per_class_iou.png")
+    viz.save_per_class_bars(per_class, out / "per_class_iou.png", classes.names)
     if crf_params and examples:
         from deeplab_core.crf.densecrf import CRFParams, dense_crf
         for ex in examples:
             ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"], CRFParams.from_dict(crf_params))
-    viz.save_examples(examples, out / "examples.png")
+    viz.save_examples(examples, out / "examples.png", classes.full_palette())
 
 
-def _headline(acc_plain, acc_crf) -> dict:
-    p = acc_plain.report(VOC_CLASSES)
+def _headline(acc_plain, acc_crf, names) -> dict:
+    p = acc_plain.report(names)
     out = {"miou": p["miou"], "pixel_acc": p["pixel_acc"]}
     if acc_crf is not None:
-        c = acc_crf.report(VOC_CLASSES)
+        c = acc_crf.report(names)
         out.update({"miou_crf": c["miou"], "pixel_acc_crf": c["pixel_acc"],
                     "crf_gain": c["miou"] - p["miou"]})
     return out
@@ -104,6 +104,8 @@ def evaluate_flow() -> dict:
     all_ids = read_list_ids(val_list)
     cv_ids, holdout_ids = split_cv(all_ids, params.crf_search.cv_images, params.base.seed)
     crf_params = json.loads(crf_file.read_text())["params"] if cfg.crf else None
+    classes = dataset_classes(params)
+    names = classes.names
 
     with tracking.stage_run("evaluate", {"evaluate": cfg.model_dump(),
                                          "crf_params": crf_params or {}}):
@@ -119,13 +121,14 @@ def evaluate_flow() -> dict:
         full_crf = acc_h["crf"].merge(acc_cv["crf"]) if crf_params else None
 
         settings = eval_settings(params)
-        metrics = {**_headline(acc_h["plain"], acc_h["crf"]),
+        metrics = {**_headline(acc_h["plain"], acc_h["crf"], names),
                    "eval_set": "val_holdout (val minus the CRF cross-validation images)",
                    "n_images": len(holdout_ids),
                    "eval_set_md5": eval_set_md5(val_list, holdout_ids, settings),
                    "eval_settings": settings,
-                   "val_full": {**_headline(full_plain, full_crf), "n_images": len(all_ids)},
-                   "crf_cv_subset": {**_headline(acc_cv["plain"], acc_cv["crf"]),
+                   "val_full": {**_headline(full_plain, full_crf, names),
+                                "n_images": len(all_ids)},
+                   "crf_cv_subset": {**_headline(acc_cv["plain"], acc_cv["crf"], names),
                                      "n_images": len(cv_ids)},
                    "scales": list(cfg.scales), "flip": cfg.flip}
         plain_rep = res_hold["plain"]
@@ -144,11 +147,11 @@ def evaluate_flow() -> dict:
             per_class["DeepLab + CRF"] = crf_rep["per_class_iou"]
         per_class_rows = [{"class": n, "iou": plain_rep["per_class_iou"][n],
                            "iou_crf": crf_rep["per_class_iou"][n] if crf_rep else None}
-                          for n in VOC_CLASSES]
+                          for n in names]
 
         with atomic_dir(d / "eval") as tmp:
             write_json(tmp / "per_class_iou.json", per_class_rows)
-            save_figures(tmp, widths, trimap_rows, per_class, examples, crf_params)
+            save_figures(tmp, widths, trimap_rows, per_class, examples, crf_params, classes)
         write_json(d / "plots" / "trimap.json", trimap_rows)
         write_json(d / "metrics" / "evaluate.json", metrics)
         tracking.log_metrics(metrics)

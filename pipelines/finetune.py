@@ -1,13 +1,13 @@
-"""finetune stage: train on VOC trainaug (with the bootstrap duplicates of hard images),
-initialised from the pretrain stage's COCO model. Data-parallel with `base.nproc` > 1 or under
-torchrun (see pipelines.train_stage)."""
+"""finetune stage: train on VOC trainaug as validate passed it (with the bootstrap duplicates of
+hard images), initialised from the pretrain stage's COCO model. Data-parallel with `base.nproc` > 1
+or under torchrun (see pipelines.train_stage)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from deeplab_core.config import Params
-from pipelines.common import data_dir, get_params
+from pipelines.common import clean_list, data_dir, get_params
 from pipelines.train_stage import TrainingInputs, read_repeat_ids, run_training, stage_main
 
 
@@ -16,7 +16,7 @@ def inputs(params: Params) -> TrainingInputs:
     d = data_dir(params)
     repeat = read_repeat_ids(d / "bootstrap" / "hard_images.json") if cfg.use_bootstrap else None
     init = d / "models" / "pretrain" / "model.pt" if cfg.init_from_pretrain else None
-    return TrainingInputs(cfg, d / "prepared" / "train_aug.txt", init, repeat)
+    return TrainingInputs(cfg, clean_list(params, "train_aug"), init, repeat)
 
 
 @flow(name="finetune")

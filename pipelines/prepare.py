@@ -1,6 +1,8 @@
 """prepare stage: generate the synthetic dataset (VOC 2012, SBD, COCO 2017 in their real on-disk
 formats) or locate the real ones, then build the trainaug / val / COCO lists with every label as a
-VOC palette PNG.
+VOC palette PNG (COCO masks rasterised once, here); or list a generic dataset (images, index
+masks, class list) as it is. Every source writes data/prepared/classes.json, the class list the
+later stages read (names in reports and plots, palette, ignore index).
 
 Outs: data/raw (the generated dataset, or a sources.json naming the real roots), data/prepared.
 Real roots are checked before anything is written; both outs are built aside and swapped in only
@@ -60,11 +62,43 @@ def locate_real(params: Params) -> dict[str, Path | None]:
 @task
 @tracking.work("data")
 def build_lists(voc: Path, sbd: Path | None, coco: Path | None, build_dir: Path, out_dir: Path,
-                moved: dict[Path, Path]) -> dict:
+                moved: dict[Path, Path], coco_min_area: float) -> dict:
     from deeplab_core.data.trainaug import prepare_datasets
 
     return prepare_datasets(voc, sbd, coco, out_dir, progress=True, workers=2,
-                            build_dir=build_dir, moved=moved)
+                            coco_min_area=coco_min_area, build_dir=build_dir, moved=moved)
+
+
+@task
+@tracking.work("data")
+def build_generic(params: Params, build_dir: Path, out_dir: Path) -> dict:
+    from deeplab_core.data.generic import prepare_generic
+
+    root = _resolve(params.prepare.generic_root)
+    if not root.is_dir():
+        raise StageError(f"prepare.generic_root = {params.prepare.generic_root!r}: directory "
+                         f"{root} does not exist")
+    return prepare_generic(root, out_dir, build_dir=build_dir)
+
+
+def _build(params: Params, roots: dict | None, raw_build: Path, prepared_build: Path,
+           moved: dict[Path, Path]) -> dict:
+    """Fill the raw and prepared build folders for the configured source."""
+    source = params.prepare.source
+    if source == "generic":
+        write_json(raw_build / "sources.json",
+                   {"generic_root": str(_resolve(params.prepare.generic_root))})
+        return build_generic(params, prepared_build, moved[prepared_build])
+    if source == "synthetic":
+        generate(params, raw_build)
+        voc = raw_build / "VOCdevkit" / "VOC2012"
+        sbd = raw_build / "benchmark_RELEASE" / "dataset"
+        coco = raw_build / "coco"
+    else:
+        write_json(raw_build / "sources.json", {k: str(v) if v else None for k, v in roots.items()})
+        voc, sbd, coco = roots["voc_root"], roots["sbd_root"], roots["coco_root"]
+    return build_lists(voc, sbd, coco, prepared_build, moved[prepared_build],
+                       {raw_build: moved[raw_build]}, params.prepare.coco_min_area)
 
 
 @flow(name="prepare")
@@ -75,29 +109,19 @@ def prepare_flow() -> dict:
     d = data_dir(params)
     raw_dir, prepared_dir = d / "raw", d / "prepared"
     with tracking.stage_run("prepare", {"prepare": params.prepare.model_dump()}):
-        synthetic = params.prepare.source == "synthetic"
-        roots = None if synthetic else locate_real(params)
+        roots = locate_real(params) if params.prepare.source == "real" else None
         for out in (raw_dir, prepared_dir):
             clean_stale_temporaries(out.parent, out.name)
         with atomic_dir(raw_dir) as raw_build, atomic_dir(prepared_dir) as prepared_build:
-            if synthetic:
-                generate(params, raw_build)
-                voc = raw_build / "VOCdevkit" / "VOC2012"
-                sbd = raw_build / "benchmark_RELEASE" / "dataset"
-                coco = raw_build / "coco"
-            else:
-                write_json(raw_build / "sources.json",
-                           {k: str(v) if v else None for k, v in roots.items()})
-                voc, sbd, coco = roots["voc_root"], roots["sbd_root"], roots["coco_root"]
-            summary = build_lists(voc, sbd, coco, prepared_build, prepared_dir,
-                                  {raw_build: raw_dir})
+            summary = _build(params, roots, raw_build, prepared_build,
+                             {raw_build: raw_dir, prepared_build: prepared_dir})
         metrics = {k: v for k, v in tracking.flatten(summary).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)
                    and ".class_" not in k}
         write_json(d / "metrics" / "prepare.json", {"source": params.prepare.source, **metrics})
         import mlflow
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        tracking.log_artifacts([prepared_dir / "summary.json"])
+        tracking.log_artifacts([prepared_dir / "summary.json", prepared_dir / "classes.json"])
     print(f"prepare: {metrics}")
     return summary
 

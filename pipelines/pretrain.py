@@ -1,18 +1,19 @@
 """pretrain stage: train on COCO images mapped to the 20 VOC classes (DeepLab's MS-COCO
-pretraining), starting from the ImageNet backbone when `model.pretrained_backbone` is set.
-Data-parallel with `base.nproc` > 1 or under torchrun (see pipelines.train_stage)."""
+pretraining, the clean list validate passed), starting from the ImageNet backbone when
+`model.pretrained_backbone` is set. Data-parallel with `base.nproc` > 1 or under torchrun
+(see pipelines.train_stage)."""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from deeplab_core.config import Params
-from pipelines.common import data_dir, get_params
+from pipelines.common import clean_list, get_params
 from pipelines.train_stage import TrainingInputs, run_training, stage_main
 
 
 def inputs(params: Params) -> TrainingInputs:
-    return TrainingInputs(params.pretrain, data_dir(params) / "prepared" / "coco_train.txt")
+    return TrainingInputs(params.pretrain, clean_list(params, "coco_train"))
 
 
 @flow(name="pretrain")

@@ -1,83 +1,166 @@
 """validate stage: a per-sample manifest of every prepared list (readable image and label, sizes,
-label values, void fraction, class fractions), checked by a Great Expectations suite. Bad data
-fails the DAG here, naming the split, the expectation and example sample ids.
+label values against the dataset's class list, void fraction, class fractions, image content
+hash), checked by Great Expectations: one suite per split (with the exact expected sample counts
+of `validate.expected_counts`) and one across splits (no id and no image content in two splits).
 
-Outs: data/validation/{manifest_<split>.csv, report.json}; metrics data/metrics/validate.json."""
+`validate.on_error: fail` (default): any failed expectation fails the DAG here, naming the split,
+the rule and example ids; nothing is written. `quarantine`: samples that break a per-sample rule
+(or leak into a later split) are listed with their rule in data/validation/quarantine.json (and
+in MLflow) and left out of the clean lists data/validation/lists/<split>.txt that training and
+bootstrapping read; a failed count still fails the stage.
+
+Outs: data/validation/{manifest_<split>.csv, report.json, quarantine.json,
+class_frequencies.json, lists/<split>.txt}, data/validation_docs (GX data docs, HTML, also
+logged to MLflow); metrics data/metrics/validate.json."""
 
 from __future__ import annotations
 
-import pandas as pd
+import functools
+from pathlib import Path
+
 from prefect import flow, task
 
+from deeplab_core.config import SPLIT_NAMES
 from pipelines import tracking
-from pipelines.common import StageError, atomic_dir, data_dir, get_params, run_stage, write_json
-from pipelines.expectations import run_suite
+from pipelines.common import (StageError, atomic_dir, data_dir, dataset_classes, get_params,
+                              run_stage, write_json)
+from pipelines.expectations import (leakage_frame, leakage_suite, manifest_frame, run_suites,
+                                    split_suite, LEAKAGE)
 
-SPLITS = ("train_aug", "val", "coco_train", "coco_val")
+SPLITS = SPLIT_NAMES
 
 
 @task
 @tracking.work("data")
-def manifest(list_file, num_classes: int) -> list[dict]:
-    from deeplab_core.classes import VOC_CLASSES
+def manifest(list_file, classes) -> list[dict]:
     from deeplab_core.data.manifest import build_manifest
 
-    names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else tuple(
-        str(i) for i in range(num_classes))
-    return build_manifest(list_file, class_names=names)
+    if not Path(list_file).read_text().strip():
+        return []
+    return build_manifest(list_file, class_names=classes.names, ignore_index=classes.ignore_index)
 
 
 @task
 @tracking.work("data")
-def check(records: list[dict], cfg, min_rows: int, split: str) -> dict:
-    df = pd.DataFrame.from_records(records)
-    if df.empty:
-        df = pd.DataFrame(columns=["id", "image_readable", "label_readable", "image_channels",
-                                   "width", "height", "size_match", "label_values_valid",
-                                   "ignore_fraction"])
-    return run_suite(df, cfg, min_rows, split)
+def check(manifests: dict[str, list[dict]], cfg, docs_dir: Path) -> dict:
+    mins = {"train_aug": cfg.min_train_samples, "val": cfg.min_val_samples}
+    frames = {s: (manifest_frame(recs), functools.partial(
+        split_suite, cfg, mins.get(s, 0), cfg.expected_counts.get(s), f"deeplab_{s}"))
+        for s, recs in manifests.items()}
+    frames[LEAKAGE] = (leakage_frame(manifests), leakage_suite)
+    return run_suites(frames, docs_dir)
+
+
+def failure_lines(results: dict, row_level: bool | None = None) -> list[str]:
+    lines = []
+    for split, r in results.items():
+        for f in r["failures"]:
+            if row_level is None or f["row_level"] == row_level:
+                lines.append(f"  {split}: {f['rule']} {f['unexpected_count'] or ''} bad; "
+                             f"observed {f['observed']}; e.g. ids {f['example_ids'][:5]} "
+                             f"values {f['example_values'][:5]}")
+    return lines
+
+
+def quarantine_entries(results: dict) -> list[dict]:
+    """``{split, id, rules: [{rule, value}, ...]}`` for every sample a per-sample rule flags,
+    in the order found."""
+    out: dict[tuple[str, str], dict] = {}
+    for split, r in results.items():
+        for f in r["failures"]:
+            for u in f["unexpected"] if f["row_level"] else ():
+                key = (u["split"] or split, u["id"])
+                entry = out.setdefault(key, {"split": key[0], "id": key[1], "rules": []})
+                entry["rules"].append({"rule": f["rule"], "value": u["value"]})
+    return list(out.values())
+
+
+def write_clean_lists(prepared: Path, out: Path, drop: set[tuple[str, str]]) -> dict[str, int]:
+    """data/validation/lists/<split>.txt: the prepared lists less the dropped (split, id)
+    samples, paths rewritten relative to the new folder. Returns split -> samples kept."""
+    from deeplab_core.data.io import format_list_line, read_list_file
+    from deeplab_core.data.trainaug import list_path
+
+    kept = {}
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        lf = prepared / f"{split}.txt"
+        rows = [(i, img, lab) for i, img, lab in read_list_file(lf) if (split, i) not in drop]
+        lines = [format_list_line(i, list_path(img, out), list_path(lab, out))
+                 for i, img, lab in rows]
+        (out / f"{split}.txt").write_text("".join(x + "\n" for x in lines))
+        kept[split] = len(rows)
+    return kept
+
+
+def _outcome(results: dict, cfg) -> list[dict]:
+    """Raise StageError when the stage must fail; else the samples to quarantine."""
+    if cfg.on_error == "fail" or any(not f["row_level"] for r in results.values()
+                                     for f in r["failures"]):
+        if not all(r["success"] for r in results.values()):
+            raise StageError("\n".join(["data validation failed (Great Expectations; "
+                                        "data docs logged to MLflow):"] + failure_lines(results)))
+    return quarantine_entries(results)
 
 
 @flow(name="validate")
 def validate_flow() -> dict:
-    from deeplab_core.data.manifest import write_manifest_csv
+    from deeplab_core.data.manifest import class_frequencies, write_manifest_csv
 
     params = get_params()
     cfg = params.validate_
     d = data_dir(params)
     prepared = d / "prepared"
-    mins = {"train_aug": cfg.min_train_samples, "val": cfg.min_val_samples,
-            "coco_train": 0, "coco_val": 0}
+    for lf in [prepared / f"{s}.txt" for s in SPLITS]:
+        if not lf.is_file():
+            raise StageError(f"{lf} not found: run the prepare stage")
+    classes = dataset_classes(params)
     with tracking.stage_run("validate", {"validate": cfg.model_dump()}):
-        results, manifests = {}, {}
-        for split in SPLITS:
-            lf = prepared / f"{split}.txt"
-            if not lf.is_file():
-                raise StageError(f"{lf} not found: run the prepare stage")
-            manifests[split] = manifest(lf, params.base.num_classes) if lf.read_text().strip() \
-                else []
-            results[split] = check(manifests[split], cfg, mins[split], split)
-        report = {"success": all(r["success"] for r in results.values()), "splits": results}
-        import mlflow
-        mlflow.log_dict(report, "validation_report.json")
-        if not report["success"]:
-            lines = ["data validation failed (Great Expectations):"]
-            for split, r in results.items():
-                for f in r["failures"]:
-                    lines.append(f"  {split}: {f['expectation']}({f['column'] or ''}) "
-                                 f"{f['unexpected_count'] or ''} bad; observed {f['observed']}; "
-                                 f"e.g. ids {f['example_ids'][:5]} values {f['example_values'][:5]}")
-            raise StageError("\n".join(lines))
-        with atomic_dir(d / "validation") as tmp:
+        manifests = {s: manifest(prepared / f"{s}.txt", classes) for s in SPLITS}
+        with atomic_dir(d / "validation") as tmp, atomic_dir(d / "validation_docs") as docs:
+            results = check(manifests, cfg, docs)
+            report = {"success": all(r["success"] for r in results.values()),
+                      "on_error": cfg.on_error, "splits": _brief(results)}
+            import mlflow
+            mlflow.log_dict(report, "validation_report.json")
+            tracking.log_artifacts([docs], "data_docs")
+            quarantined = _outcome(results, cfg)
+            kept = write_clean_lists(prepared, tmp / "lists",
+                                     {(q["split"], q["id"]) for q in quarantined})
+            _require_minimums(kept, cfg)
             for split, recs in manifests.items():
                 write_manifest_csv(recs, tmp / f"manifest_{split}.csv")
             write_json(tmp / "report.json", report)
-        metrics = {f"{s}_samples": r["n_rows"] for s, r in results.items()}
-        metrics["expectations_failed"] = 0
+            write_json(tmp / "quarantine.json", {"count": len(quarantined),
+                                                 "samples": quarantined})
+            write_json(tmp / "class_frequencies.json",
+                       {s: class_frequencies(r, classes.names) for s, r in manifests.items()})
+            mlflow.log_dict({"count": len(quarantined), "samples": quarantined},
+                            "quarantine.json")
+        metrics = {**{f"{s}_samples": len(m) for s, m in manifests.items()},
+                   **{f"{s}_clean": n for s, n in kept.items()},
+                   "quarantined": len(quarantined),
+                   "expectations_failed": sum(len(r["failures"]) for r in results.values())}
         write_json(d / "metrics" / "validate.json", metrics)
         tracking.log_metrics(metrics)
-    print(f"validate: all expectations met {metrics}")
+    if quarantined:
+        print("validate: quarantined samples:\n" + "\n".join(failure_lines(results, True)))
+    print(f"validate: {metrics}")
     return report
+
+
+def _brief(results: dict) -> dict:
+    """The results without the full per-sample lists (those go to quarantine.json)."""
+    return {s: {**r, "failures": [{k: v for k, v in f.items() if k != "unexpected"}
+                                  for f in r["failures"]]} for s, r in results.items()}
+
+
+def _require_minimums(kept: dict[str, int], cfg) -> None:
+    mins = {"train_aug": cfg.min_train_samples, "val": cfg.min_val_samples}
+    short = {s: (kept[s], m) for s, m in mins.items() if kept[s] < m}
+    if short:
+        raise StageError("too few samples left after quarantine: " + ", ".join(
+            f"{s} {n} < {m}" for s, (n, m) in short.items()))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def prepared(tmp_path_factory):
                        n_sbd_train=14, n_sbd_val=6, n_coco_train=30, n_coco_val=5,
                        sbd_overlap_val=5, sbd_overlap_train=4, progress=False)
     out = base / "prepared"
+    # 40x56 images: the 1000 px COCO rule scaled down to their size
     summary = prepare_datasets(raw / "VOCdevkit", raw / "benchmark_RELEASE", raw / "coco", out,
-                               progress=False)
+                               progress=False, coco_min_area=30)
     return raw, out, summary
 
 
@@ -151,7 +152,8 @@ def test_missing_sbd_annotation_is_named(prepared, tmp_path):
 def test_parallel_workers_give_same_output(prepared, tmp_path):
     raw, out, _ = prepared
     out2 = tmp_path / "par"
-    prepare_datasets(raw, raw, raw / "coco", out2, progress=False, workers=2)
+    prepare_datasets(raw, raw, raw / "coco", out2, progress=False, workers=2,
+                     coco_min_area=30)
     for name in ("train_aug.txt", "val.txt", "coco_train.txt", "coco_val.txt"):
         rows1 = [(i, a.resolve(), b.relative_to(out)) for i, a, b in read_list_file(out / name)]
         rows2 = [(i, a.resolve(), b.relative_to(out2)) for i, a, b in read_list_file(out2 / name)]

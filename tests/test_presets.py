@@ -111,6 +111,8 @@ def test_every_preset_trains_with_the_papers_sgd_on_real_data(overlay, tmp_path)
     assert params.prepare.source == "real"
     assert params.prepare.voc_root == "data/external/VOCdevkit/VOC2012"
     assert params.prepare.sbd_root == "data/external/benchmark_RELEASE/dataset"
+    # validate asserts the papers' split sizes exactly, not just minimums
+    assert params.validate_.expected_counts == {"train_aug": 10582, "val": 1449}
     # the same params whether applied to a file or loaded as an overlay
     from deeplab_core.config import load_params
     assert load_params(REPO / "params.yaml", [overlay]) == params

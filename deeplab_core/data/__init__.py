@@ -1,5 +1,5 @@
-"""Dataset readers (VOC 2012, SBD, COCO 2017), the synthetic data generator, the prepare step
-(train_aug lists), transforms, the torch dataset, bootstrapping lists and data manifests.
+"""Dataset readers (VOC 2012, SBD, COCO 2017, generic image/mask folders), the synthetic data
+generator, the prepare step (train_aug lists), transforms, the torch dataset, bootstrapping lists and data manifests.
 
 Names are loaded on first use, so that reading data does not import torch.
 """
@@ -24,13 +24,15 @@ _EXPORTS = {
     "polygons_to_mask": "coco", "annotation_to_mask": "coco", "CocoInstances": "coco",
     # generation / preparation
     "generate_synthetic": "synthetic", "prepare_datasets": "trainaug", "trainaug_ids": "trainaug",
+    "read_generic_sources": "generic", "prepare_generic": "generic",
+    "write_example_dataset": "generic",
     # torch side
     "IMAGENET_MEAN": "transforms", "IMAGENET_STD": "transforms", "train_transform": "transforms",
     "eval_transform": "transforms", "SegmentationListDataset": "dataset", "pad_collate": "dataset",
     # lists and manifests
     "hard_image_list": "bootstrap", "write_hard_list": "bootstrap", "read_hard_list": "bootstrap",
     "build_manifest": "manifest", "write_manifest_jsonl": "manifest",
-    "write_manifest_csv": "manifest",
+    "write_manifest_csv": "manifest", "class_frequencies": "manifest",
 }
 
 __all__ = sorted(_EXPORTS)

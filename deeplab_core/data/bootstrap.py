@@ -34,6 +34,8 @@ def hard_image_list(list_file: PathLike, data_root: PathLike | None = None,
     """
     if repeats < 0 or min_pixels < 1:
         raise ValueError("repeats must be >= 0 and min_pixels >= 1")
+    if not list(hard_class_ids):
+        return []
     out: list[str] = []
     for sid, counts in hard_class_pixels(list_file, data_root, hard_class_ids).items():
         if any(n >= min_pixels for n in counts.values()):
@@ -43,12 +45,13 @@ def hard_image_list(list_file: PathLike, data_root: PathLike | None = None,
 
 def write_hard_list(path: PathLike, ids: Sequence[str], hard_class_ids: Sequence[int] = HARD_CLASS_IDS,
                     min_pixels: int | None = None, repeats: int | None = None,
-                    source: str | None = None) -> Path:
+                    source: str | None = None,
+                    class_names: Sequence[str] = VOC_CLASSES) -> Path:
     """Write the bootstrap list as JSON: ``{"ids": [...], "count", "unique", "hard_class_ids",
     "hard_classes", "min_pixels", "repeats", "source"}``."""
     doc = {"ids": list(ids), "count": len(ids), "unique": len(set(ids)),
            "hard_class_ids": [int(c) for c in hard_class_ids],
-           "hard_classes": [VOC_CLASSES[int(c)] for c in hard_class_ids],
+           "hard_classes": [class_names[int(c)] for c in hard_class_ids],
            "min_pixels": min_pixels, "repeats": repeats, "source": source}
     return atomic_write_json(path, doc)
 

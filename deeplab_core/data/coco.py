@@ -1,15 +1,23 @@
-"""COCO 2017 instance annotations: reading, RLE / polygon rasterisation, VOC semantic masks.
+"""COCO 2017 instance annotations: reading, decoding and rasterising with pycocotools, and the
+VOC semantic masks DeepLab pretrains on.
 
-Everything pycocotools would normally do is implemented here with numpy:
+Decoding (list RLE, compressed RLE) and polygon rasterisation are pycocotools' own
+(``pycocotools.mask``), called exactly as ``COCO.annToMask`` calls them, so a mask here is the
+mask every COCO user gets. Only the writer of the uncompressed list RLE (used to store crowd
+regions in generated instance files) is written here.
 
-* RLE as COCO stores it: column-major (Fortran order) run lengths that start with a run of
-  zeros, either as a plain list (``{"counts": [..], "size": [h, w]}``, used by ``iscrowd=1``
-  objects in the instance files) or as the compressed string form (``"counts": "..."``: delta
-  coded, 5-bit groups with a continuation bit, offset by 48, as in ``maskApi.c``);
-* polygons (``[[x1, y1, x2, y2, ...], ...]``) are rasterised by sampling pixel centres: pixel
-  ``(r, c)`` is inside when the point ``(c + 0.5, r + 0.5)`` is inside the polygon (even-odd
-  rule). An axis-aligned square with integer corners ``(x0, y0)``-``(x0 + n, y0 + n)`` covers
-  exactly ``n * n`` pixels. Several polygons of one object are united.
+The COCO -> VOC semantic mask rules (see :func:`coco_semantic_mask`):
+
+* objects of the 20 categories shared with VOC are painted with their VOC class id; every other
+  category is background (0);
+* a pixel covered by objects of two or more *different* VOC classes is ambiguous: 255 (ignore),
+  the rule of the reference COCO -> VOC loaders; objects of one class simply unite;
+* ``iscrowd=1`` regions of VOC categories are 255 where no single (non-crowd) object covers
+  them: a crowd is a group of objects the annotators did not separate, so its pixels are neither
+  reliable foreground nor background. Crowds of other categories stay background. Crowd pixels
+  never count towards an image's VOC-class area;
+* an image is kept for pretraining only when its mask holds at least ``min_area`` pixels of VOC
+  classes (1000 by default, as the DeepLab recipe's COCO loader requires).
 
 Expected folder layout (the official one)::
 
@@ -27,16 +35,19 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from deeplab_core.classes import COCO_TO_VOC, IGNORE_INDEX
 from deeplab_core.data.io import DataError, PathLike, read_image_rgb, require_dir, require_file
 
 COCO_SPLITS = ("train", "val")
+COCO_MIN_AREA = 1000  # VOC-class pixels an image needs to be kept for pretraining
 
 
 # ----------------------------------------------------------------------------- RLE
 def rle_encode(mask: np.ndarray) -> dict:
-    """Uncompressed COCO RLE ``{"counts": [int, ...], "size": [h, w]}`` of a boolean HxW mask."""
+    """Uncompressed COCO RLE ``{"counts": [int, ...], "size": [h, w]}`` of a boolean HxW mask
+    (column-major runs starting with a run of zeros), the form instance files use for crowds."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be HxW, got shape {mask.shape}")
@@ -52,142 +63,78 @@ def rle_encode(mask: np.ndarray) -> dict:
     return {"counts": [int(c) for c in counts], "size": [int(h), int(w)]}
 
 
-def rle_counts_to_string(counts: Sequence[int]) -> str:
-    """Compressed COCO string form of a list of run lengths (``rleToString`` in maskApi.c)."""
-    out = bytearray()
+def _rle_size(rle: Mapping) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in rle["size"])
+        rle["counts"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed RLE (need 'counts' and 'size'=[h, w]): {exc!r}") from exc
+    return h, w
+
+
+def to_compressed_rle(rle: Mapping) -> dict:
+    """pycocotools' compressed RLE (``counts`` as bytes) of a list or compressed RLE. List run
+    lengths must be non-negative and add up to h*w (pycocotools does not check this)."""
+    h, w = _rle_size(rle)
+    counts = rle["counts"]
+    if isinstance(counts, (str, bytes)):
+        return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str)
+                else bytes(counts)}
     counts = [int(c) for c in counts]
-    for i, c in enumerate(counts):
-        x = c - counts[i - 2] if i > 2 else c
-        more = True
-        while more:
-            ch = x & 0x1F
-            x >>= 5  # arithmetic shift, as for the signed long in the C code
-            more = (x != -1) if (ch & 0x10) else (x != 0)
-            if more:
-                ch |= 0x20
-            out.append(ch + 48)
-    return out.decode("ascii")
-
-
-def rle_string_to_counts(s: str | bytes) -> list[int]:
-    """Decode the compressed COCO string form into run lengths (``rleFrString`` in maskApi.c)."""
-    data = s.encode("ascii") if isinstance(s, str) else bytes(s)
-    counts: list[int] = []
-    p, n = 0, len(data)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise ValueError("truncated compressed RLE string")
-            c = data[p] - 48
-            if c < 0 or c > 63:
-                raise ValueError(f"invalid character {chr(data[p])!r} in compressed RLE string")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+    if any(c < 0 for c in counts):
+        raise ValueError("RLE holds a negative run length")
+    if sum(counts) != h * w:
+        raise ValueError(f"RLE run lengths sum to {sum(counts)}, expected h*w = {h * w}")
+    return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
 
 
 def rle_to_compressed(rle: Mapping) -> dict:
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        return {"counts": counts if isinstance(counts, str) else counts.decode("ascii"),
-                "size": list(rle["size"])}
-    return {"counts": rle_counts_to_string(counts), "size": list(rle["size"])}
+    """The compressed string form ``{"counts": str, "size": [h, w]}`` (JSON-ready)."""
+    comp = to_compressed_rle(rle)
+    return {"counts": comp["counts"].decode("ascii"), "size": list(comp["size"])}
 
 
 def rle_decode(rle: Mapping) -> np.ndarray:
     """Boolean HxW mask of an RLE with list counts or compressed string counts."""
     try:
-        h, w = (int(v) for v in rle["size"])
-        counts = rle["counts"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"malformed RLE (need 'counts' and 'size'=[h, w]): {exc}") from exc
-    if isinstance(counts, (str, bytes)):
-        counts = rle_string_to_counts(counts)
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.size and counts.min() < 0:
-        raise ValueError("RLE holds a negative run length")
-    total = int(counts.sum())
-    if total > h * w:
-        raise ValueError(f"RLE run lengths sum to {total} > h*w = {h * w}")
-    vals = np.zeros(counts.size, dtype=bool)
-    vals[1::2] = True
-    flat = np.repeat(vals, counts)
-    if total < h * w:  # tolerate a missing final run of zeros
-        flat = np.concatenate((flat, np.zeros(h * w - total, dtype=bool)))
-    return np.ascontiguousarray(flat.reshape((h, w), order="F"))
+        return mask_utils.decode(to_compressed_rle(rle)).astype(bool)
+    except ValueError:
+        raise
+    except Exception as exc:  # pycocotools raises bare Exceptions for bad strings
+        raise ValueError(f"undecodable RLE: {exc}") from exc
 
 
 def rle_area(rle: Mapping) -> int:
-    counts = rle["counts"]
-    if isinstance(counts, (str, bytes)):
-        counts = rle_string_to_counts(counts)
-    return int(sum(counts[1::2]))
+    return int(mask_utils.area(to_compressed_rle(rle)))
 
 
 # ----------------------------------------------------------------------------- polygons
+def polygons_to_rle(polygons: Sequence, h: int, w: int) -> dict:
+    """One compressed RLE uniting the polygons of a COCO ``segmentation`` list, rasterised by
+    pycocotools (``frPyObjects`` + ``merge``, as ``COCO.annToRLE`` does)."""
+    polys = [np.asarray(p, dtype=np.float64).ravel().tolist() for p in polygons]
+    polys = [p for p in polys if len(p) >= 6]  # fewer than 3 points cover no pixel
+    if not polys:
+        return mask_utils.encode(np.zeros((h, w), dtype=np.uint8, order="F"))
+    if not all(np.isfinite(p).all() for p in polys):
+        raise ValueError("polygon holds a non-finite coordinate")
+    return mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+
+
 def polygon_to_mask(polygon: Sequence[float] | np.ndarray, h: int, w: int,
                     out: np.ndarray | None = None) -> np.ndarray:
-    """Rasterise one polygon (flat ``[x1, y1, x2, y2, ...]`` or an (N, 2) array of x, y).
-
-    A pixel is inside when its centre is inside (even-odd rule). Scanline fill: every edge gives
-    the x of its crossing with each pixel-centre row it spans (half-open in y, so a vertex is
-    counted once); the sorted crossings of a row pair up into runs ``[x_1, x_2), [x_3, x_4), ...``
-    that are filled. Cost grows with the perimeter and the bounding box, not with
-    vertices x area. With ``out`` given, the polygon is OR-ed into it and it is returned.
-    """
-    xy = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
-    mask = np.zeros((h, w), dtype=bool) if out is None else out
-    if len(xy) < 3 or h <= 0 or w <= 0 or not np.isfinite(xy).all():
+    """Rasterise one polygon (flat ``[x1, y1, x2, y2, ...]`` or an (N, 2) array of x, y) with
+    pycocotools. With ``out`` given, the polygon is OR-ed into it and it is returned."""
+    mask = mask_utils.decode(polygons_to_rle([polygon], h, w)).astype(bool)
+    if out is None:
         return mask
-    xa, ya = xy[:, 0], xy[:, 1]
-    xb, yb = np.roll(xa, -1), np.roll(ya, -1)
-    ylo, yhi = np.minimum(ya, yb), np.maximum(ya, yb)
-    # rows r whose centre r + 0.5 lies in [ylo, yhi)
-    r0 = np.clip(np.ceil(ylo - 0.5), 0, h).astype(np.int64)
-    r1 = np.clip(np.ceil(yhi - 0.5), 0, h).astype(np.int64)
-    n = np.maximum(r1 - r0, 0)
-    total = int(n.sum())
-    if total == 0:
-        return mask
-    edge = np.repeat(np.arange(len(n)), n)
-    start = np.repeat(np.cumsum(n) - n, n)
-    rows = r0[edge] + (np.arange(total) - start)
-    py = rows + 0.5
-    e_xa, e_ya = xa[edge], ya[edge]
-    xs = e_xa + (py - e_ya) * (xb[edge] - e_xa) / (yb[edge] - e_ya)
-    order = np.lexsort((xs, rows))
-    rows, xs = rows[order], xs[order]
-    if rows.size % 2:  # cannot happen for a closed polygon; guard against float oddities
-        return mask
-    rr = rows[0::2]
-    c0 = np.clip(np.ceil(xs[0::2] - 0.5), 0, w).astype(np.int64)
-    c1 = np.clip(np.ceil(xs[1::2] - 0.5), 0, w).astype(np.int64)
-    keep = c1 > c0
-    if not keep.any():
-        return mask
-    rr, c0, c1 = rr[keep], c0[keep], c1[keep]
-    top, bottom = int(rr.min()), int(rr.max()) + 1
-    diff = np.zeros((bottom - top, w + 1), dtype=np.int32)
-    np.add.at(diff, (rr - top, c0), 1)
-    np.add.at(diff, (rr - top, c1), -1)
-    mask[top:bottom] |= np.cumsum(diff, axis=1)[:, :w] > 0
-    return mask
+    out |= mask
+    return out
 
 
 def polygons_to_mask(polygons: Iterable, h: int, w: int) -> np.ndarray:
     """Union of several polygons (a COCO ``segmentation`` list)."""
-    mask = np.zeros((h, w), dtype=bool)
-    for poly in polygons:
-        polygon_to_mask(poly, h, w, out=mask)
-    return mask
+    return mask_utils.decode(polygons_to_rle(list(polygons), h, w)).astype(bool)
 
 
 def mask_bbox(mask: np.ndarray) -> list[float]:
@@ -201,36 +148,36 @@ def mask_bbox(mask: np.ndarray) -> list[float]:
 
 
 def annotation_to_mask(ann: Mapping, h: int, w: int) -> np.ndarray:
-    """Boolean HxW mask of one COCO annotation (polygons, list RLE or compressed RLE)."""
+    """Boolean HxW mask of one COCO annotation (polygons, list RLE or compressed RLE), decoded
+    by pycocotools. Raises ValueError naming the annotation id when it cannot be decoded or its
+    RLE size is not the image's."""
     seg = ann.get("segmentation")
-    if isinstance(seg, list):
-        if seg and not isinstance(seg[0], (list, tuple, np.ndarray)):
-            seg = [seg]  # a single flat polygon
-        return polygons_to_mask(seg, h, w)
-    if isinstance(seg, Mapping):
-        mask = rle_decode(seg)
-        if mask.shape != (h, w):
-            raise ValueError(f"annotation {ann.get('id')}: RLE size {list(mask.shape)} does not "
-                             f"match the image size {[h, w]}")
-        return mask
+    try:
+        if isinstance(seg, list):
+            if seg and not isinstance(seg[0], (list, tuple, np.ndarray)):
+                seg = [seg]  # a single flat polygon
+            return mask_utils.decode(polygons_to_rle(seg, h, w)).astype(bool)
+        if isinstance(seg, Mapping):
+            if list(_rle_size(seg)) != [h, w]:
+                raise ValueError(f"RLE size {list(seg['size'])} does not match the image size "
+                                 f"{[h, w]}")
+            return rle_decode(seg)
+    except ValueError as exc:
+        raise ValueError(f"annotation {ann.get('id')}: {exc}") from exc
     raise ValueError(f"annotation {ann.get('id')}: unsupported segmentation of type "
                      f"{type(seg).__name__}")
 
 
 def coco_semantic_mask(ann_list: Iterable[Mapping], h: int, w: int,
                        coco_to_voc: Mapping[int, int] = COCO_TO_VOC,
-                       ignore_index: int = IGNORE_INDEX, overlap: str = "last") -> np.ndarray:
-    """uint8 HxW VOC-class mask of one image's COCO annotations.
+                       ignore_index: int = IGNORE_INDEX, overlap: str = "ignore") -> np.ndarray:
+    """uint8 HxW VOC-class mask of one image's COCO annotations (rules in the module docstring).
 
-    * annotations of categories in ``coco_to_voc`` are painted with their VOC class id, in list
-      order (a later object covers an earlier one) -- with ``overlap="ignore"`` pixels claimed by
-      two or more objects of different classes become ``ignore_index`` instead;
-    * categories outside ``coco_to_voc`` are not painted: they are background (0);
-    * ``iscrowd=1`` regions of VOC categories become ``ignore_index`` where no single object
-      was painted (crowds of non-VOC categories stay background).
+    ``overlap="ignore"`` (the default) sets pixels claimed by objects of different VOC classes
+    to ``ignore_index``; ``overlap="last"`` lets a later object cover an earlier one instead.
     """
     if overlap not in ("last", "ignore"):
-        raise ValueError("overlap must be 'last' or 'ignore'")
+        raise ValueError(f"overlap must be 'last' or 'ignore', got {overlap!r}")
     label = np.zeros((h, w), dtype=np.uint8)
     crowd = np.zeros((h, w), dtype=bool)
     painted = np.zeros((h, w), dtype=bool)
@@ -243,8 +190,7 @@ def coco_semantic_mask(ann_list: Iterable[Mapping], h: int, w: int,
         if ann.get("iscrowd", 0):
             crowd |= m
             continue
-        if overlap == "ignore":
-            clash |= m & painted & (label != cls)
+        clash |= m & painted & (label != cls)
         label[m] = cls
         painted |= m
     label[crowd & ~painted] = ignore_index
@@ -306,9 +252,10 @@ def load_coco_instances(json_path: PathLike) -> CocoInstances:
 
 
 def images_with_voc_classes(coco: CocoInstances, coco_to_voc: Mapping[int, int] = COCO_TO_VOC,
-                            min_area: float = 1.0) -> list[int]:
+                            min_area: float = 0.0) -> list[int]:
     """Sorted ids of images holding at least one non-crowd object of a VOC-mapped category
-    with ``area >= min_area`` (the DeepLab recipe pretrains on these COCO images only)."""
+    whose ``area`` field is at least ``min_area`` (0: any). The pretraining rule itself counts
+    rasterised VOC-class pixels (see the module docstring); this is its cheap first pass."""
     keep = []
     for image_id in coco.image_ids():
         for ann in coco.anns(image_id):

@@ -253,8 +253,9 @@ def image_size(path: PathLike) -> tuple[int, int]:
 _PALETTE_BYTES = voc_palette().tobytes()
 
 
-def encode_label_png(label: np.ndarray) -> bytes:
-    """PNG bytes of a uint8 HxW label as a mode ``"P"`` image with the VOC palette."""
+def encode_label_png(label: np.ndarray, palette: np.ndarray | None = None) -> bytes:
+    """PNG bytes of a uint8 HxW label as a mode ``"P"`` image with the VOC palette (or
+    ``palette``, a (256, 3) uint8 colour map)."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(f"label must be HxW, got shape {label.shape}")
@@ -264,15 +265,16 @@ def encode_label_png(label: np.ndarray) -> bytes:
         label = label.astype(np.uint8)
     h, w = label.shape
     img = Image.frombytes("P", (w, h), np.ascontiguousarray(label).tobytes())
-    img.putpalette(_PALETTE_BYTES)
+    img.putpalette(_PALETTE_BYTES if palette is None
+                   else np.asarray(palette, dtype=np.uint8).reshape(256, 3).tobytes())
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     return buf.getvalue()
 
 
-def write_label_png(path: PathLike, label: np.ndarray) -> Path:
-    """Write a VOC-style palette label PNG atomically."""
-    return atomic_write_bytes(path, encode_label_png(label))
+def write_label_png(path: PathLike, label: np.ndarray, palette: np.ndarray | None = None) -> Path:
+    """Write a palette label PNG atomically (VOC palette unless ``palette`` is given)."""
+    return atomic_write_bytes(path, encode_label_png(label, palette))
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:

@@ -1,16 +1,19 @@
 """Per-sample manifest of a list file, for data validation (one flat record per sample).
 
 Record fields: ``id, image_path, label_path, image_exists, label_exists, image_readable,
-label_readable, error, image_format, image_mode, image_channels, width, height, label_mode,
+label_readable, error, image_md5 (of the file's bytes: the content identity the leakage check
+compares across splits), image_format, image_mode, image_channels, width, height, label_mode,
 label_width, label_height, size_match, n_pixels, label_unique (list of ints), label_num_unique,
-label_values_valid (all values in 0..20 or 255), ignore_fraction, frac_<class name>`` for the 21
-VOC classes. A missing or undecodable file does not raise: it is recorded (``*_readable`` false,
+label_values_valid (all values are class indices or the ignore index), ignore_fraction,
+frac_<class name>`` (the class's share of the label's pixels) for each class of the class list
+(VOC's 21 by default); :func:`class_frequencies` sums them over a split. A missing or undecodable file does not raise: it is recorded (``*_readable`` false,
 ``error`` set) so that a validation suite can report it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -35,7 +38,7 @@ def manifest_record(sample_id: str, image_path: Path, label_path: Path,
     rec: dict = {"id": sample_id, "image_path": str(image_path), "label_path": str(label_path),
                  "image_exists": image_path.is_file(), "label_exists": label_path.is_file(),
                  "image_readable": False, "label_readable": False, "error": None,
-                 "image_format": None, "image_mode": None, "image_channels": None,
+                 "image_md5": None, "image_format": None, "image_mode": None, "image_channels": None,
                  "width": None, "height": None, "label_mode": None, "label_width": None,
                  "label_height": None, "size_match": False, "n_pixels": None,
                  "label_unique": [], "label_num_unique": 0, "label_values_valid": False,
@@ -44,7 +47,9 @@ def manifest_record(sample_id: str, image_path: Path, label_path: Path,
         rec[_frac_key(name)] = None
     errors = []
     try:
-        with Image.open(image_path) as img:
+        data = image_path.read_bytes()
+        rec["image_md5"] = hashlib.md5(data).hexdigest()
+        with Image.open(io.BytesIO(data)) as img:
             rec["image_format"], rec["image_mode"] = img.format, img.mode
             rec["image_channels"] = len(img.getbands())
             rec["width"], rec["height"] = img.size
@@ -80,7 +85,8 @@ def manifest_record(sample_id: str, image_path: Path, label_path: Path,
 
 
 def build_manifest(list_file: PathLike, data_root: PathLike | None = None,
-                   class_names: Sequence[str] = VOC_CLASSES) -> list[dict]:
+                   class_names: Sequence[str] = VOC_CLASSES,
+                   ignore_index: int = IGNORE_INDEX) -> list[dict]:
     """One record per line of ``list_file`` (files resolved as by ``read_list_file``).
 
     ``image_path`` / ``label_path`` are recorded relative to the folder the paths were resolved
@@ -89,10 +95,27 @@ def build_manifest(list_file: PathLike, data_root: PathLike | None = None,
     base = Path(data_root) if data_root is not None else Path(list_file).parent
     records = []
     for sid, img, lab in read_list_file(list_file, data_root):
-        rec = manifest_record(sid, img, lab, class_names)
+        rec = manifest_record(sid, img, lab, class_names, ignore_index)
         rec["image_path"], rec["label_path"] = _relative(img, base), _relative(lab, base)
         records.append(rec)
     return records
+
+
+def class_frequencies(records: Sequence[dict], class_names: Sequence[str]) -> dict:
+    """Per-class frequencies of a split: ``pixels`` (share of all label pixels, ignore
+    included in the total), ``images`` (share of samples holding the class) and the totals."""
+    n_pix = [r["n_pixels"] or 0 for r in records if r.get("label_readable")]
+    total = sum(n_pix)
+    out = {"samples": len(records), "pixels": total, "classes": {}}
+    readable = [r for r in records if r.get("label_readable")]
+    for name in class_names:
+        key = _frac_key(name)
+        pix = sum((r[key] or 0.0) * (r["n_pixels"] or 0) for r in readable)
+        out["classes"][name] = {
+            "pixels": round(pix / total, 6) if total else 0.0,
+            "images": round(sum(1 for r in readable if (r[key] or 0) > 0) / len(readable), 6)
+            if readable else 0.0}
+    return out
 
 
 def _relative(path: Path, base: Path) -> str:

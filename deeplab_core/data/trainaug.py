@@ -5,9 +5,10 @@ Output layout (``out_dir``)::
 
     labels/voc/<id>.png              VOC train + val labels (palette indices, 255 = void)
     labels/sbd/<id>.png              SBD GTcls.Segmentation of the train_aug ids VOC lacks
-    labels/coco_train/<id>.png       COCO instances converted to VOC classes (id = 12 digits)
-    labels/coco_val/<id>.png
+    labels/coco_train/<id>.png       COCO instances converted to VOC classes (id = 12 digits),
+    labels/coco_val/<id>.png         rasterised once here by pycocotools (rules: data/coco.py)
     train_aug.txt  val.txt  coco_train.txt  coco_val.txt
+    classes.json                     the class list (names, palette, ignore index)
     summary.json
 
 List files hold one sample per line, ``<id> <image_path> <label_path>``, separated by single
@@ -38,9 +39,10 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from deeplab_core.classes import COCO_TO_VOC, IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES
-from deeplab_core.data.coco import (coco_paths, coco_semantic_mask, images_with_voc_classes,
-                                    load_coco_instances)
+from deeplab_core.classes import (COCO_TO_VOC, IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES,
+                                  voc_class_list)
+from deeplab_core.data.coco import (COCO_MIN_AREA, coco_paths, coco_semantic_mask,
+                                    images_with_voc_classes, load_coco_instances)
 from deeplab_core.data.io import (DataError, PathLike, atomic_directory, atomic_write_json,
                                   clean_stale_temporaries, encode_label_png, format_list_line,
                                   read_label_png)
@@ -96,11 +98,18 @@ def _convert_mat(job: tuple[str, str, str]) -> np.ndarray:
     return _convert_label(lambda src, _id: label_from_mat(src), job)
 
 
-def _convert_coco(job: tuple[list, int, int, dict, str]) -> np.ndarray:
-    anns, h, w, mapping, dst = job
-    lab = coco_semantic_mask(anns, h, w, mapping)
+def _convert_coco(job: tuple[list, int, int, dict, float, str, str, int]) -> np.ndarray:
+    """Rasterise one COCO image's VOC mask; written only when it holds ``min_area`` VOC-class
+    pixels (the counts are returned either way)."""
+    anns, h, w, mapping, min_area, dst, json_path, image_id = job
+    try:
+        lab = coco_semantic_mask(anns, h, w, mapping)
+    except ValueError as exc:
+        raise DataError(json_path, str(exc), "every annotation of a kept image decodes with "
+                        "pycocotools to a mask of the image's size", image_id,
+                        id_kind="image id") from None
     cnt = np.bincount(lab.ravel(), minlength=256)
-    if cnt[1:NUM_VOC_CLASSES].sum() > 0:
+    if cnt[1:NUM_VOC_CLASSES].sum() >= min_area:
         Path(dst).write_bytes(encode_label_png(lab))
     return cnt
 
@@ -227,7 +236,7 @@ def relocated(path: PathLike, moved: Mapping[PathLike, PathLike]) -> Path:
 def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: PathLike | None,
                      out_dir: PathLike, progress: bool = True, workers: int = 1,
                      coco_to_voc: Mapping[int, int] = COCO_TO_VOC,
-                     coco_min_area: float = 1.0, build_dir: PathLike | None = None,
+                     coco_min_area: float = COCO_MIN_AREA, build_dir: PathLike | None = None,
                      moved: Mapping[PathLike, PathLike] | None = None) -> dict:
     """Build the prepared lists and labels under ``out_dir`` (see the module docstring).
 
@@ -293,16 +302,17 @@ def _write_prepared(src: Sources, tmp: Path, out_dir: Path, progress: bool, work
         if coco:
             img_dir, json_path = src.coco_files[split]
             inst = load_coco_instances(json_path)
-            keep = images_with_voc_classes(inst, coco_to_voc, coco_min_area)
+            keep = images_with_voc_classes(inst, coco_to_voc)
             names = {k: Path(inst.images[k]["file_name"]).stem for k in keep}
             mapping = {int(k): int(v) for k, v in coco_to_voc.items()}
             jobs = [(inst.anns(k), int(inst.images[k]["height"]), int(inst.images[k]["width"]),
-                     mapping, str(tmp / "labels" / f"coco_{split}" / f"{names[k]}.png"))
+                     mapping, float(coco_min_area),
+                     str(tmp / "labels" / f"coco_{split}" / f"{names[k]}.png"), str(json_path), k)
                     for k in keep]
             counts = _run(_convert_coco, jobs, workers, progress, f"COCO {split}")
             written = []
             for k, cnt in zip(keep, counts):
-                if cnt[1:NUM_VOC_CLASSES].sum() == 0:
+                if cnt[1:NUM_VOC_CLASSES].sum() < coco_min_area:
                     continue
                 img = img_dir / inst.images[k]["file_name"]
                 if not img.is_file():
@@ -312,8 +322,8 @@ def _write_prepared(src: Sources, tmp: Path, out_dir: Path, progress: bool, work
                                               f"labels/coco_{split}/{names[k]}.png"))
                 written.append(cnt)
             coco_summary[split] = {"images": len(inst.images), "with_voc_classes": len(keep),
-                                   "written": len(lines),
-                                   "dropped_no_voc_pixels": len(keep) - len(lines),
+                                   "written": len(lines), "min_area": coco_min_area,
+                                   "dropped_under_min_area": len(keep) - len(lines),
                                    **_stats(written)}
         else:
             coco_summary[split] = None
@@ -339,5 +349,6 @@ def _write_prepared(src: Sources, tmp: Path, out_dir: Path, progress: bool, work
         },
         "val": {"total": len(voc_val), **_stats([voc_count[i] for i in voc_val])},
     }
+    atomic_write_json(tmp / "classes.json", voc_class_list().to_dict())
     atomic_write_json(tmp / "summary.json", summary)
     return summary
