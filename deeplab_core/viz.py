@@ -16,7 +16,21 @@ from deeplab_core.classes import VOC_CLASSES, voc_palette  # noqa: E402
 
 def colorize(mask_hw: np.ndarray) -> np.ndarray:
     """VOC palette colours for a label mask (255 = ignore shown in the palette's cream)."""
-    return voc_palette()[mask_hw.astype(np.uint8)]
+    return voc_palette()[np.asarray(mask_hw).astype(np.uint8)]
+
+
+def overlay(image_hwc: np.ndarray, mask_hw: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The image with the mask's palette colours blended in (`alpha` = colour weight) wherever
+    the mask is not background (class 0); uint8 HxWx3."""
+    image = np.asarray(image_hwc)
+    mask = np.asarray(mask_hw)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape} and mask {mask.shape}: expected HxWx3 and HxW "
+                         f"of the same height and width")
+    out = image.astype(np.float32)
+    fg = mask != 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(mask[fg]).astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def save_examples(rows: list[dict], out_png: Path) -> None:
@@ -43,16 +57,22 @@ def save_examples(rows: list[dict], out_png: Path) -> None:
     plt.close(fig)
 
 
-def save_trimap_plot(widths: list[int], curves: dict[str, list[float]], ylabel: str,
-                     out_png: Path) -> None:
-    """Accuracy (or mIoU) in a band around object boundaries vs band width (v1 paper, Fig. 5)."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for name, ys in curves.items():
-        ax.plot(widths, [100 * y for y in ys], marker="o", label=name)
-    ax.set_xlabel("trimap width (pixels)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
+def save_trimap_plot(widths: list[int], panels: dict[str, dict[str, list[float]]],
+                     out_png: Path, title: str | None = None) -> None:
+    """One panel per metric (e.g. {"mean IoU (%)": {"DeepLab": [...], "DeepLab + CRF": [...]},
+    "pixel accuracy (%)": {...}}), each curve a metric (0..1) per trimap band width, as in the
+    v2 paper's Fig. 10 (mean IoU within a band around object boundaries)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels.items()):
+        for name, ys in curves.items():
+            ax.plot(widths, [np.nan if y is None else 100 * y for y in ys], marker="o",
+                    label=name)
+        ax.set_xlabel("trimap width (pixels)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
