@@ -225,3 +225,42 @@ def test_read_only_images_across_the_library():
     bg = label == 0
     np.testing.assert_array_equal(blended[bg], image[bg])
     assert not np.array_equal(blended[~bg], image[~bg])
+
+
+def test_registered_model_is_loaded_from_a_local_mlflow_registry(checkpoint, photos, tmp_path,
+                                                                 monkeypatch, capsys):
+    """The real pyfunc model of the register stage, logged and aliased in a scratch store, then
+    `--model models:/deeplab-test@champion`: its network and its CRF parameters are used."""
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipelines.serving import log_pyfunc_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    crf_file = tmp_path / "best_params.json"
+    crf_file.write_text(json.dumps({"params": {"iterations": 3, "w1": 5.0}}))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        "predict-test", artifact_location=(tmp_path / "artifacts").as_uri()))
+    with mlflow.start_run():
+        info = log_pyfunc_model(checkpoint, crf_file, "deeplab-test")
+    MlflowClient(uri).set_registered_model_alias("deeplab-test", "champion",
+                                                 info.registered_model_version)
+    model, crf = cli.load_registered("models:/deeplab-test@champion")
+    assert crf == {"iterations": 3, "w1": 5.0}
+    expected = torch.load(checkpoint, weights_only=True)["state_dict"]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, expected[k])
+
+    rc = cli.main(["--model", "models:/deeplab-test@champion", "--input", str(photos / "a.jpg"),
+                   "--output", "out", "--crf", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    _check_outputs(tmp_path / "out", "a", (40, 56))
+    rc = cli.main(["--model", "models:/deeplab-test@nobody", "--input", str(photos / "a.jpg"),
+                   "--output", "out2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot load 'models:/deeplab-test@nobody'" in err and uri in err
