@@ -11,7 +11,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deeplab_core.classes import VOC_CLASSES, voc_palette  # noqa: E402
+from deeplab_core.classes import voc_palette  # noqa: E402
+from deeplab_core.data.io import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, out_png: Path, dpi: int) -> None:
+    """Write the figure as a PNG in one step (no half-written file) and close it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(out_png, buf.getvalue())
 
 
 def colorize(mask_hw: np.ndarray) -> np.ndarray:
@@ -53,8 +64,7 @@ def save_examples(rows: list[dict], out_png: Path) -> None:
                 ax.set_title(titles[c], fontsize=10)
         axes[r][0].set_ylabel(str(row["id"]), fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    _save(fig, out_png, dpi=80)
 
 
 def save_trimap_plot(widths: list[int], panels: dict[str, dict[str, list[float]]],
@@ -74,15 +84,15 @@ def save_trimap_plot(widths: list[int], panels: dict[str, dict[str, list[float]]
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png, dpi=100)
 
 
 def save_per_class_bars(per_class: dict[str, dict[str, float | None]], out_png: Path) -> None:
-    """per_class: {series name: {class name: IoU or None}} -> grouped horizontal bars."""
-    names = list(VOC_CLASSES)
+    """per_class: {series name: {class name: IoU or None}} -> grouped horizontal bars, classes in
+    the order of the first series."""
+    names = list(next(iter(per_class.values()), {}))
     series = list(per_class)
-    fig, ax = plt.subplots(figsize=(6, 7))
+    fig, ax = plt.subplots(figsize=(6, max(3.0, 0.3 * len(names) + 0.7)))
     h = 0.8 / max(len(series), 1)
     y = np.arange(len(names))
     for i, s in enumerate(series):
@@ -94,5 +104,4 @@ def save_per_class_bars(per_class: dict[str, dict[str, float | None]], out_png: 
     ax.set_xlabel("IoU (%)")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png, dpi=100)
