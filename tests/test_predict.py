@@ -18,20 +18,18 @@ from deeplab_core.classes import voc_palette
 from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
 from deeplab_core.engine.infer import Segmenter
 from deeplab_core.engine.tiling import predict_probs_tiled, tile_starts
-from deeplab_core.models import build_model
 from deeplab_core.predict import find_inputs, output_names
 from pipelines import predict as cli
-from tests.conftest import REPO, tiny_sample
+from tests.conftest import REPO, confident_micro_model, tiny_sample
 
 NUM_CLASSES = 4
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
     spec = model_spec("micro", NUM_CLASSES, 16)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, build_model("micro", num_classes=NUM_CLASSES, output_stride=16), spec)
+    save_checkpoint(path, confident_micro_model(NUM_CLASSES), spec)
     return path
 
 
@@ -196,7 +194,8 @@ def test_segmenter_tiles_large_images_and_takes_read_only_arrays(checkpoint):
     model, _ = load_checkpoint(checkpoint)  # DeepLab (image pooling sees each tile apart)
     whole = Segmenter(model).predict(ro, use_crf=False)
     tiled = Segmenter(model, tile_size=64, tile_overlap=24).predict(ro, use_crf=False)
-    assert np.abs(tiled[1] - whole[1]).mean() < 0.01
+    assert (tiled[0] == whole[0]).mean() > 0.95
+    assert np.abs(tiled[1] - whole[1]).mean() < 0.1
     crf = Segmenter(model, {"iterations": 2}, tile_size=64, tile_overlap=24)
     mask, q = crf.predict(ro, use_crf=True)
     assert mask.shape == (70, 150) and np.allclose(q.sum(0), 1.0, atol=1e-3)
