@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def on_error(path: Path, reason: str) -> None:
-        print(f"ERROR [{PROG}]: {reason}", file=sys.stderr)
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"ERROR [{PROG}]: {reason}", file=sys.stderr)  # on its own line, bar or not
 
     summary = predict_files(segmenter, files, a.output, use_crf=a.crf, save_probs=a.save_probs,
                             progress=not a.no_progress, on_error=on_error)
