@@ -28,7 +28,7 @@ HEADLINE_ROWS = (("mIoU (%)", "miou"), ("pixel accuracy (%)", "pixel_acc"),
 def per_class_table(rows: list[dict]) -> list[str]:
     """Per-class IoU / precision / recall / F1 (plain | CRF), one line per class, from the rows of
     data/eval/per_class.json in their (class-id) order."""
-    lines = [f"  {'class':16s}" + "".join(f"{h:>15s}" for h in ("IoU", "precision", "recall",
+    lines = [f"  {'class':16s}" + "".join(f"{h:^15s}" for h in ("IoU", "precision", "recall",
                                                                  "F1"))]
     for r in rows:
         cells = "".join(f"{_pct(r[k]).strip():>7s}|{_pct(r[k + '_crf']).strip():<7s}"

@@ -205,7 +205,7 @@ def test_segmenter_tiles_large_images_and_takes_read_only_arrays(checkpoint):
 
 def test_read_only_images_across_the_library():
     from deeplab_core.crf.densecrf import CRFParams, dense_crf
-    from deeplab_core.data.transforms import eval_transform, normalize
+    from deeplab_core.data.transforms import eval_transform, normalize, train_transform
     from deeplab_core.engine.metrics import confusion_matrix, trimap_confusions
     from deeplab_core.viz import colorize, overlay
 
@@ -215,6 +215,8 @@ def test_read_only_images_across_the_library():
     np.testing.assert_array_equal(normalize(ro_img).numpy(), normalize(image).numpy())
     out = eval_transform()(ro_img, ro_lab)
     assert tuple(out[0].shape) == (3, 24, 32)
+    crop, crop_label = train_transform(16)(ro_img, ro_lab, rng=0)
+    assert tuple(crop.shape) == (3, 16, 16) and tuple(crop_label.shape) == (16, 16)
     probs = np.full((NUM_CLASSES, 24, 32), 1 / NUM_CLASSES, dtype=np.float32)
     assert dense_crf(ro_img, probs, CRFParams(iterations=1))[0].shape == (24, 32)
     assert confusion_matrix(ro_lab, ro_lab, NUM_CLASSES).trace() == 24 * 32
