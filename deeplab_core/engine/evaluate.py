@@ -37,9 +37,10 @@ def predict_probs(model: nn.Module, image_nchw: torch.Tensor, scales: Iterable[f
             if logits.shape[-2:] != (h, w):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             p = torch.softmax(logits.float(), dim=1)
-            total = p if total is None else total + p
+            del logits  # at most two full-resolution maps alive at a time
+            total = p if total is None else total.add_(p)
             count += 1
-    return total / count
+    return total if count == 1 else total.div_(count)
 
 
 @dataclass

@@ -67,6 +67,7 @@ def predict_probs_tiled(model: nn.Module, image_nchw: torch.Tensor, tile_size: i
                 total = torch.zeros((n, p.shape[1], h, w), dtype=torch.float32, device=p.device)
                 weight = torch.zeros((h, w), dtype=torch.float32, device=p.device)
             wt = (wy[:, None] * wx[None, :]).to(p.device)
-            total[:, :, y:y + th, x:x + tw] += p * wt
+            total[:, :, y:y + th, x:x + tw] += p.mul_(wt)
             weight[y:y + th, x:x + tw] += wt
+            del p
     return total.div_(weight)
