@@ -265,3 +265,16 @@ def test_registered_model_is_loaded_from_a_local_mlflow_registry(checkpoint, pho
                    "--output", "out2", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2 and "cannot load 'models:/deeplab-test@nobody'" in err and uri in err
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 7), (17, 150), (65, 64)])
+def test_images_of_any_size_with_scales_flip_and_tiles(checkpoint, hw):
+    from deeplab_core.engine.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    seg = Segmenter(model, {"iterations": 2}, scales=(0.5, 1.0, 1.75), flip=True, tile_size=64,
+                    tile_overlap=16)
+    image, _ = tiny_sample(np.random.default_rng(7), max(hw[0], 8), max(hw[1], 8))
+    mask, probs = seg.predict(np.ascontiguousarray(image[: hw[0], : hw[1]]))
+    assert mask.shape == hw and probs.shape == (NUM_CLASSES, *hw)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-3)
