@@ -17,7 +17,11 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 	# pydensecrf2 builds from source against the numpy/Cython above (imports as `pydensecrf`).
 	$(BIN)/pip install -q --no-build-isolation pydensecrf2==1.1
 	$(BIN)/pip install -q -r requirements.lock
+	# The project itself, editable: `deeplab_core` imports from any directory and the
+	# `deeplab-predict` command is on the venv's PATH (dependencies come from the lock above).
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import torch, pydensecrf.densecrf, dvc, mlflow, prefect, great_expectations"
+	cd / && $(CURDIR)/$(BIN)/deeplab-predict --help > /dev/null
 	@touch $(STAMP)
 
 # One Prefect server and one MLflow parent run for the whole `dvc repro` (pipelines/repro.py).

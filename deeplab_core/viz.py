@@ -4,7 +4,6 @@ trimap curve and per-class IoU bars. Matplotlib with the Agg backend (no display
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -12,13 +11,39 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from deeplab_core.classes import VOC_CLASSES, voc_palette  # noqa: E402
+from deeplab_core.classes import voc_palette  # noqa: E402
+from deeplab_core.data.io import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, out_png: Path, dpi: int) -> None:
+    """Write the figure as a PNG in one step (no half-written file) and close it."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(out_png, buf.getvalue())
 
 
 def colorize(mask_hw: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
     """Colours for a label mask from ``palette`` ((256, 3) uint8; default the VOC palette, where
     255 = ignore shows in cream)."""
-    return (voc_palette() if palette is None else palette)[mask_hw.astype(np.uint8)]
+    return (voc_palette() if palette is None else palette)[np.asarray(mask_hw).astype(np.uint8)]
+
+
+def overlay(image_hwc: np.ndarray, mask_hw: np.ndarray, alpha: float = 0.5,
+            palette: np.ndarray | None = None) -> np.ndarray:
+    """The image with the mask's palette colours blended in (`alpha` = colour weight) wherever
+    the mask is not background (class 0); uint8 HxWx3."""
+    image = np.asarray(image_hwc)
+    mask = np.asarray(mask_hw)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape} and mask {mask.shape}: expected HxWx3 and HxW "
+                         f"of the same height and width")
+    out = image.astype(np.float32)
+    fg = mask != 0
+    out[fg] = (1 - alpha) * out[fg] + alpha * colorize(mask[fg], palette).astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def save_examples(rows: list[dict], out_png: Path, palette: np.ndarray | None = None) -> None:
@@ -42,32 +67,35 @@ def save_examples(rows: list[dict], out_png: Path, palette: np.ndarray | None = 
                 ax.set_title(titles[c], fontsize=10)
         axes[r][0].set_ylabel(str(row["id"]), fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
+    _save(fig, out_png, dpi=80)
 
 
-def save_trimap_plot(widths: list[int], curves: dict[str, list[float]], ylabel: str,
-                     out_png: Path) -> None:
-    """Accuracy (or mIoU) in a band around object boundaries vs band width (v1 paper, Fig. 5)."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for name, ys in curves.items():
-        ax.plot(widths, [100 * y for y in ys], marker="o", label=name)
-    ax.set_xlabel("trimap width (pixels)")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
+def save_trimap_plot(widths: list[int], panels: dict[str, dict[str, list[float]]],
+                     out_png: Path, title: str | None = None) -> None:
+    """One panel per metric (e.g. {"mean IoU (%)": {"DeepLab": [...], "DeepLab + CRF": [...]},
+    "pixel accuracy (%)": {...}}), each curve a metric (0..1) per trimap band width, as in the
+    v2 paper's Fig. 10 (mean IoU within a band around object boundaries)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels.items()):
+        for name, ys in curves.items():
+            ax.plot(widths, [np.nan if y is None else 100 * y for y in ys], marker="o",
+                    label=name)
+        ax.set_xlabel("trimap width (pixels)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png, dpi=100)
 
 
-def save_per_class_bars(per_class: dict[str, dict[str, float | None]], out_png: Path,
-                        class_names: Sequence[str] = VOC_CLASSES) -> None:
-    """per_class: {series name: {class name: IoU or None}} -> grouped horizontal bars, one
-    group per name of ``class_names`` (the dataset's class list)."""
-    names = list(class_names)
+def save_per_class_bars(per_class: dict[str, dict[str, float | None]], out_png: Path) -> None:
+    """per_class: {series name: {class name: IoU or None}} -> grouped horizontal bars, classes in
+    the order of the first series."""
+    names = list(next(iter(per_class.values()), {}))
     series = list(per_class)
-    fig, ax = plt.subplots(figsize=(6, 7))
+    fig, ax = plt.subplots(figsize=(6, max(3.0, 0.3 * len(names) + 0.7)))
     h = 0.8 / max(len(series), 1)
     y = np.arange(len(names))
     for i, s in enumerate(series):
@@ -79,5 +107,4 @@ def save_per_class_bars(per_class: dict[str, dict[str, float | None]], out_png: 
     ax.set_xlabel("IoU (%)")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
+    _save(fig, out_png, dpi=100)

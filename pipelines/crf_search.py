@@ -4,7 +4,7 @@ papers' full grid) in worker processes. Resumable: finished configurations are n
 
 Outs: data/crf_search/{best_params.json, table.csv, heatmaps.png, search_trace.png}, metrics data/metrics/crf_search.json.
 The probability cache and the results journal live in data/crf_cache (persistent across runs,
-reset when the model or the CV images change)."""
+reset when the model, the CV images or the inference setting change)."""
 
 from __future__ import annotations
 
@@ -31,16 +31,28 @@ def file_md5(path: Path) -> str:
     return update_with_file(hashlib.md5(), path).hexdigest()
 
 
+def cache_inference(params) -> dict:
+    """The inference setting of the cached probabilities: evaluate's scales and flip and the
+    model's evaluation output stride (dvc.yaml lists these params as deps of crf_search)."""
+    return {"scales": [float(s) for s in params.evaluate.scales],
+            "flip": bool(params.evaluate.flip),
+            "eval_output_stride": params.model.eval_output_stride}
+
+
 @task
 @tracking.work("compute")
 def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: Path,
-                device_name: str, eval_output_stride: int | None) -> list[Path]:
-    """Write one npz per CV image (raw image, softmax probabilities, label), once per model."""
+                device_name: str, inference: dict) -> list[Path]:
+    """Write one npz per CV image (raw image, softmax probabilities, label), once per model and
+    inference setting. `inference` ({"scales", "flip", "eval_output_stride"}) is the setting the
+    evaluate stage applies the CRF to, so the parameters are searched on the same probabilities."""
     from tqdm.auto import tqdm
 
     from deeplab_core.crf.search import write_cache_item
 
-    key = {"model_md5": file_md5(model_path), "cv_ids": cv_ids, "eval_os": eval_output_stride}
+    eval_output_stride = inference["eval_output_stride"]
+    key = {"model_md5": file_md5(model_path), "cv_ids": cv_ids, "eval_os": eval_output_stride,
+           "scales": inference["scales"], "flip": inference["flip"]}
     meta_path = cache_dir / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
         files = [cache_dir / "probs" / f"{i}.npz" for i in cv_ids]
@@ -60,7 +72,8 @@ def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: 
     files = []
     for i in tqdm(range(len(ds)), desc="cache probabilities", unit="img", mininterval=2.0):
         item = ds[i]
-        probs = predict_probs(model, item["image"].unsqueeze(0).to(device))[0].cpu().numpy()
+        probs = predict_probs(model, item["image"].unsqueeze(0).to(device), inference["scales"],
+                              inference["flip"])[0].cpu().numpy()
         label = item["label"].numpy().astype("uint8")
         raw = np.asarray(item["raw_image"], dtype=np.uint8)
         files.append(write_cache_item(cache_dir / "probs", item["id"], raw, probs, label))
@@ -162,12 +175,10 @@ def crf_search_flow() -> dict:
     require_inputs("crf_search", model_path)
     val_list = d / "prepared" / "val.txt"
     cv_ids, _ = split_cv(read_list_ids(val_list), cfg.cv_images, params.base.seed)
-    sections = {"crf_search": cfg.model_dump(), "model.eval_output_stride":
-                params.model.eval_output_stride}
-    with tracking.stage_run("crf_search", sections):
+    inference = cache_inference(params)
+    with tracking.stage_run("crf_search", {"crf_search": cfg.model_dump(), "inference": inference}):
         cache_dir = d / "crf_cache"
-        files = build_cache(model_path, val_list, cv_ids, cache_dir, params.base.device,
-                            params.model.eval_output_stride)
+        files = build_cache(model_path, val_list, cv_ids, cache_dir, params.base.device, inference)
         result = search(files, cfg, params.base.num_classes, cache_dir / "results.jsonl",
                         params.base.seed)
         best = result["best"]

@@ -1,5 +1,7 @@
-"""evaluate stage: val mIoU, per-class IoU and the boundary trimap curve, before and after the
-dense CRF with the searched parameters; multi-scale + flip inference per params.
+"""evaluate stage: the full metric set (pixel accuracy, mean pixel accuracy, mIoU, frequency-weighted
+IoU; per class IoU, precision, recall, F1) and the boundary trimap curve (mIoU and pixel accuracy per
+band width), before and after the dense CRF with the searched parameters; multi-scale + flip
+inference per params.
 
 Reported on the val images NOT used by the CRF search ("val_holdout": the headline numbers); the
 whole val set and the CV subset are reported too, each labelled."""
@@ -49,7 +51,8 @@ def eval_set_md5(list_file, ids: list[str], settings: dict) -> str:
 
 @task
 @tracking.work("compute")
-def run_eval(model, ids: list[str], val_list, params, crf_params: dict | None, examples: list):
+def run_eval(model, ids: list[str], val_list, params, crf_params: dict | None, examples: list,
+             names: tuple[str, ...]):
     cfg = params.evaluate
     ds = eval_dataset(val_list, ids)
     want = set(ids[: cfg.n_example_figures])
@@ -61,35 +64,100 @@ def run_eval(model, ids: list[str], val_list, params, crf_params: dict | None, e
 
     return evaluate(model, ds, params.base.num_classes, resolve_device(params.base.device),
                     scales=cfg.scales, flip=cfg.flip, trimap_widths=cfg.trimap_widths,
-                    crf_params=crf_params, crf_workers=cfg.crf_workers,
-                    class_names=dataset_classes(params).names,
+                    crf_params=crf_params, crf_workers=cfg.crf_workers, class_names=names,
                     on_prediction=keep)
 
 
+# Scalar metrics of a report that evaluate.json holds (each also with the suffix _crf).
+HEADLINE_KEYS = ("miou", "pixel_acc", "mean_pixel_acc", "fwiou", "mean_precision",
+                 "mean_recall", "mean_f1")
+PER_CLASS_KEYS = ("iou", "precision", "recall", "f1")
+TRIMAP_KEYS = ("miou", "pixel_acc", "mean_pixel_acc")
+
+
+def headline(plain: dict, crf: dict | None) -> dict:
+    """The scalar metrics of the plain and (when given) the CRF report, and the CRF's mIoU gain."""
+    out = {k: plain[k] for k in HEADLINE_KEYS}
+    if crf is not None:
+        out.update({f"{k}_crf": crf[k] for k in HEADLINE_KEYS})
+        out["crf_gain"] = crf["miou"] - plain["miou"]
+    return out
+
+
+def per_class_rows(plain: dict, crf: dict | None, names: tuple[str, ...]) -> list[dict]:
+    """One row per class: IoU, precision, recall and F1, before and after the CRF."""
+    rows = []
+    for n in names:
+        row = {"class": n, **{k: plain[f"per_class_{k}"][n] for k in PER_CLASS_KEYS}}
+        for k in PER_CLASS_KEYS:
+            row[f"{k}_crf"] = crf[f"per_class_{k}"][n] if crf else None
+        rows.append(row)
+    return rows
+
+
+def trimap_rows(plain: dict, crf: dict | None) -> list[dict]:
+    """Per band width: mIoU, pixel accuracy and mean pixel accuracy, before and after the CRF."""
+    rows = []
+    for i, p in enumerate(plain["trimap"]):
+        row = {"band_width": p["band_width"], **{k: p[k] for k in TRIMAP_KEYS}}
+        if crf:
+            row.update({f"{k}_crf": crf["trimap"][i][k] for k in TRIMAP_KEYS})
+        rows.append(row)
+    return rows
+
+
 @tracking.work("compute")
-def save_figures(out, widths: list, trimap_rows: list[dict], per_class: dict, examples: list,
-                 crf_params: dict | None, classes) -> None:
-    """trimap.png, per_class_iou.png and examples.png (the examples with and without CRF)."""
-    curves = {"DeepLab": [r["acc"] for r in trimap_rows]}
+def save_figures(out_eval, trimap_png, trimap: list[dict], per_class: list[dict],
+                 examples: list, crf_params: dict | None, palette=None) -> None:
+    """trimap_png (mIoU and pixel accuracy per band width), per_class_iou.png and examples.png
+    (the examples with and without CRF, masks in the dataset's ``palette``) in out_eval."""
+    widths = [r["band_width"] for r in trimap]
+    panels = {}
+    for key, label in (("miou", "mean IoU in band (%)"), ("pixel_acc", "pixel accuracy in band (%)")):
+        panels[label] = {"DeepLab": [r[key] for r in trimap]}
+        if crf_params:
+            panels[label]["DeepLab + CRF"] = [r[f"{key}_crf"] for r in trimap]
+    viz.save_trimap_plot(widths, panels, trimap_png,
+                         title="Within a band around object boundaries (trimap)")
+    bars = {"DeepLab": {r["class"]: r["iou"] for r in per_class}}
     if crf_params:
-        curves["DeepLab + CRF"] = [r["acc_crf"] for r in trimap_rows]
-    viz.save_trimap_plot(widths, curves, "pixel accuracy in band (%)", out / "trimap.png")
-    viz.save_per_class_bars(per_class, out / "per_class_iou.png", classes.names)
+        bars["DeepLab + CRF"] = {r["class"]: r["iou_crf"] for r in per_class}
+    viz.save_per_class_bars(bars, out_eval / "per_class_iou.png")
     if crf_params and examples:
         from deeplab_core.crf.densecrf import CRFParams, dense_crf
         for ex in examples:
             ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"], CRFParams.from_dict(crf_params))
-    viz.save_examples(examples, out / "examples.png", classes.full_palette())
+    viz.save_examples(examples, out_eval / "examples.png", palette)
 
 
-def _headline(acc_plain, acc_crf, names) -> dict:
-    p = acc_plain.report(names)
-    out = {"miou": p["miou"], "pixel_acc": p["pixel_acc"]}
-    if acc_crf is not None:
-        c = acc_crf.report(names)
-        out.update({"miou_crf": c["miou"], "pixel_acc_crf": c["pixel_acc"],
-                    "crf_gain": c["miou"] - p["miou"]})
-    return out
+def load_model(params, model_path):
+    model, _ = load_checkpoint(model_path)
+    if params.model.eval_output_stride:
+        from deeplab_core.models import set_output_stride
+        set_output_stride(model, params.model.eval_output_stride)
+    return model
+
+
+def collect_metrics(params, val_list, all_ids, cv_ids, holdout_ids, res_hold, res_cv,
+                    names) -> dict:
+    """evaluate.json: headline scalars on the held-out set, the whole val set and the CV subset
+    (scalars only: the per-class tables are in data/eval/per_class.json)."""
+    acc_h, acc_cv = res_hold["accumulators"], res_cv["accumulators"]
+    full_plain = acc_h["plain"].merge(acc_cv["plain"])
+    full_crf = acc_h["crf"].merge(acc_cv["crf"]) if acc_h["crf"] is not None else None
+
+    def rep(acc):
+        return acc.report(names) if acc is not None else None
+
+    settings = eval_settings(params)
+    return {**headline(res_hold["plain"], res_hold["crf"]),
+            "eval_set": "val_holdout (val minus the CRF cross-validation images)",
+            "n_images": len(holdout_ids),
+            "eval_set_md5": eval_set_md5(val_list, holdout_ids, settings),
+            "eval_settings": settings,
+            "val_full": {**headline(rep(full_plain), rep(full_crf)), "n_images": len(all_ids)},
+            "crf_cv_subset": {**headline(res_cv["plain"], res_cv["crf"]),
+                              "n_images": len(cv_ids)}}
 
 
 @flow(name="evaluate")
@@ -109,56 +177,26 @@ def evaluate_flow() -> dict:
 
     with tracking.stage_run("evaluate", {"evaluate": cfg.model_dump(),
                                          "crf_params": crf_params or {}}):
-        model, _ = load_checkpoint(model_path)
-        if params.model.eval_output_stride:
-            from deeplab_core.models import set_output_stride
-            set_output_stride(model, params.model.eval_output_stride)
+        model = load_model(params, model_path)
         examples: list = []
-        res_hold = run_eval(model, holdout_ids, val_list, params, crf_params, examples)
-        res_cv = run_eval(model, cv_ids, val_list, params, crf_params, [])
-        acc_h, acc_cv = res_hold["accumulators"], res_cv["accumulators"]
-        full_plain = acc_h["plain"].merge(acc_cv["plain"])
-        full_crf = acc_h["crf"].merge(acc_cv["crf"]) if crf_params else None
-
-        settings = eval_settings(params)
-        metrics = {**_headline(acc_h["plain"], acc_h["crf"], names),
-                   "eval_set": "val_holdout (val minus the CRF cross-validation images)",
-                   "n_images": len(holdout_ids),
-                   "eval_set_md5": eval_set_md5(val_list, holdout_ids, settings),
-                   "eval_settings": settings,
-                   "val_full": {**_headline(full_plain, full_crf, names),
-                                "n_images": len(all_ids)},
-                   "crf_cv_subset": {**_headline(acc_cv["plain"], acc_cv["crf"], names),
-                                     "n_images": len(cv_ids)},
-                   "scales": list(cfg.scales), "flip": cfg.flip}
-        plain_rep = res_hold["plain"]
-        crf_rep = res_hold["crf"]
-        widths = list(cfg.trimap_widths)
-        trimap_rows = []
-        for i, w in enumerate(widths):
-            row = {"band_width": w, "acc": plain_rep["trimap"][i]["pixel_acc"],
-                   "miou": plain_rep["trimap"][i]["miou"]}
-            if crf_rep:
-                row.update({"acc_crf": crf_rep["trimap"][i]["pixel_acc"],
-                            "miou_crf": crf_rep["trimap"][i]["miou"]})
-            trimap_rows.append(row)
-        per_class = {"DeepLab": plain_rep["per_class_iou"]}
-        if crf_rep:
-            per_class["DeepLab + CRF"] = crf_rep["per_class_iou"]
-        per_class_rows = [{"class": n, "iou": plain_rep["per_class_iou"][n],
-                           "iou_crf": crf_rep["per_class_iou"][n] if crf_rep else None}
-                          for n in names]
-
+        res_hold = run_eval(model, holdout_ids, val_list, params, crf_params, examples, names)
+        res_cv = run_eval(model, cv_ids, val_list, params, crf_params, [], names)
+        metrics = collect_metrics(params, val_list, all_ids, cv_ids, holdout_ids, res_hold,
+                                  res_cv, names)
+        per_class = per_class_rows(res_hold["plain"], res_hold["crf"], names)
+        trimap = trimap_rows(res_hold["plain"], res_hold["crf"])
+        plots = d / "plots"
         with atomic_dir(d / "eval") as tmp:
-            write_json(tmp / "per_class_iou.json", per_class_rows)
-            save_figures(tmp, widths, trimap_rows, per_class, examples, crf_params, classes)
-        write_json(d / "plots" / "trimap.json", trimap_rows)
+            write_json(tmp / "per_class.json", per_class)
+            save_figures(tmp, plots / "trimap.png", trimap, per_class, examples, crf_params,
+                         classes.full_palette())
+        write_json(plots / "trimap.json", trimap)
         write_json(d / "metrics" / "evaluate.json", metrics)
         tracking.log_metrics(metrics)
-        tracking.log_metrics({f"iou_{r['class']}": r["iou"] for r in per_class_rows
+        tracking.log_metrics({f"iou_{r['class']}": r["iou"] for r in per_class
                               if r["iou"] is not None})
         tracking.log_artifacts([d / "eval"], "eval")
-        tracking.log_artifacts([d / "plots" / "trimap.json"], "eval")
+        tracking.log_artifacts([plots / "trimap.json", plots / "trimap.png"], "eval")
     from pipelines.report import print_report
     print_report(d)
     return metrics

@@ -1,4 +1,5 @@
-"""Print the results table of the last pipeline run: val mIoU before/after CRF and per-class IoU."""
+"""Print the results table of the last pipeline run: the metrics before/after CRF, per class, and
+within the boundary trimap bands."""
 
 from __future__ import annotations
 
@@ -13,21 +14,54 @@ def _pct(v) -> str:
     return "   -  " if v is None else f"{100 * v:6.2f}"
 
 
+def _row(label: str, plain, crf) -> str:
+    return f"{label:24s}{_pct(plain):>9s}{_pct(crf):>9s}"
+
+
+# (label, evaluate.json key) of the headline table, in print order.
+HEADLINE_ROWS = (("mIoU (%)", "miou"), ("pixel accuracy (%)", "pixel_acc"),
+                 ("mean pixel accuracy (%)", "mean_pixel_acc"), ("freq-weighted IoU (%)", "fwiou"),
+                 ("mean precision (%)", "mean_precision"), ("mean recall (%)", "mean_recall"),
+                 ("mean F1 (%)", "mean_f1"))
+
+
+def per_class_table(rows: list[dict]) -> list[str]:
+    """Per-class IoU / precision / recall / F1 (plain | CRF), one line per class, from the rows of
+    data/eval/per_class.json in their (class-id) order."""
+    lines = [f"  {'class':16s}" + "".join(f"{h:^15s}" for h in ("IoU", "precision", "recall",
+                                                                 "F1"))]
+    for r in rows:
+        cells = "".join(f"{_pct(r[k]).strip():>7s}|{_pct(r[k + '_crf']).strip():<7s}"
+                        for k in ("iou", "precision", "recall", "f1"))
+        lines.append(f"  {r['class'][:16]:16s}{cells}")
+    return lines
+
+
+def trimap_table(rows: list[dict]) -> list[str]:
+    lines = [f"  {'band (px)':>9s}{'mIoU':>9s}{'+ CRF':>9s}{'acc':>9s}{'+ CRF':>9s}"]
+    for r in rows:
+        lines.append(f"  {r['band_width']:>9d}{_pct(r['miou']):>9s}{_pct(r.get('miou_crf')):>9s}"
+                     f"{_pct(r['pixel_acc']):>9s}{_pct(r.get('pixel_acc_crf')):>9s}")
+    return lines
+
+
 def format_report(d: Path) -> str:
     m = json.loads((d / "metrics" / "evaluate.json").read_text())
-    rows = json.loads((d / "eval" / "per_class_iou.json").read_text())
-    lines = [f"Results on {m['eval_set']}, {m['n_images']} images "
-             f"(scales {m['scales']}, flip {m['flip']})", "",
-             f"{'':24s}{'DeepLab':>9s}{'+ CRF':>9s}",
-             f"{'mIoU (%)':24s}{_pct(m['miou']):>9s}{_pct(m.get('miou_crf')):>9s}",
-             f"{'pixel accuracy (%)':24s}{_pct(m['pixel_acc']):>9s}"
-             f"{_pct(m.get('pixel_acc_crf')):>9s}",
-             f"{'mIoU whole val (%)':24s}{_pct(m['val_full']['miou']):>9s}"
-             f"{_pct(m['val_full'].get('miou_crf')):>9s}",
-             f"{'mIoU CRF-CV subset (%)':24s}{_pct(m['crf_cv_subset']['miou']):>9s}"
-             f"{_pct(m['crf_cv_subset'].get('miou_crf')):>9s}", "", "per-class IoU (%):"]
-    for r in rows:
-        lines.append(f"  {r['class']:22s}{_pct(r['iou']):>9s}{_pct(r['iou_crf']):>9s}")
+    rows = json.loads((d / "eval" / "per_class.json").read_text())
+    s = m["eval_settings"]
+    lines = [f"Results on {m['eval_set']}, {m['n_images']} images (scales {s['scales']}, "
+             f"flip {s['flip']}, eval output stride {s['eval_output_stride'] or 'as trained'})",
+             "", f"{'':24s}{'DeepLab':>9s}{'+ CRF':>9s}"]
+    lines += [_row(label, m[k], m.get(f"{k}_crf")) for label, k in HEADLINE_ROWS]
+    lines += [_row("mIoU whole val (%)", m["val_full"]["miou"], m["val_full"].get("miou_crf")),
+              _row("mIoU CRF-CV subset (%)", m["crf_cv_subset"]["miou"],
+                   m["crf_cv_subset"].get("miou_crf")),
+              "", "per class (%), DeepLab|+ CRF:"]
+    lines += per_class_table(rows)
+    trimap = d / "plots" / "trimap.json"
+    if trimap.is_file():
+        lines += ["", "within a band around object boundaries (trimap, %):"]
+        lines += trimap_table(json.loads(trimap.read_text()))
     reg = d / "register" / "registration.json"
     if reg.is_file():
         g = json.loads(reg.read_text())

@@ -162,6 +162,7 @@ def stage_main(stage: str, flow: Callable[[], dict],
         sys.exit(subprocess.run(cmd).returncode)
     if rank == 0:
         run_stage(flow)
+        distributed.shutdown()
         return
     try:
         params = get_params()
@@ -169,3 +170,4 @@ def stage_main(stage: str, flow: Callable[[], dict],
     except Exception:
         traceback.print_exc()
         sys.exit(1)
+    distributed.shutdown()

@@ -108,3 +108,16 @@ def prefect_api_url(tmp_path_factory):
 
     with prefect_api(home=tmp_path_factory.mktemp("prefect_home")) as url:
         yield url
+
+
+def confident_micro_model(num_classes: int, seed: int = 0) -> "torch.nn.Module":
+    """An untrained `micro` network whose softmax is far from uniform (He-initialised
+    convolutions), so that tests comparing predictions compare something."""
+    from deeplab_core.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("micro", num_classes=num_classes, output_stride=16)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(mod.weight)
+    return model.eval()

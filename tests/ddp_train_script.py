@@ -80,7 +80,8 @@ def main() -> None:
     torch.set_num_threads(1)
     model = seeded_model()
     if a.eval_only:
-        return evaluate_only(model, a.list, a.out)
+        evaluate_only(model, a.list, a.out)
+        return distributed.shutdown()
     cfg = TrainConfig(**json.loads(a.cfg))
     res = train(model, dataset(a.list, a.fail_after_samples), cfg, torch.device("cpu"),
                 seed=SEED, checkpoint_path=a.ckpt, progress=False)
@@ -90,6 +91,7 @@ def main() -> None:
             {"history": res.history, "resumed_from": res.resumed_from,
              "world_size": distributed.current().world_size}))
         torch.save(model.state_dict(), a.out / "model.pt")
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

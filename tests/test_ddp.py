@@ -159,7 +159,7 @@ def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_u
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
     for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
-    for stage in ("prepare", "finetune"):
+    for stage in ("prepare", "validate", "finetune"):
         proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

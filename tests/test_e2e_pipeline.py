@@ -148,8 +148,12 @@ def test_outputs_metrics_and_registry(project, monkeypatch):
     assert 0 < best["crf_runs"] <= 2 * 2 * 2 * 3  # within the micro grid's full cost
     trimap = json.loads((d / "plots" / "trimap.json").read_text())
     assert [r["band_width"] for r in trimap] == [1, 4, 8]
-    for png in ("trimap.png", "per_class_iou.png", "examples.png"):
+    assert all(0 <= r[k] <= 1 for r in trimap for k in ("miou", "miou_crf", "pixel_acc_crf"))
+    assert (d / "plots" / "trimap.png").stat().st_size > 1000
+    for png in ("per_class_iou.png", "examples.png"):
         assert (d / "eval" / png).stat().st_size > 1000
+    per_class = json.loads((d / "eval" / "per_class.json").read_text())
+    assert len(per_class) == 21 and {"iou", "precision", "recall", "f1_crf"} <= set(per_class[0])
     assert (d / "crf_search" / "heatmaps.png").is_file()
     assert (d / "crf_search" / "search_trace.png").is_file()
     reg = json.loads((d / "register" / "registration.json").read_text())

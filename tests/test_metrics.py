@@ -153,3 +153,74 @@ def test_trimap_confusions_skip_void_pixels():
     # band: columns 4..8 (edges 5, 6, 7), void column 6 not counted: 4 columns x 10 rows
     assert confs[0].sum() == 40
     assert np.trace(confs[0]) == 40
+
+
+def _random_batch(rng: np.random.Generator, c: int, n: int = 5, h: int = 17, w: int = 23):
+    """n label/prediction pairs with void pixels; the prediction is right about half the time."""
+    labels = rng.integers(0, c, size=(n, h, w)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.1] = 255
+    preds = np.where(rng.random(labels.shape) < 0.5, labels, rng.integers(0, c, labels.shape))
+    preds = np.where(labels == 255, rng.integers(0, c, labels.shape), preds).astype(np.uint8)
+    return labels, preds
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_metric_matches_scikit_learn_on_random_data(seed):
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(seed)
+    c = 6
+    labels, preds = _random_batch(rng, c)
+    conf = np.zeros((c, c), dtype=np.int64)
+    for lab, pred in zip(labels, preds):  # streamed image by image
+        conf += confusion_matrix(pred, lab, c)
+    keep = labels.ravel() != 255
+    y, p = labels.ravel()[keep], preds.ravel()[keep]
+    classes = list(range(c))
+    np.testing.assert_array_equal(conf, skm.confusion_matrix(y, p, labels=classes))
+    s = summarize(conf)
+    assert s["pixel_acc"] == pytest.approx(skm.accuracy_score(y, p))
+    assert s["mean_pixel_acc"] == pytest.approx(skm.balanced_accuracy_score(y, p))
+    iou = skm.jaccard_score(y, p, labels=classes, average=None)
+    prec = skm.precision_score(y, p, labels=classes, average=None)
+    rec = skm.recall_score(y, p, labels=classes, average=None)
+    f1 = skm.f1_score(y, p, labels=classes, average=None)
+    assert [s["per_class_iou"][str(k)] for k in classes] == pytest.approx(iou)
+    assert [s["per_class_precision"][str(k)] for k in classes] == pytest.approx(prec)
+    assert [s["per_class_recall"][str(k)] for k in classes] == pytest.approx(rec)
+    assert [s["per_class_f1"][str(k)] for k in classes] == pytest.approx(f1)
+    assert s["miou"] == pytest.approx(skm.jaccard_score(y, p, average="macro"))
+    assert s["mean_f1"] == pytest.approx(skm.f1_score(y, p, average="macro"))
+    assert s["mean_precision"] == pytest.approx(skm.precision_score(y, p, average="macro"))
+    assert s["fwiou"] == pytest.approx(skm.jaccard_score(y, p, average="weighted"))
+
+
+def test_undefined_ratios_are_none_and_left_out_of_the_means():
+    # class 2 is only predicted (recall undefined), class 3 nowhere (everything undefined)
+    label = np.array([[0, 0, 1, 1]])
+    pred = np.array([[0, 2, 1, 1]])
+    s = summarize(confusion_matrix(pred, label, 4), ("bg", "a", "b", "c"))
+    assert s["per_class_recall"] == pytest.approx({"bg": 0.5, "a": 1.0, "b": None, "c": None})
+    assert s["per_class_precision"] == pytest.approx({"bg": 1.0, "a": 1.0, "b": 0.0, "c": None})
+    assert s["per_class_f1"] == pytest.approx({"bg": 2 / 3, "a": 1.0, "b": 0.0, "c": None})
+    assert s["mean_pixel_acc"] == pytest.approx(0.75)
+    assert s["mean_precision"] == pytest.approx(2 / 3)
+    assert s["fwiou"] == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
+
+
+def test_summary_refuses_a_non_square_matrix_or_wrong_names():
+    with pytest.raises(ValueError, match=r"square \(C, C\), got shape \(2, 3\)"):
+        summarize(np.zeros((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="2 class names for a 3-class"):
+        summarize(np.zeros((3, 3), dtype=np.int64), ("a", "b"))
+
+
+def test_trimap_curve_reports_miou_and_accuracies_per_band():
+    label = _vertical_boundary()
+    pred = label.copy()
+    pred[0, 5] = 2
+    curve = trimap_curve(trimap_confusions(pred, label, 3, [1]), [1])
+    # band columns 4..7: class 1 has 20 px (19 right), class 2 has 20 px (all right) + 1 wrong
+    assert curve[0]["miou"] == pytest.approx((19 / 20 + 20 / 21) / 2)
+    assert curve[0]["mean_pixel_acc"] == pytest.approx((19 / 20 + 1.0) / 2)
+    assert curve[0]["pixel_acc"] == pytest.approx(39 / 40)

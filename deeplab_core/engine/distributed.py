@@ -88,6 +88,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group once every process is done: a rank that exits while another is
+    still inside a collective aborts gloo's threads ("terminate called without an active
+    exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(n: int) -> range:
     """This process's share of n items (every world_size-th, from its rank)."""
     ctx = current()

@@ -16,6 +16,16 @@ from torch import nn
 from deeplab_core.engine import distributed, metrics
 
 
+def _rescale(image_nchw: torch.Tensor, s: float) -> torch.Tensor:
+    """Bilinear resize by factor s; at least 1x1 (a tiny image at scale 0.5 stays one pixel)."""
+    h, w = image_nchw.shape[-2:]
+    if int(h * s) < 1 or int(w * s) < 1:
+        return F.interpolate(image_nchw, size=(max(1, int(h * s)), max(1, int(w * s))),
+                             mode="bilinear", align_corners=False)
+    return F.interpolate(image_nchw, scale_factor=s, mode="bilinear", align_corners=False,
+                         recompute_scale_factor=False)
+
+
 @torch.inference_mode()
 def predict_probs(model: nn.Module, image_nchw: torch.Tensor, scales: Iterable[float] = (1.0,),
                   flip: bool = False) -> torch.Tensor:
@@ -26,9 +36,7 @@ def predict_probs(model: nn.Module, image_nchw: torch.Tensor, scales: Iterable[f
     total = None
     count = 0
     for s in scales:
-        x = image_nchw if s == 1.0 else F.interpolate(
-            image_nchw, scale_factor=s, mode="bilinear", align_corners=False,
-            recompute_scale_factor=False)
+        x = image_nchw if s == 1.0 else _rescale(image_nchw, s)
         for flipped in ((False, True) if flip else (False,)):
             xi = torch.flip(x, dims=[3]) if flipped else x
             logits = model(xi)
@@ -37,9 +45,10 @@ def predict_probs(model: nn.Module, image_nchw: torch.Tensor, scales: Iterable[f
             if logits.shape[-2:] != (h, w):
                 logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             p = torch.softmax(logits.float(), dim=1)
-            total = p if total is None else total + p
+            del logits  # at most two full-resolution maps alive at a time
+            total = p if total is None else total.add_(p)
             count += 1
-    return total / count
+    return total if count == 1 else total.div_(count)
 
 
 @dataclass

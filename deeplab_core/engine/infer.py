@@ -1,4 +1,5 @@
-"""Inference on raw RGB images: normalisation, multi-scale + flip, optional dense CRF."""
+"""Inference on raw RGB images: normalisation, multi-scale + flip, sliding-window tiles for large
+images, optional dense CRF."""
 
 from __future__ import annotations
 
@@ -9,20 +10,30 @@ import numpy as np
 import torch
 
 from deeplab_core.engine.checkpoint import load_checkpoint
-from deeplab_core.engine.evaluate import predict_probs
+from deeplab_core.engine.tiling import predict_probs_tiled
 
 
 class Segmenter:
-    """`Segmenter.from_files(model.pt, crf.json)(image_hwc_uint8) -> mask_hw uint8`."""
+    """`Segmenter.from_files(model.pt, crf.json)(image_hwc_uint8) -> mask_hw uint8`.
+
+    Images with a side longer than `tile_size` are predicted in overlapping tile_size x tile_size
+    windows (`tile_overlap` pixels of overlap), so memory stays bounded by the tile; None predicts
+    every image whole. Input images may be read-only arrays (``np.asarray(PIL.Image)``)."""
 
     def __init__(self, model: torch.nn.Module, crf_params: dict | None = None,
                  scales: tuple[float, ...] = (1.0,), flip: bool = False,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", tile_size: int | None = None,
+                 tile_overlap: int = 256) -> None:
+        if tile_size is not None and not 0 <= tile_overlap < tile_size:
+            raise ValueError(f"tile_overlap {tile_overlap}: expected 0 <= overlap < tile_size "
+                             f"({tile_size})")
         self.model = model.to(device).eval()
         self.crf_params = crf_params
         self.scales = tuple(scales)
         self.flip = flip
         self.device = torch.device(device)
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
 
     @classmethod
     def from_files(cls, checkpoint: str | Path, crf_params_file: str | Path | None = None,
@@ -34,23 +45,29 @@ class Segmenter:
         return cls(model, crf, **kwargs)
 
     def probabilities(self, image_hwc: np.ndarray) -> np.ndarray:
-        from deeplab_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+        """Softmax probabilities (C, H, W) float32 of one RGB uint8 HxWx3 image."""
+        from deeplab_core.data.transforms import normalize
 
         if image_hwc.ndim != 3 or image_hwc.shape[2] != 3 or image_hwc.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image of shape HxWx3, got {image_hwc.dtype} "
                              f"{image_hwc.shape}")
-        # A copy: torch cannot wrap a read-only array (np.asarray of a PIL image is one).
-        x = torch.from_numpy(np.array(image_hwc, order="C")).permute(2, 0, 1).float() / 255.0
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        x = ((x - mean) / std).unsqueeze(0).to(self.device)
-        return predict_probs(self.model, x, self.scales, self.flip)[0].cpu().numpy()
+        x = normalize(image_hwc).unsqueeze(0).to(self.device)
+        tile = self.tile_size or max(image_hwc.shape[:2])
+        probs = predict_probs_tiled(self.model, x, tile, min(self.tile_overlap, tile - 1),
+                                    self.scales, self.flip)
+        return probs[0].cpu().numpy()
 
-    def __call__(self, image_hwc: np.ndarray, use_crf: bool = True) -> np.ndarray:
+    def predict(self, image_hwc: np.ndarray, use_crf: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(mask_hw uint8, probs_chw float32): the CRF's labels and marginals when `use_crf` and
+        CRF parameters are set, otherwise the network's argmax and softmax."""
         probs = self.probabilities(image_hwc)
         if use_crf and self.crf_params is not None:
             from deeplab_core.crf.densecrf import CRFParams, dense_crf
 
-            labels, _ = dense_crf(image_hwc, probs, CRFParams.from_dict(self.crf_params))
-            return labels.astype(np.uint8)
-        return probs.argmax(0).astype(np.uint8)
+            labels, q = dense_crf(image_hwc, probs, CRFParams.from_dict(self.crf_params))
+            return labels.astype(np.uint8), q
+        return probs.argmax(0).astype(np.uint8), probs
+
+    def __call__(self, image_hwc: np.ndarray, use_crf: bool = True) -> np.ndarray:
+        return self.predict(image_hwc, use_crf)[0]

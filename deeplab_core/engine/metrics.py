@@ -1,5 +1,7 @@
-"""Segmentation metrics as the DeepLab papers report them: confusion matrix, mIoU, per-class IoU,
-pixel accuracy, and the boundary trimap accuracy (accuracy inside a band around label boundaries)."""
+"""Segmentation metrics, all from one streaming confusion matrix (rows = ground truth, columns =
+prediction, summed over images): pixel accuracy, mean pixel accuracy, mIoU, frequency-weighted IoU,
+and per class IoU, precision, recall and F1; plus the boundary trimap (v2 paper, Fig. 10): the same
+metrics inside a band around label boundaries, per band width."""
 
 from __future__ import annotations
 
@@ -23,25 +25,64 @@ def confusion_matrix(pred_hw: np.ndarray, label_hw: np.ndarray, num_classes: int
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, NaN where den is 0 (a metric undefined for that class)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
 def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
     """Per-class IoU; NaN for classes absent from both ground truth and prediction."""
     conf = conf.astype(np.float64)
     tp = np.diag(conf)
-    denom = conf.sum(0) + conf.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, tp / denom, np.nan)
+    return _ratio(tp, conf.sum(0) + conf.sum(1) - tp)
+
+
+def per_class_scores(conf: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class IoU, precision (tp / predicted), recall (tp / ground truth; the class's pixel
+    accuracy) and F1 (2 tp / (predicted + ground truth)); NaN where a ratio's denominator is 0."""
+    conf = conf.astype(np.float64)
+    tp, gt, pred = np.diag(conf), conf.sum(1), conf.sum(0)
+    return {"iou": _ratio(tp, gt + pred - tp), "precision": _ratio(tp, pred),
+            "recall": _ratio(tp, gt), "f1": _ratio(2 * tp, gt + pred)}
+
+
+def _nanmean(v: np.ndarray) -> float:
+    return float(np.nanmean(v)) if np.any(~np.isnan(v)) else 0.0
+
+
+def _opt(v: float) -> float | None:
+    return None if np.isnan(v) else float(v)
 
 
 def summarize(conf: np.ndarray, class_names: tuple[str, ...] | None = None) -> dict:
-    """mIoU (mean over classes present), pixel accuracy and per-class IoU from a confusion matrix."""
-    iou = iou_from_confusion(conf)
-    total = conf.sum()
+    """Every metric of a confusion matrix.
+
+    ``pixel_acc``: correct / labelled pixels. ``mean_pixel_acc``: recall averaged over the classes
+    present in the ground truth. ``miou``: IoU averaged over the classes present in ground truth
+    or prediction. ``fwiou``: IoU weighted by each class's share of the ground-truth pixels.
+    ``mean_precision`` / ``mean_recall`` / ``mean_f1``: averages over the classes where each is
+    defined. ``per_class_<iou|precision|recall|f1>``: {class name: value, or None where undefined}.
+    Empty matrices give 0.0 for the scalars.
+    """
+    if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
+        raise ValueError(f"confusion matrix must be square (C, C), got shape {conf.shape}")
     names = class_names or tuple(str(i) for i in range(conf.shape[0]))
-    return {
-        "miou": float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else 0.0,
-        "pixel_acc": float(np.diag(conf).sum() / total) if total else 0.0,
-        "per_class_iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
-    }
+    if len(names) != conf.shape[0]:
+        raise ValueError(f"{len(names)} class names for a {conf.shape[0]}-class confusion matrix")
+    scores = per_class_scores(conf)
+    total = conf.sum()
+    freq = conf.sum(1) / total if total else np.zeros(conf.shape[0])
+    out = {"pixel_acc": float(np.trace(conf) / total) if total else 0.0,
+           "mean_pixel_acc": _nanmean(scores["recall"]),
+           "miou": _nanmean(scores["iou"]),
+           "fwiou": float(np.nansum(freq * np.nan_to_num(scores["iou"]))),
+           "mean_precision": _nanmean(scores["precision"]),
+           "mean_recall": _nanmean(scores["recall"]),
+           "mean_f1": _nanmean(scores["f1"])}
+    for key, values in scores.items():
+        out[f"per_class_{key}"] = {n: _opt(v) for n, v in zip(names, values)}
+    return out
 
 
 def trimap_band(label_hw: np.ndarray, width: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
@@ -80,9 +121,11 @@ def trimap_confusions(pred_hw: np.ndarray, label_hw: np.ndarray, num_classes: in
 
 
 def trimap_curve(trimap_confs: np.ndarray, widths: list[int]) -> list[dict]:
-    """Pixel accuracy and mIoU per trimap width from the stacked band confusion matrices."""
+    """mIoU, pixel accuracy and mean pixel accuracy per trimap width, from the stacked band
+    confusion matrices (v2 paper, Fig. 10 plots the mIoU)."""
     rows = []
     for w, conf in zip(widths, trimap_confs):
         s = summarize(conf)
-        rows.append({"band_width": int(w), "pixel_acc": s["pixel_acc"], "miou": s["miou"]})
+        rows.append({"band_width": int(w), "miou": s["miou"], "pixel_acc": s["pixel_acc"],
+                     "mean_pixel_acc": s["mean_pixel_acc"]})
     return rows

@@ -1,0 +1,147 @@
+"""deeplab-predict: segment your own images with a trained checkpoint or a registered model.
+
+    deeplab-predict --model data/models/finetune/model.pt --input photos/ --output masks/
+    deeplab-predict --model models:/deeplab@champion --input 'photos/*.jpg' --output masks/ \\
+        --crf --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip --output-stride 8
+
+Writes, per image, <name>.png (VOC-palette label image: pixel values are class ids),
+<name>_overlay.jpg (the colours over the photo) and with --save-probs <name>_probs.npy (float16
+class probabilities, C x H x W). Images larger than --tile-size on a side are predicted in
+overlapping tiles, so memory stays bounded. A file that cannot be read is named on stderr and the
+rest are still processed; the exit status is then 1 (2 for a bad model or arguments).
+
+`models:/` URIs are looked up in the project's MLflow registry (mlflow.db at the project root)
+or the one MLFLOW_TRACKING_URI names; MLflow is imported only for them."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+PROG = "deeplab-predict"
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True,
+                    help="checkpoint file (model.pt) or an MLflow URI: models:/deeplab@champion")
+    ap.add_argument("--input", required=True, help="image file, folder of images, or glob")
+    ap.add_argument("--output", required=True, type=Path, help="folder for the outputs")
+    ap.add_argument("--crf", action="store_true", help="refine with the dense CRF")
+    ap.add_argument("--crf-params", type=Path, help="CRF parameters JSON (crf_search's "
+                    "best_params.json); default: the registered model's, else the papers'")
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                    help="input scales averaged (e.g. 0.5 0.75 1.0 1.25 1.5 1.75)")
+    ap.add_argument("--flip", action="store_true", help="also average horizontal flips")
+    ap.add_argument("--output-stride", type=int, choices=(8, 16, 32),
+                    help="output stride at inference (default: the model's)")
+    ap.add_argument("--tile-size", type=int, default=1024,
+                    help="predict images with a side above this in overlapping tiles of this "
+                         "side (0: never tile)")
+    ap.add_argument("--tile-overlap", type=int, default=256, help="pixels shared by neighbours")
+    ap.add_argument("--save-probs", action="store_true", help="also write <name>_probs.npy")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+    if any(s <= 0 for s in a.scales):
+        ap.error(f"--scales: every scale must be > 0, got {a.scales}")
+    if a.tile_size < 0 or (a.tile_size and not 0 <= a.tile_overlap < a.tile_size):
+        ap.error(f"--tile-size {a.tile_size} / --tile-overlap {a.tile_overlap}: expected a "
+                 f"size >= 0 and 0 <= overlap < size")
+    return a
+
+
+def load_registered(uri: str):
+    """(network, CRF params dict or None) of an MLflow pyfunc model logged by the register
+    stage (pipelines.serving.DeepLabPyfunc)."""
+    import mlflow.pyfunc
+
+    from pipelines import tracking
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    # The project store keeps artifact paths relative to the project root.
+    where = tracking.REPO if tracking.project_store() else Path.cwd()
+    try:
+        with contextlib.chdir(where):
+            loaded = mlflow.pyfunc.load_model(uri)
+    except mlflow.exceptions.MlflowException as err:
+        first = (str(err).splitlines() or [""])[0]
+        raise ValueError(f"cannot load {uri!r} from the MLflow store {tracking.tracking_uri()}: "
+                         f"{first}") from err
+    segmenter = getattr(loaded.unwrap_python_model(), "segmenter", None)
+    if segmenter is None:
+        raise ValueError(f"{uri!r} is not a DeepLab model logged by the register stage")
+    return segmenter.model, segmenter.crf_params
+
+
+def load_model(a: argparse.Namespace):
+    """(network, CRF params dict or None) from --model and --crf-params."""
+    from deeplab_core.engine.checkpoint import load_checkpoint
+
+    if a.model.startswith(MLFLOW_SCHEMES):
+        model, crf = load_registered(a.model)
+    else:
+        model, crf = load_checkpoint(Path(a.model))[0], None
+    if a.crf_params is not None:
+        if not a.crf_params.is_file():
+            raise FileNotFoundError(f"--crf-params: file not found: {str(a.crf_params)!r}")
+        try:
+            crf = json.loads(a.crf_params.read_text())["params"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"--crf-params {str(a.crf_params)!r}: expected crf_search's JSON "
+                             f"with a 'params' object ({type(err).__name__}: {err})") from err
+    if a.crf and crf is None:
+        from deeplab_core.crf.densecrf import CRFParams
+
+        crf = CRFParams().to_dict()
+        print(f"{PROG}: no CRF parameters with the model; using the defaults {crf}",
+              file=sys.stderr)
+    return model, crf
+
+
+def build_segmenter(a: argparse.Namespace):
+    from deeplab_core.engine.infer import Segmenter
+    from deeplab_core.engine.train import resolve_device
+
+    model, crf = load_model(a)
+    if a.output_stride:
+        from deeplab_core.models import set_output_stride
+        set_output_stride(model, a.output_stride)
+    return Segmenter(model, crf, scales=tuple(a.scales), flip=a.flip,
+                     device=resolve_device(a.device), tile_size=a.tile_size or None,
+                     tile_overlap=a.tile_overlap)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    from deeplab_core.predict import find_inputs, predict_files
+
+    try:
+        files = find_inputs(a.input)
+        segmenter = build_segmenter(a)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ERROR [{PROG}]: {err}", file=sys.stderr)
+        return 2
+
+    def on_error(path: Path, reason: str) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"ERROR [{PROG}]: {reason}", file=sys.stderr)  # on its own line, bar or not
+
+    summary = predict_files(segmenter, files, a.output, use_crf=a.crf, save_probs=a.save_probs,
+                            progress=not a.no_progress, on_error=on_error)
+    what = "label PNGs, overlays" + (", probabilities" if a.save_probs else "")
+    print(f"{PROG}: {len(summary.written)} of {len(files)} images segmented into "
+          f"{a.output} ({what})" + (f"; {len(summary.failed)} failed:" if summary.failed else ""))
+    for path, _ in summary.failed:
+        print(f"  {path}")
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
