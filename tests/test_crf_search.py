@@ -10,7 +10,7 @@ import pytest
 from deeplab_core.crf import search
 from deeplab_core.crf.densecrf import CRFParams, dense_crf
 from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
-from deeplab_core.engine.metrics import confusion_matrix, summarize
+from deeplab_core.metrics import confusion_matrix, summarize
 
 NUM_CLASSES = 4
 SMALL_GRID = dict(w1_grid=(3.0, 6.0), sigma_alpha_grid=(20.0, 40.0, 80.0),

@@ -37,7 +37,7 @@ import numpy as np
 from deeplab_core.classes import IGNORE_INDEX
 from deeplab_core.crf.densecrf import (CRFParams, check_image, check_probs, crf_from_unary,
                                        unary_from_probs)
-from deeplab_core.engine.metrics import confusion_matrix, summarize
+from deeplab_core.metrics import confusion_matrix, summarize
 
 PAPER_W1_GRID: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0)
 PAPER_SIGMA_ALPHA_GRID: tuple[float, ...] = tuple(float(v) for v in range(30, 101, 10))

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab_core.engine import distributed, metrics
+from deeplab_core import metrics
+from deeplab_core.engine import distributed
 
 
 @torch.inference_mode()
