@@ -20,7 +20,7 @@ from prefect import flow, task
 
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import predict_probs, split_cv
-from deeplab_core.engine.train import resolve_device
+from deeplab_core.runtime import resolve_device
 from pipelines import tracking
 from pipelines.common import (atomic_dir, data_dir, get_params, require_inputs, run_stage,
                               update_with_file, write_json)

@@ -14,7 +14,7 @@ from prefect import flow, task
 from deeplab_core.classes import VOC_CLASSES
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import evaluate, split_cv
-from deeplab_core.engine.train import resolve_device
+from deeplab_core.runtime import resolve_device
 from deeplab_core import viz
 from deeplab_core.data.io import read_list_file
 from pipelines import tracking
