@@ -38,7 +38,7 @@ def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: 
     """Write one npz per CV image (raw image, softmax probabilities, label), once per model."""
     from tqdm.auto import tqdm
 
-    from deeplab_core.crf.search import write_cache_item
+    from deeplab_core.crf.cache import write_cache_item
 
     key = {"model_md5": file_md5(model_path), "cv_ids": cv_ids, "eval_os": eval_output_stride}
     meta_path = cache_dir / "meta.json"
