@@ -207,10 +207,9 @@ def _read_crf_params(where: str, path: Path) -> dict:
     from deeplab_core.crf.densecrf import CRFParams
 
     try:
-        raw = json.loads(path.read_text())
-        return CRFParams.from_dict(raw.get("params", raw), ignore_extra=True).to_dict()
-    except (ValueError, TypeError, AttributeError) as err:
-        raise GridError(f"{where}: {path} does not hold CRF parameters: {err}") from None
+        return CRFParams.from_file(path).to_dict()
+    except ValueError as err:
+        raise GridError(f"{where}: {err}") from None
 
 
 def _read_spec(path: Path, name: str) -> GridFile:

@@ -12,6 +12,7 @@ import json
 from prefect import flow, task
 
 from deeplab_core.classes import VOC_CLASSES
+from deeplab_core.crf.densecrf import CRFParams
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import evaluate, split_cv
 from deeplab_core.runtime import resolve_device
@@ -76,7 +77,7 @@ def save_figures(out, widths: list, trimap_rows: list[dict], per_class: dict, ex
     viz.save_trimap_plot(widths, curves, "pixel accuracy in band (%)", out / "trimap.png")
     viz.save_per_class_bars(per_class, out / "per_class_iou.png")
     if crf_params and examples:
-        from deeplab_core.crf.densecrf import CRFParams, dense_crf
+        from deeplab_core.crf.densecrf import dense_crf
         for ex in examples:
             ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"], CRFParams.from_dict(crf_params))
     viz.save_examples(examples, out / "examples.png")
@@ -103,7 +104,7 @@ def evaluate_flow() -> dict:
     val_list = d / "prepared" / "val.txt"
     all_ids = read_list_ids(val_list)
     cv_ids, holdout_ids = split_cv(all_ids, params.crf_search.cv_images, params.base.seed)
-    crf_params = json.loads(crf_file.read_text())["params"] if cfg.crf else None
+    crf_params = CRFParams.from_file(crf_file).to_dict() if cfg.crf else None
 
     with tracking.stage_run("evaluate", {"evaluate": cfg.model_dump(),
                                          "crf_params": crf_params or {}}):
