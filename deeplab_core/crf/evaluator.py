@@ -21,7 +21,7 @@ import numpy as np
 from deeplab_core.classes import IGNORE_INDEX
 from deeplab_core.crf.cache import CACHE_KEYS, cache_paths, images_key, probs_to_f32
 from deeplab_core.crf.densecrf import CRFParams, crf_from_unary, unary_from_probs
-from deeplab_core.metrics import confusion_matrix, summarize
+from deeplab_core.metrics import confusion_matrix, iou_from_confusion, summarize
 
 OBJECTIVES: tuple[str, ...] = ("miou_gt", "miou")
 
@@ -37,9 +37,7 @@ def miou_gt(conf: np.ndarray, classes: np.ndarray | None = None) -> float:
     mask = conf.sum(1) > 0 if classes is None else np.asarray(classes, bool)
     if not mask.any():
         return 0.0
-    tp = np.diag(conf)
-    denom = conf.sum(0) + conf.sum(1) - tp
-    iou = np.divide(tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    iou = np.nan_to_num(iou_from_confusion(conf), nan=0.0)  # a class never seen counts 0
     return float(iou[mask].mean())
 
 
@@ -92,7 +90,6 @@ def _run_task(task: tuple[int, list[tuple[int, dict | None]]]) -> tuple[int, lis
             pred = crf_from_unary(image, unary, CRFParams(**pdict)).argmax(axis=0)
         out.append((job, confusion_matrix(pred, label, num_classes, IGNORE_INDEX)))
     return idx, out
-
 
 
 class Evaluator:
