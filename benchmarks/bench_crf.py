@@ -36,9 +36,10 @@ import pydensecrf.densecrf as dcrf  # noqa: E402
 from pydensecrf.utils import unary_from_softmax  # noqa: E402
 
 from deeplab_core.crf.densecrf import CRFParams, dense_crf  # noqa: E402
-from deeplab_core.crf.search import (coarse_to_fine_search, evaluate_configs,  # noqa: E402
-                                     full_grid_search, list_cache, make_synthetic_cache,
-                                     synthetic_item)
+from deeplab_core.crf.cache import list_cache  # noqa: E402
+from deeplab_core.crf.evaluator import evaluate_configs  # noqa: E402
+from deeplab_core.crf.search import coarse_to_fine_search, full_grid_search  # noqa: E402
+from tests.crf_fixtures import make_synthetic_cache, synthetic_item  # noqa: E402
 
 
 def log(*a):

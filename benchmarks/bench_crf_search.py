@@ -29,8 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deeplab_core.crf.densecrf import CRFParams  # noqa: E402
-from deeplab_core.crf.search import (coarse_to_fine_search, list_cache,  # noqa: E402
-                                     objective_value, paper_grid, per_image_confusions)
+from deeplab_core.crf.cache import list_cache  # noqa: E402
+from deeplab_core.crf.evaluator import objective_value, per_image_confusions  # noqa: E402
+from deeplab_core.crf.search import coarse_to_fine_search, paper_grid  # noqa: E402
 
 
 def log(*a):

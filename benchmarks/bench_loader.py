@@ -32,7 +32,8 @@ from deeplab_core.config import load_params  # noqa: E402
 from deeplab_core.data.dataset import SegmentationListDataset  # noqa: E402
 from deeplab_core.data.io import write_jpeg, write_label_png, write_list_file  # noqa: E402
 from deeplab_core.data.transforms import train_transform  # noqa: E402
-from deeplab_core.engine.train import resolve_device, segmentation_loss  # noqa: E402
+from deeplab_core.engine.train import segmentation_loss  # noqa: E402
+from deeplab_core.runtime import resolve_device  # noqa: E402
 from deeplab_core.models import build_model  # noqa: E402
 
 V3_PRESET = REPO / "presets" / "v3_resnet101_os16_mg124.yaml"

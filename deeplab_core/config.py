@@ -13,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deeplab_core.classes import HARD_CLASSES, VOC_CLASSES
+from deeplab_core.crf.grid import (PAPER_ITERATIONS, PAPER_SIGMA_ALPHA_GRID, PAPER_SIGMA_BETA_GRID,
+                                   PAPER_SIGMA_GAMMA, PAPER_W1_GRID, PAPER_W2)
 
 
 class Strict(BaseModel):
@@ -197,12 +199,12 @@ class FinetuneConfig(TrainConfig):
 class CRFSearchConfig(Strict):
     cv_images: int = Field(20, ge=1, description="val images held out for the search")
     strategy: Literal["coarse_to_fine", "full"] = "coarse_to_fine"
-    w1_grid: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0)
-    sigma_alpha_grid: tuple[float, ...] = (30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0)
-    sigma_beta_grid: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0)
-    w2: float = Field(3.0, ge=0.0)
-    sigma_gamma: float = Field(3.0, gt=0.0)
-    iterations: int = Field(10, ge=1, le=100)
+    w1_grid: tuple[float, ...] = PAPER_W1_GRID
+    sigma_alpha_grid: tuple[float, ...] = PAPER_SIGMA_ALPHA_GRID
+    sigma_beta_grid: tuple[float, ...] = PAPER_SIGMA_BETA_GRID
+    w2: float = Field(PAPER_W2, ge=0.0)
+    sigma_gamma: float = Field(PAPER_SIGMA_GAMMA, gt=0.0)
+    iterations: int = Field(PAPER_ITERATIONS, ge=1, le=100)
     workers: int = Field(2, ge=1, le=64)
     objective: Literal["miou_gt", "miou"] = Field(
         "miou_gt", description="rank configs by mIoU over the classes with CV ground truth "

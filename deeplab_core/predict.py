@@ -12,9 +12,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from deeplab_core.data.io import (ImageReadError, atomic_write_bytes, encode_jpeg,
-                                  encode_label_png, read_image_rgb)
+from deeplab_core.data.io import ImageReadError, encode_jpeg, encode_label_png, read_image_rgb
 from deeplab_core.engine.infer import Segmenter
+from deeplab_core.fileio import atomic_write_bytes
 from deeplab_core.viz import overlay
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")

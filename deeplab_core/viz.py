@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from deeplab_core.classes import voc_palette  # noqa: E402
-from deeplab_core.data.io import atomic_write_bytes  # noqa: E402
+from deeplab_core.fileio import atomic_write_bytes  # noqa: E402
 
 
 def _save(fig, out_png: Path, dpi: int) -> None:

@@ -58,7 +58,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deeplab_core.config import ConfigError, Params, deep_merge, parse_params
-from deeplab_core.data.io import atomic_write_text
+from deeplab_core.fileio import atomic_write_text
 from pipelines import tracking
 from pipelines.common import (PIPELINE_RUN_ENV, REPO, data_dir, dvc_stages, git_commit,
                               params_path, require_inputs, run_stage)
@@ -207,10 +207,9 @@ def _read_crf_params(where: str, path: Path) -> dict:
     from deeplab_core.crf.densecrf import CRFParams
 
     try:
-        raw = json.loads(path.read_text())
-        return CRFParams.from_dict(raw.get("params", raw), ignore_extra=True).to_dict()
-    except (ValueError, TypeError, AttributeError) as err:
-        raise GridError(f"{where}: {path} does not hold CRF parameters: {err}") from None
+        return CRFParams.from_file(path).to_dict()
+    except ValueError as err:
+        raise GridError(f"{where}: {err}") from None
 
 
 def _read_spec(path: Path, name: str) -> GridFile:
@@ -391,7 +390,7 @@ def check_inputs(grid: Grid) -> None:
 def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
     from deeplab_core.classes import VOC_CLASSES
     from deeplab_core.engine.evaluate import evaluate
-    from deeplab_core.engine.train import resolve_device
+    from deeplab_core.runtime import resolve_device
     from pipelines.eval_data import eval_dataset
 
     ev = params.evaluate
@@ -419,7 +418,8 @@ def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
 
 def _train(cfg: Config, grid: Grid, shared: Shared, workdir: Path) -> tuple[Any, dict]:
     from deeplab_core.engine.checkpoint import build_from_spec, model_spec, save_checkpoint
-    from deeplab_core.engine.train import resolve_device, seed_everything, train
+    from deeplab_core.engine.train import train
+    from deeplab_core.runtime import resolve_device, seed_everything
     from pipelines.train_stage import build_dataset, read_repeat_ids, train_options
 
     params = cfg.params

@@ -16,7 +16,7 @@ from typing import Callable
 import yaml
 
 from deeplab_core.config import ConfigError, Params, load_params
-from deeplab_core.data.io import atomic_directory, atomic_write_json
+from deeplab_core.fileio import atomic_directory, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 # Set by pipelines.repro for the stages of one pipeline run: the MLflow parent run's id.

@@ -20,7 +20,7 @@ from prefect import flow, task
 
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import predict_probs, split_cv
-from deeplab_core.engine.train import resolve_device
+from deeplab_core.runtime import resolve_device
 from pipelines import tracking
 from pipelines.common import (atomic_dir, data_dir, get_params, require_inputs, run_stage,
                               update_with_file, write_json)
@@ -48,7 +48,7 @@ def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: 
     evaluate stage applies the CRF to, so the parameters are searched on the same probabilities."""
     from tqdm.auto import tqdm
 
-    from deeplab_core.crf.search import write_cache_item
+    from deeplab_core.crf.cache import write_cache_item
 
     eval_output_stride = inference["eval_output_stride"]
     key = {"model_md5": file_md5(model_path), "cv_ids": cv_ids, "eval_os": eval_output_stride,

@@ -13,9 +13,10 @@ import json
 
 from prefect import flow, task
 
+from deeplab_core.crf.densecrf import CRFParams
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import evaluate, split_cv
-from deeplab_core.engine.train import resolve_device
+from deeplab_core.runtime import resolve_device
 from deeplab_core import viz
 from deeplab_core.data.io import read_list_file
 from pipelines import tracking
@@ -124,7 +125,7 @@ def save_figures(out_eval, trimap_png, trimap: list[dict], per_class: list[dict]
         bars["DeepLab + CRF"] = {r["class"]: r["iou_crf"] for r in per_class}
     viz.save_per_class_bars(bars, out_eval / "per_class_iou.png")
     if crf_params and examples:
-        from deeplab_core.crf.densecrf import CRFParams, dense_crf
+        from deeplab_core.crf.densecrf import dense_crf
         for ex in examples:
             ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"], CRFParams.from_dict(crf_params))
     viz.save_examples(examples, out_eval / "examples.png", palette)
@@ -171,7 +172,7 @@ def evaluate_flow() -> dict:
     val_list = d / "prepared" / "val.txt"
     all_ids = read_list_ids(val_list)
     cv_ids, holdout_ids = split_cv(all_ids, params.crf_search.cv_images, params.base.seed)
-    crf_params = json.loads(crf_file.read_text())["params"] if cfg.crf else None
+    crf_params = CRFParams.from_file(crf_file).to_dict() if cfg.crf else None
     classes = dataset_classes(params)
     names = classes.names
 

@@ -106,7 +106,7 @@ def load_model(a: argparse.Namespace):
 
 def build_segmenter(a: argparse.Namespace):
     from deeplab_core.engine.infer import Segmenter
-    from deeplab_core.engine.train import resolve_device
+    from deeplab_core.runtime import resolve_device
 
     model, crf = load_model(a)
     if a.output_stride:

@@ -16,7 +16,7 @@ from pathlib import Path
 from prefect import flow, task
 
 from deeplab_core.config import Params
-from deeplab_core.data.io import clean_stale_temporaries
+from deeplab_core.fileio import clean_stale_temporaries
 from pipelines import tracking
 from pipelines.common import REPO, StageError, atomic_dir, data_dir, get_params, run_stage, write_json
 

@@ -18,7 +18,9 @@ from prefect import task
 from deeplab_core.config import ConfigError, Params, TrainConfig
 from deeplab_core.engine import distributed
 from deeplab_core.engine.checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
-from deeplab_core.engine.train import atomic_torch_save, resolve_device, seed_everything, train
+from deeplab_core.engine.train import train
+from deeplab_core.fileio import atomic_torch_save
+from deeplab_core.runtime import resolve_device, seed_everything
 from pipelines import tracking
 from pipelines.common import (StageError, atomic_dir, data_dir, get_params, run_stage,
                               stage_inputs_hash, write_json)

@@ -10,13 +10,13 @@ data roots or the papers' SGD block), relative to the preset, stacked in order u
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
 from deeplab_core.config import ConfigError, merge_overlay, parse_params, read_overlay
+from deeplab_core.fileio import atomic_write_text
 from pipelines.common import REPO
 
 PRESETS_DIR = REPO / "presets"
@@ -26,10 +26,8 @@ def apply_preset(base_file: Path, overlay_file: Path, out_file: Path) -> dict:
     base = yaml.safe_load(base_file.read_text()) or {}
     merged = merge_overlay(base, read_overlay(overlay_file))
     parse_params(merged, f"{base_file} + {overlay_file}")  # refuse to write an invalid file
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    tmp.write_text(f"# {overlay_file.name} applied over {base_file.name}\n"
-                   + yaml.safe_dump(merged, sort_keys=False))
-    os.replace(tmp, out_file)
+    atomic_write_text(out_file, f"# {overlay_file.name} applied over {base_file.name}\n"
+                      + yaml.safe_dump(merged, sort_keys=False))
     return merged
 
 

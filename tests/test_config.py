@@ -44,6 +44,24 @@ def test_project_params_validate_and_keep_every_value():
                 assert _normalise(got) == _normalise(value), f"{section}.{key}"
 
 
+def test_params_yaml_crf_grid_is_the_library_default():
+    """params.yaml spells the CRF grid for DVC; it must stay the library's one default."""
+    from deeplab_core.config import CRFSearchConfig
+    from deeplab_core.crf import grid
+
+    raw = yaml.safe_load(PARAMS.read_text())["crf_search"]
+    assert tuple(float(v) for v in raw["w1_grid"]) == grid.PAPER_W1_GRID
+    assert tuple(float(v) for v in raw["sigma_alpha_grid"]) == grid.PAPER_SIGMA_ALPHA_GRID
+    assert tuple(float(v) for v in raw["sigma_beta_grid"]) == grid.PAPER_SIGMA_BETA_GRID
+    assert (raw["w2"], raw["sigma_gamma"], raw["iterations"]) == (
+        grid.PAPER_W2, grid.PAPER_SIGMA_GAMMA, grid.PAPER_ITERATIONS)
+    default = CRFSearchConfig()
+    assert (default.w1_grid, default.sigma_alpha_grid, default.sigma_beta_grid) == (
+        grid.PAPER_W1_GRID, grid.PAPER_SIGMA_ALPHA_GRID, grid.PAPER_SIGMA_BETA_GRID)
+    assert (default.w2, default.sigma_gamma, default.iterations) == (
+        grid.PAPER_W2, grid.PAPER_SIGMA_GAMMA, grid.PAPER_ITERATIONS)
+
+
 def test_aliased_sections_are_read_from_their_yaml_names():
     params = parse_params({"validate": {"min_side": 20}, "register": {"metric": "miou"}})
     assert params.validate_.min_side == 20

@@ -195,6 +195,25 @@ def test_params_defaults_and_dict_round_trip():
         q.w1 = 3.0  # frozen
 
 
+def test_params_file_is_read_in_one_place_with_errors_naming_the_file(tmp_path):
+    import json
+
+    q = CRFParams(w1=5, sigma_alpha=80, sigma_beta=4, iterations=5)
+    best = tmp_path / "best_params.json"
+    best.write_text(json.dumps({"params": q.to_dict(), "cv_miou": 0.5}))
+    assert CRFParams.from_file(best) == q
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({**q.to_dict(), "miou": 0.7}))
+    assert CRFParams.from_file(bare) == q
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        CRFParams.from_file(tmp_path / "missing.json")
+    for name, text in [("torn.json", '{"params": {"w1": 5'), ("list.json", "[1, 2]"),
+                       ("bad.json", json.dumps({"params": {"w1": -1}}))]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=f"{name} does not hold CRF parameters"):
+            CRFParams.from_file(tmp_path / name)
+
+
 def test_library_imports_no_pipeline_tools():
     import subprocess
     import sys

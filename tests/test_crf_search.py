@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from deeplab_core.crf import search
+from deeplab_core.crf import cache as crf_cache, evaluator, search
 from deeplab_core.crf.densecrf import CRFParams, dense_crf
 from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
-from deeplab_core.engine.metrics import confusion_matrix, summarize
+from deeplab_core.metrics import confusion_matrix, summarize
+from tests.crf_fixtures import make_synthetic_cache, synthetic_item
 
 NUM_CLASSES = 4
 SMALL_GRID = dict(w1_grid=(3.0, 6.0), sigma_alpha_grid=(20.0, 40.0, 80.0),
@@ -20,8 +21,8 @@ SMALL_GRID = dict(w1_grid=(3.0, 6.0), sigma_alpha_grid=(20.0, 40.0, 80.0),
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     d = tmp_path_factory.mktemp("crf_cache")
-    return search.make_synthetic_cache(d, n_images=6, height=36, width=48,
-                                       num_classes=NUM_CLASSES, seed=1)
+    return make_synthetic_cache(d, n_images=6, height=36, width=48,
+                                num_classes=NUM_CLASSES, seed=1)
 
 
 def configs():
@@ -31,55 +32,55 @@ def configs():
 
 def count_crf_calls(monkeypatch):
     calls = []
-    real = search.crf_from_unary
+    real = evaluator.crf_from_unary
 
     def counting(image, unary, params):
         calls.append(params)
         return real(image, unary, params)
 
-    monkeypatch.setattr(search, "crf_from_unary", counting)
+    monkeypatch.setattr(evaluator, "crf_from_unary", counting)
     return calls
 
 
 def test_cache_round_trip_is_atomic(tmp_path):
     rng = np.random.default_rng(0)
-    image, probs, label = search.synthetic_item(rng, 20, 30, 5)
-    path = search.write_cache_item(tmp_path, "img_001", image, probs, label)
+    image, probs, label = synthetic_item(rng, 20, 30, 5)
+    path = crf_cache.write_cache_item(tmp_path, "img_001", image, probs, label)
     assert path == tmp_path / "img_001.npz"
     assert [p.name for p in tmp_path.iterdir()] == ["img_001.npz"]  # no temporary left behind
     with np.load(path) as z:
         assert z["probs"].dtype == np.float16 and z["image"].dtype == np.uint8
         assert z["label"].dtype == np.uint8
-    im2, pr2, lab2 = search.load_cache_item(path)
+    im2, pr2, lab2 = crf_cache.load_cache_item(path)
     np.testing.assert_array_equal(im2, image)
     np.testing.assert_array_equal(lab2, label)
     assert pr2.dtype == np.float32 and pr2.shape == probs.shape
     np.testing.assert_allclose(pr2, probs, atol=2e-3)
     np.testing.assert_allclose(pr2.sum(0), 1.0, atol=1e-5)
     dense_crf(im2, pr2, CRFParams(iterations=2))  # loaded items pass the CRF's input checks
-    assert search.list_cache(tmp_path) == [path]
+    assert crf_cache.list_cache(tmp_path) == [path]
 
 
 def test_cache_writer_rejects_bad_items(tmp_path):
     rng = np.random.default_rng(0)
-    image, probs, label = search.synthetic_item(rng, 20, 30, 3)
+    image, probs, label = synthetic_item(rng, 20, 30, 3)
     with pytest.raises(ValueError, match="image id"):
-        search.write_cache_item(tmp_path, "../x", image, probs, label)
+        crf_cache.write_cache_item(tmp_path, "../x", image, probs, label)
     with pytest.raises(ValueError, match="label shape"):
-        search.write_cache_item(tmp_path, "a", image, probs, label[:-1])
+        crf_cache.write_cache_item(tmp_path, "a", image, probs, label[:-1])
     with pytest.raises(ValueError, match="uint8"):
-        search.write_cache_item(tmp_path, "a", image.astype(np.float32), probs, label)
+        crf_cache.write_cache_item(tmp_path, "a", image.astype(np.float32), probs, label)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_evaluate_configs_matches_direct_computation(cache):
     cfg = configs()[:2]
-    rows = search.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=None,
-                                   progress=False)
+    rows = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=None,
+                                      progress=False)
     for p, row in zip(cfg, rows):
         conf = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
         for f in cache:
-            image, probs, label = search.load_cache_item(f)
+            image, probs, label = crf_cache.load_cache_item(f)
             conf += confusion_matrix(dense_crf(image, probs, p)[0], label, NUM_CLASSES)
         s = summarize(conf)
         assert row["miou"] == pytest.approx(s["miou"]) and row["pixel_acc"] == s["pixel_acc"]
@@ -92,22 +93,22 @@ def test_resume_skips_finished_configs(cache, tmp_path, monkeypatch):
     results = tmp_path / "crf_results.jsonl"
     calls = count_crf_calls(monkeypatch)
     cfg = configs()
-    first = search.evaluate_configs(cache, cfg[:2], NUM_CLASSES, workers=1, results_path=results,
-                                    progress=False)
+    first = evaluator.evaluate_configs(cache, cfg[:2], NUM_CLASSES, workers=1, results_path=results,
+                                       progress=False)
     assert len(calls) == 2 * len(cache)
     assert len(results.read_text().splitlines()) == 2
     # an interrupted write leaves a torn last line: it must be ignored, not crash the reader
     with open(results, "a") as f:
         f.write('{"w1": 4.0, "sigma_al')
     calls.clear()
-    rows = search.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=results,
-                                   progress=False)
+    rows = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=results,
+                                      progress=False)
     assert {p.key() for p in calls} == {cfg[2].key(), cfg[3].key()}  # only the new configs ran
     assert len(calls) == 2 * len(cache)
     assert rows[:2] == first
     calls.clear()
-    again = search.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=results,
-                                    progress=False)
+    again = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=results,
+                                       progress=False)
     assert calls == [] and again == rows
     lines = [json.loads(x) for x in results.read_text().splitlines()[:2]]
     assert all("miou" in r and "pixel_acc" in r for r in lines)
@@ -116,18 +117,18 @@ def test_resume_skips_finished_configs(cache, tmp_path, monkeypatch):
 def test_resume_ignores_rows_of_another_image_set(cache, tmp_path, monkeypatch):
     results = tmp_path / "r.jsonl"
     cfg = configs()[:1]
-    search.evaluate_configs(cache[:3], cfg, NUM_CLASSES, 1, results, progress=False)
+    evaluator.evaluate_configs(cache[:3], cfg, NUM_CLASSES, 1, results, progress=False)
     calls = count_crf_calls(monkeypatch)
-    search.evaluate_configs(cache, cfg, NUM_CLASSES, 1, results, progress=False)
+    evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, 1, results, progress=False)
     assert len(calls) == len(cache)
 
 
 def test_two_workers_give_the_same_rows(cache, tmp_path):
     cfg = configs()
-    one = search.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1,
-                                  results_path=tmp_path / "one.jsonl", progress=False)
-    two = search.evaluate_configs(cache, cfg, NUM_CLASSES, workers=2,
-                                  results_path=tmp_path / "two.jsonl", progress=False)
+    one = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1,
+                                     results_path=tmp_path / "one.jsonl", progress=False)
+    two = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, workers=2,
+                                     results_path=tmp_path / "two.jsonl", progress=False)
     assert one == two
     assert len((tmp_path / "two.jsonl").read_text().splitlines()) == len(cfg)
 
@@ -227,14 +228,14 @@ def test_difference_estimate_is_exact_on_the_whole_set():
 
 def test_miou_gt_leaves_out_classes_without_ground_truth():
     conf = np.array([[50, 0, 0], [10, 30, 0], [0, 0, 0]])  # class 2: no ground truth, no pred
-    assert search.miou_gt(conf) == pytest.approx(summarize(conf)["miou"])
-    assert search.miou_gt(conf) == pytest.approx((50 / 60 + 30 / 40) / 2)
+    assert evaluator.miou_gt(conf) == pytest.approx(summarize(conf)["miou"])
+    assert evaluator.miou_gt(conf) == pytest.approx((50 / 60 + 30 / 40) / 2)
     conf_fp = conf.copy()
     conf_fp[0, 2] = 1  # one pixel predicted as class 2, which has no ground truth
     assert summarize(conf_fp)["miou"] == pytest.approx((50 / 61 + 30 / 40 + 0) / 3)
-    assert search.miou_gt(conf_fp) == pytest.approx((50 / 61 + 30 / 40) / 2)
-    assert search.miou_gt(conf_fp, classes=np.array([True, False, False])) == pytest.approx(50 / 61)
-    assert search.miou_gt(np.zeros((3, 3))) == 0.0
+    assert evaluator.miou_gt(conf_fp) == pytest.approx((50 / 61 + 30 / 40) / 2)
+    assert evaluator.miou_gt(conf_fp, classes=np.array([True, False, False])) == pytest.approx(50 / 61)
+    assert evaluator.miou_gt(np.zeros((3, 3))) == 0.0
 
 
 def test_coarse_to_fine_resumes_without_recomputing(cache, tmp_path, monkeypatch):
@@ -259,16 +260,16 @@ def test_search_arguments_are_checked(cache):
     with pytest.raises(ValueError, match="fine_steps"):
         search.coarse_to_fine_search(cache, NUM_CLASSES, fine_steps=(0.5, -1, 1), progress=False)
     with pytest.raises(ValueError, match="workers"):
-        search.evaluate_configs(cache, configs(), NUM_CLASSES, workers=0, progress=False)
+        evaluator.evaluate_configs(cache, configs(), NUM_CLASSES, workers=0, progress=False)
     with pytest.raises(ValueError, match="no cache files"):
-        search.evaluate_configs([], configs(), NUM_CLASSES, progress=False)
+        evaluator.evaluate_configs([], configs(), NUM_CLASSES, progress=False)
     with pytest.raises(ValueError, match="classes"):
-        search.evaluate_configs(cache, configs(), NUM_CLASSES + 1, workers=2, progress=False)
+        evaluator.evaluate_configs(cache, configs(), NUM_CLASSES + 1, workers=2, progress=False)
 
 
 def test_duplicate_configs_run_once(cache, tmp_path, monkeypatch):
     calls = count_crf_calls(monkeypatch)
     cfg = configs()[:1] * 3
-    rows = search.evaluate_configs(cache, cfg, NUM_CLASSES, 1, tmp_path / "r.jsonl", progress=False)
+    rows = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, 1, tmp_path / "r.jsonl", progress=False)
     assert len(calls) == len(cache) and rows[0] == rows[1] == rows[2]
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1

@@ -14,7 +14,8 @@ from deeplab_core.data.transforms import train_transform
 from deeplab_core.config import TrainConfig
 from deeplab_core.engine.recipe import (loss_sum, lr_at, make_optimizer, poly_lr, scheduled_lr,
                                         segmentation_loss, set_group_lrs)
-from deeplab_core.engine.train import resolve_device, run_fingerprint, train
+from deeplab_core.engine.train import run_fingerprint, train
+from deeplab_core.runtime import resolve_device
 from deeplab_core.models import build_model
 
 CPU = torch.device("cpu")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from deeplab_core.engine.metrics import (confusion_matrix, iou_from_confusion, summarize,
+from deeplab_core.metrics import (confusion_matrix, iou_from_confusion, summarize,
                                          trimap_band, trimap_confusions, trimap_curve)
 
 LABEL = np.array([[0, 0, 1], [1, 2, 255]], dtype=np.uint8)

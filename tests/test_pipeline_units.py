@@ -85,7 +85,7 @@ def test_atomic_dir_error_leaves_old_content_and_no_temporary(tmp_path, exc_type
 
 
 def test_stale_temporaries_of_a_killed_run_are_cleaned(tmp_path):
-    from deeplab_core.data.io import clean_stale_temporaries
+    from deeplab_core.fileio import clean_stale_temporaries
 
     for name in (".out.tmp-abc", ".out.old-def", ".other.tmp-xyz"):
         (tmp_path / name).mkdir()

@@ -29,8 +29,11 @@ normalisation, the defaults of Krähenbühl's densecrf 2.x code). A weight of 0 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
@@ -90,6 +93,25 @@ class CRFParams:
         if extra and not ignore_extra:
             raise ValueError(f"unknown CRFParams fields: {sorted(extra)}")
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "CRFParams":
+        """The one reader of a CRF parameters file: the search's ``best_params.json`` (the
+        parameters under ``"params"``, next to its scores) or a bare JSON mapping of the fields.
+        Fields other than the parameters are ignored.
+
+        FileNotFoundError names a missing file; ValueError names a file that does not hold CRF
+        parameters (not JSON, not a mapping, a value out of range).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"missing CRF parameters file: {str(path)!r} does not exist "
+                                    "or is not a file (run the crf_search stage)")
+        try:
+            raw = json.loads(path.read_text())
+            return cls.from_dict(raw.get("params", raw), ignore_extra=True)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path} does not hold CRF parameters: {err}") from None
 
     def key(self) -> tuple:
         """Hashable identity used to match results rows (floats rounded to avoid 0.1+0.2 issues)."""

@@ -11,8 +11,8 @@ import json
 import numpy as np
 
 from deeplab_core.classes import HARD_CLASS_IDS, VOC_CLASSES
-from deeplab_core.data.io import PathLike, atomic_write_json, read_label_png, read_list_file, \
-    require_file
+from deeplab_core.data.io import PathLike, read_label_png, read_list_file, require_file
+from deeplab_core.fileio import atomic_write_json
 
 
 def hard_class_pixels(list_file: PathLike, data_root: PathLike | None = None,

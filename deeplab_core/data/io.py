@@ -1,8 +1,5 @@
 """File helpers shared by the data modules.
 
-* atomic writes: every file is written to a temporary sibling and moved into place with
-  ``os.replace``; whole output folders are built in a temporary sibling folder and swapped in,
-  so an interrupted run never leaves a half-written file or folder behind;
 * image / label reading with errors that name the offending file, the sample id and the rule
   broken (:class:`DataError`, a ValueError that survives pickling, so it crosses process pools);
 * palette (mode ``"P"``) PNG writing with the VOC colour map;
@@ -11,31 +8,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deeplab_core.classes import voc_palette
+from deeplab_core.fileio import atomic_write_bytes, atomic_write_text
 
 PathLike = str | os.PathLike
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
 
 
 def _rebuild_error(cls: type, args: tuple, state: dict) -> BaseException:
@@ -89,83 +74,6 @@ class ImageReadError(DataError):
                  rule: str = DECODE_RULE):
         self.reason = reason
         super().__init__(path, reason, rule, item_id)
-
-
-# ----------------------------------------------------------------------------- atomic writes
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: PathLike, obj, indent: int | None = 2) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
-
-
-@contextlib.contextmanager
-def atomic_directory(final: PathLike) -> Iterator[Path]:
-    """Build a folder in a temporary sibling and swap it in for ``final`` on success.
-
-    On any exception the temporary folder is deleted and ``final`` is left untouched. On success
-    an existing ``final`` is replaced as a whole (its old content does not survive).
-    """
-    final = Path(final).absolute()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700 folders
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_directory(tmp, final)
-
-
-def replace_directory(src: PathLike, final: PathLike) -> None:
-    """Move folder ``src`` to ``final``, replacing whatever is there, with a short swap window."""
-    src, final = Path(src), Path(final)
-    old = None
-    if final.exists() or final.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-        os.rmdir(old)
-        os.replace(final, old)
-    try:
-        os.replace(src, final)
-    except BaseException:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-
-
-def clean_stale_temporaries(parent: PathLike, name: str) -> None:
-    """Remove leftovers ``.<name>.tmp-*`` / ``.<name>.old-*`` of a killed earlier run."""
-    parent = Path(parent)
-    if not parent.is_dir():
-        return
-    for p in parent.glob(f".{name}.tmp-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    for p in parent.glob(f".{name}.old-*"):
-        shutil.rmtree(p, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- reading

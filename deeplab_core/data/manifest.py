@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 
 from deeplab_core.classes import IGNORE_INDEX, VOC_CLASSES
-from deeplab_core.data.io import PathLike, atomic_write_text, read_list_file, require_file
+from deeplab_core.data.io import PathLike, read_list_file, require_file
+from deeplab_core.fileio import atomic_write_text
 
 
 def _frac_key(name: str) -> str:

@@ -20,8 +20,9 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
-from deeplab_core.data.io import (PathLike, atomic_write_bytes, read_image_rgb, require_file)
+from deeplab_core.data.io import PathLike, read_image_rgb, require_file
 from deeplab_core.data.voc import read_id_list
+from deeplab_core.fileio import atomic_write_bytes
 
 SBD_SPLITS = ("train", "val")
 NUM_SBD_CLASSES = 20  # foreground classes with a boundary map each

@@ -43,9 +43,9 @@ from scipy import ndimage
 from deeplab_core.classes import COCO_CATEGORIES, COCO_TO_VOC, HARD_CLASS_IDS, IGNORE_INDEX, \
     VOC_CLASSES
 from deeplab_core.data.coco import coco_semantic_mask, mask_bbox, polygon_to_mask, rle_encode
-from deeplab_core.data.io import (PathLike, atomic_write_json, clean_stale_temporaries,
-                                  encode_jpeg, encode_label_png, replace_directory)
+from deeplab_core.data.io import PathLike, encode_jpeg, encode_label_png
 from deeplab_core.data.sbd import encode_gtcls_mat
+from deeplab_core.fileio import atomic_write_json, clean_stale_temporaries, replace_directory
 
 DEFAULT_IMAGE_SIZE = (96, 128)
 VOC_TO_COCO = {v: k for k, v in COCO_TO_VOC.items()}

@@ -43,11 +43,11 @@ from deeplab_core.classes import (COCO_TO_VOC, IGNORE_INDEX, NUM_VOC_CLASSES, VO
                                   voc_class_list)
 from deeplab_core.data.coco import (COCO_MIN_AREA, coco_paths, coco_semantic_mask,
                                     images_with_voc_classes, load_coco_instances)
-from deeplab_core.data.io import (DataError, PathLike, atomic_directory, atomic_write_json,
-                                  clean_stale_temporaries, encode_label_png, format_list_line,
+from deeplab_core.data.io import (DataError, PathLike, encode_label_png, format_list_line,
                                   read_label_png)
 from deeplab_core.data.sbd import label_from_mat, read_sbd_split, resolve_sbd_root
 from deeplab_core.data.voc import read_split, resolve_voc_root, split_file
+from deeplab_core.fileio import atomic_directory, atomic_write_json, clean_stale_temporaries
 
 LIST_FILES = ("train_aug.txt", "val.txt", "coco_train.txt", "coco_val.txt")
 _VALID = np.zeros(256, dtype=bool)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deeplab_core.engine.train import atomic_torch_save
+from deeplab_core.fileio import atomic_torch_save
 
 FORMAT = "deeplab-checkpoint/1"
 

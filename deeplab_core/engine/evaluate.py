@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab_core.engine import distributed, metrics
+from deeplab_core import metrics
+from deeplab_core.engine import distributed
 
 
 def _rescale(image_nchw: torch.Tensor, s: float) -> torch.Tensor:

@@ -3,7 +3,6 @@ images, optional dense CRF."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +40,9 @@ class Segmenter:
         model, _ = load_checkpoint(Path(checkpoint))
         crf = None
         if crf_params_file is not None:
-            crf = json.loads(Path(crf_params_file).read_text())["params"]
+            from deeplab_core.crf.densecrf import CRFParams
+
+            crf = CRFParams.from_file(crf_params_file).to_dict()
         return cls(model, crf, **kwargs)
 
     def probabilities(self, image_hwc: np.ndarray) -> np.ndarray:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,36 +22,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deeplab_core.config import TrainConfig
-from deeplab_core.data.io import atomic_write_bytes
 from deeplab_core.engine import distributed
 from deeplab_core.engine.distributed import DistContext
 from deeplab_core.engine.recipe import (freeze_batch_norm, loss_sum, lr_at, make_optimizer,
                                         set_bn_momentum, set_group_lrs)
+from deeplab_core.fileio import atomic_torch_save
+from deeplab_core.runtime import seed_everything
 
 MetricLogger = Callable[[int, dict], None]
 # Settings that change nothing computed: a checkpoint written under other values still resumes.
 _NOT_RUN_DEFINING = {"enabled", "log_every", "checkpoint_every"}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save that never leaves a truncated file behind (written aside, then swapped in)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def run_fingerprint(cfg: TrainConfig, seed: int, run_key: str = "") -> str:
