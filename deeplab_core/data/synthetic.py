@@ -19,8 +19,11 @@ frame, ...), object colours come from wide, overlapping distributions, the backg
 and holds unlabelled clutter (including non-VOC objects), and classes appear in their usual
 context (aeroplanes in the sky, boats on water, sofas and tables indoors, objects lower in the
 frame are larger). The hard classes (bicycle, chair, diningtable, pottedplant, sofa) are drawn
-less often and have 1-3 px structures (spokes, legs, stems). Objects have hard edges in the image
-(a dense CRF can snap to them); the image then gets a mild blur, noise and JPEG compression.
+about half as often as the others and have 1-3 px structures (spokes, legs, stems) next to parts
+a network can see at 96x128 (2-3 px tyres and frame, a seat and often a solid back, a table top a
+few pixels deep, a pot under a clump of foliage). Look-alike classes carry a cue of their own
+(cats are striped, dogs wear a collar). Objects have hard edges in the image (a dense CRF can
+snap to them); the image then gets a mild blur, noise and JPEG compression.
 
 Every image depends only on ``(seed, dataset, id)``, so the output is byte-identical for a seed.
 """
@@ -120,14 +123,14 @@ def _aeroplane(b: _Shape, s, rng):
 
 def _bicycle(b: _Shape, s, rng):
     r = 0.22 * s
-    tw = _thin(rng, 1.2, 2.2)
+    tw = _thin(rng, 2.0, 3.2)
     for u in (-0.32 * s, 0.32 * s):
         b.ring(u, r, r, tw, 1)
         for k in range(int(rng.integers(2, 4))):
             a = rng.uniform(0, np.pi)
             b.line(u - r * math.cos(a), r - r * math.sin(a), u + r * math.cos(a),
                    r + r * math.sin(a), _thin(rng, 1.0, 1.3), 1)                    # spokes
-    tf = _thin(rng, 1.2, 2.4)
+    tf = _thin(rng, 1.8, 2.8)
     A, B = (-0.32 * s, r), (0.0, r)
     S, H, F = (-0.08 * s, r + 0.38 * s), (0.22 * s, r + 0.38 * s), (0.32 * s, r)
     for p, q in ((A, B), (A, S), (B, S), (S, H), (B, H), (H, F)):
@@ -194,25 +197,27 @@ def _cat(b: _Shape, s, rng):
     b.poly([(0.19 * s, 0.5 * s), (0.22 * s, 0.65 * s), (0.28 * s, 0.52 * s)])
     b.poly([(0.29 * s, 0.52 * s), (0.35 * s, 0.65 * s), (0.38 * s, 0.5 * s)])
     b.line(-0.33 * s, 0.3 * s, -0.48 * s, rng.uniform(0.4, 0.65) * s, max(1.5, 0.045 * s))
-    if rng.random() < 0.5:
-        for k in range(3):
-            b.rect(-0.2 * s + k * 0.1 * s, 0.17 * s, -0.17 * s + k * 0.1 * s, 0.38 * s, 1)
+    for k in range(int(rng.integers(3, 5))):                                       # stripes
+        b.rect(-0.25 * s + k * 0.1 * s, 0.15 * s, -0.21 * s + k * 0.1 * s, 0.38 * s, 1)
 
 
 def _chair(b: _Shape, s, rng):
-    tl = _thin(rng, 1.1, 2.2)
-    seat_v, seat_t = 0.45 * s, rng.uniform(2.0, 3.5)
+    tl = _thin(rng, 1.5, 2.5)
+    seat_v, seat_t = 0.45 * s, rng.uniform(2.5, 4.0)
     b.poly([(-0.22 * s, seat_v), (0.2 * s, seat_v), (0.14 * s, seat_v + 0.08 * s),
             (-0.16 * s, seat_v + 0.08 * s)])
     b.rect(-0.22 * s, seat_v - seat_t, 0.2 * s, seat_v)
     for u, v in ((-0.2 * s, 0.0), (0.18 * s, 0.0), (-0.12 * s, 0.06 * s), (0.12 * s, 0.06 * s)):
         b.line(u, v, u * 0.95, seat_v, tl)                                           # legs
     top = rng.uniform(0.85, 1.0) * s
-    tp = _thin(rng, 1.2, 2.4)
+    tp = _thin(rng, 1.5, 2.5)
     b.line(-0.16 * s, seat_v, -0.17 * s, top, tp)
     b.line(0.14 * s, seat_v, 0.15 * s, top, tp)
     b.line(-0.17 * s, top, 0.15 * s, top, rng.uniform(2.0, 3.5))                   # top rail
-    b.line(-0.16 * s, (seat_v + top) / 2, 0.14 * s, (seat_v + top) / 2, tp)
+    if rng.random() < 0.5:                                                         # solid back
+        b.rect(-0.16 * s, (seat_v + top) / 2, 0.14 * s, top, 2)
+    else:
+        b.line(-0.16 * s, (seat_v + top) / 2, 0.14 * s, (seat_v + top) / 2, tp)
     if rng.random() < 0.5:
         b.line(-0.19 * s, 0.15 * s, 0.17 * s, 0.15 * s, tl)                         # stretcher
 
@@ -232,11 +237,11 @@ def _cow(b: _Shape, s, rng):
 
 def _diningtable(b: _Shape, s, rng):
     top_v = rng.uniform(0.45, 0.6) * s
-    depth = rng.uniform(2.0, max(2.5, 0.14 * s))
+    depth = rng.uniform(3.0, max(3.5, 0.18 * s))
     b.poly([(-0.48 * s, top_v), (0.48 * s, top_v), (0.4 * s, top_v + depth),
             (-0.4 * s, top_v + depth)])                                            # top surface
-    b.rect(-0.48 * s, top_v - rng.uniform(1.5, 3.5), 0.48 * s, top_v)              # edge
-    tl = _thin(rng, 1.2, 2.6)
+    b.rect(-0.48 * s, top_v - rng.uniform(2.0, 4.0), 0.48 * s, top_v)              # edge
+    tl = _thin(rng, 1.6, 2.8)
     for u, v in ((-0.45 * s, 0.0), (0.45 * s, 0.0), (-0.36 * s, 0.05 * s), (0.36 * s, 0.05 * s)):
         b.line(u, v, u, top_v, tl)
     if rng.random() < 0.4:                                                         # cloth
@@ -251,6 +256,7 @@ def _dog(b: _Shape, s, rng):
     b.ellipse(0.34 * s, 0.55 * s, 0.11 * s, 0.09 * s)
     b.rect(0.4 * s, 0.48 * s, 0.52 * s, 0.56 * s)                                  # snout
     b.poly([(0.27 * s, 0.62 * s), (0.33 * s, 0.62 * s), (0.28 * s, 0.42 * s)], 1)   # ear
+    b.line(0.25 * s, 0.56 * s, 0.31 * s, 0.44 * s, max(1.5, 0.04 * s), 2)          # collar
     b.line(-0.3 * s, 0.42 * s, -0.42 * s, rng.uniform(0.55, 0.75) * s, max(1.5, 0.04 * s))
 
 
@@ -296,11 +302,14 @@ def _person(b: _Shape, s, rng):
 def _pottedplant(b: _Shape, s, rng):
     b.poly([(-0.14 * s, 0.0), (0.14 * s, 0.0), (0.18 * s, 0.24 * s), (-0.18 * s, 0.24 * s)], 1)
     b.rect(-0.2 * s, 0.22 * s, 0.2 * s, 0.27 * s, 1)
+    for _ in range(int(rng.integers(2, 4))):                                       # foliage
+        b.ellipse(rng.uniform(-0.14, 0.14) * s, rng.uniform(0.55, 0.75) * s,
+                  rng.uniform(0.1, 0.17) * s, rng.uniform(0.08, 0.14) * s, 2, n=12)
     for _ in range(int(rng.integers(3, 7))):
         u0 = rng.uniform(-0.08, 0.08) * s
         u1 = u0 + rng.uniform(-0.32, 0.32) * s
         v1 = rng.uniform(0.55, 1.0) * s
-        b.line(u0, 0.27 * s, u1, v1, _thin(rng, 1.0, 1.6))                          # stem
+        b.line(u0, 0.27 * s, u1, v1, _thin(rng, 1.3, 2.0))                          # stem
         for f in (1.0, rng.uniform(0.5, 0.8)):
             uu, vv = u0 + (u1 - u0) * f, 0.27 * s + (v1 - 0.27 * s) * f
             b.ellipse(uu, vv, rng.uniform(0.04, 0.09) * s, rng.uniform(0.02, 0.045) * s,
@@ -476,33 +485,33 @@ class _Kind:
 _VOC_KINDS: dict[int, _Kind] = {
     1: _Kind(_aeroplane, ("sky", "sky", "ground"), (0.45, 0.75),
              ((195, 198, 210), (150, 40, 40), (60, 60, 90)), 1.0, 18),
-    2: _Kind(_bicycle, ("ground",), (0.4, 0.62), ((160, 50, 50), (40, 40, 40), (200, 200, 200)),
-             0.35),
-    3: _Kind(_bird, ("sky", "ground", "water"), (0.2, 0.34),
+    2: _Kind(_bicycle, ("ground",), (0.5, 0.75), ((160, 50, 50), (40, 40, 40), (200, 200, 200)),
+             0.5),
+    3: _Kind(_bird, ("sky", "ground", "water"), (0.3, 0.48),
              ((120, 95, 70), (220, 160, 40), (240, 240, 240)), 1.0, 20),
     4: _Kind(_boat, ("water",), (0.4, 0.7), ((225, 225, 230), (80, 60, 40), (200, 60, 50)), 1.0),
-    5: _Kind(_bottle, ("indoor", "indoor", "ground"), (0.3, 0.5),
+    5: _Kind(_bottle, ("indoor", "indoor", "ground"), (0.35, 0.55),
              ((50, 120, 70), (200, 180, 60), (230, 225, 210)), 1.0),
     6: _Kind(_bus, ("ground",), (0.55, 0.85), ((215, 180, 50), (40, 45, 55), (230, 230, 230)), 1.0),
     7: _Kind(_car, ("ground",), (0.45, 0.7), ((150, 35, 40), (35, 38, 45), (200, 200, 210)), 1.0),
     8: _Kind(_cat, ("indoor", "ground"), (0.35, 0.6), ((140, 115, 90), (60, 50, 40), (230, 220, 200)),
              1.0),
-    9: _Kind(_chair, ("indoor", "indoor", "ground"), (0.4, 0.65),
-             ((115, 75, 45), (60, 40, 25), (180, 60, 60)), 0.35),
+    9: _Kind(_chair, ("indoor", "indoor", "ground"), (0.5, 0.75),
+             ((115, 75, 45), (60, 40, 25), (180, 60, 60)), 0.5),
     10: _Kind(_cow, ("ground",), (0.45, 0.7), ((95, 75, 55), (240, 240, 235), (200, 190, 170)), 1.0),
     11: _Kind(_diningtable, ("indoor",), (0.55, 0.85), ((140, 95, 55), (90, 60, 35), (235, 235, 230)),
-              0.35),
+              0.5),
     12: _Kind(_dog, ("indoor", "ground"), (0.35, 0.6), ((160, 120, 75), (70, 50, 35), (220, 200, 170)),
               1.0),
     13: _Kind(_horse, ("ground",), (0.5, 0.75), ((115, 75, 45), (40, 30, 25), (230, 230, 220)), 1.0),
     14: _Kind(_motorbike, ("ground",), (0.4, 0.6), ((190, 40, 40), (30, 30, 35), (190, 190, 200)), 1.0),
     15: _Kind(_person, ("ground", "indoor", "ground"), (0.5, 0.85),
               ((70, 90, 150), (50, 55, 70), (215, 165, 135)), 2.0),
-    16: _Kind(_pottedplant, ("indoor", "ground"), (0.4, 0.6),
-              ((55, 130, 55), (175, 95, 60), (90, 160, 60)), 0.35),
+    16: _Kind(_pottedplant, ("indoor", "ground"), (0.5, 0.7),
+              ((55, 130, 55), (175, 95, 60), (90, 160, 60)), 0.5),
     17: _Kind(_sheep, ("ground",), (0.35, 0.55), ((225, 220, 205), (50, 45, 40), (200, 190, 170)),
               1.0),
-    18: _Kind(_sofa, ("indoor",), (0.55, 0.85), ((125, 65, 65), (55, 40, 35), (170, 150, 130)), 0.35),
+    18: _Kind(_sofa, ("indoor",), (0.55, 0.85), ((125, 65, 65), (55, 40, 35), (170, 150, 130)), 0.5),
     19: _Kind(_train, ("ground",), (0.6, 0.95), ((60, 85, 145), (30, 30, 40), (200, 60, 40)), 1.0),
     20: _Kind(_tvmonitor, ("indoor",), (0.4, 0.6), ((35, 35, 40), (20, 20, 20), (90, 140, 200)), 1.0),
 }
