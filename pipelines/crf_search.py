@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
-import shutil
-
-import numpy as np
 from pathlib import Path
 
 from prefect import flow, task
 
+from deeplab_core.crf.cache import (build_probability_cache, cache_is_current,
+                                    probability_cache_files)
 from deeplab_core.engine.checkpoint import load_checkpoint
-from deeplab_core.engine.evaluate import predict_probs, split_cv
+from deeplab_core.engine.evaluate import split_cv
 from deeplab_core.runtime import resolve_device
 from pipelines import tracking
 from pipelines.common import (atomic_dir, data_dir, get_params, require_inputs, run_stage,
@@ -43,42 +41,22 @@ def cache_inference(params) -> dict:
 @tracking.work("compute")
 def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: Path,
                 device_name: str, inference: dict) -> list[Path]:
-    """Write one npz per CV image (raw image, softmax probabilities, label), once per model and
+    """One npz per CV image (raw image, softmax probabilities, label), built once per model and
     inference setting. `inference` ({"scales", "flip", "eval_output_stride"}) is the setting the
     evaluate stage applies the CRF to, so the parameters are searched on the same probabilities."""
-    from tqdm.auto import tqdm
-
-    from deeplab_core.crf.cache import write_cache_item
-
     eval_output_stride = inference["eval_output_stride"]
     key = {"model_md5": file_md5(model_path), "cv_ids": cv_ids, "eval_os": eval_output_stride,
            "scales": inference["scales"], "flip": inference["flip"]}
-    meta_path = cache_dir / "meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()).get("key") == key:
-        files = [cache_dir / "probs" / f"{i}.npz" for i in cv_ids]
-        if all(f.is_file() for f in files):
-            print(f"probability cache up to date ({len(files)} images)")
-            return files
-    if cache_dir.exists():
-        shutil.rmtree(cache_dir)  # model or CV set changed: old probabilities and results are void
-    (cache_dir / "probs").mkdir(parents=True)
+    if cache_is_current(cache_dir, key, cv_ids):
+        print(f"probability cache up to date ({len(cv_ids)} images)")
+        return probability_cache_files(cache_dir, cv_ids)
     model, _ = load_checkpoint(model_path)
     if eval_output_stride:
         from deeplab_core.models import set_output_stride
         set_output_stride(model, eval_output_stride)
-    device = resolve_device(device_name)
-    model.to(device)
-    ds = eval_dataset(val_list, cv_ids)
-    files = []
-    for i in tqdm(range(len(ds)), desc="cache probabilities", unit="img", mininterval=2.0):
-        item = ds[i]
-        probs = predict_probs(model, item["image"].unsqueeze(0).to(device), inference["scales"],
-                              inference["flip"])[0].cpu().numpy()
-        label = item["label"].numpy().astype("uint8")
-        raw = np.asarray(item["raw_image"], dtype=np.uint8)
-        files.append(write_cache_item(cache_dir / "probs", item["id"], raw, probs, label))
-    write_json(meta_path, {"key": key})
-    return [Path(f) for f in files]
+    return build_probability_cache(model, eval_dataset(val_list, cv_ids), cache_dir, key,
+                                   resolve_device(device_name), inference["scales"],
+                                   inference["flip"])
 
 
 @task

@@ -73,6 +73,49 @@ def test_cache_writer_rejects_bad_items(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_probability_cache_is_reused_for_its_key_and_rebuilt_for_another(tmp_path):
+    import torch
+
+    from deeplab_core.engine.evaluate import predict_probs
+
+    rng = np.random.default_rng(0)
+    model = torch.nn.Conv2d(3, NUM_CLASSES, kernel_size=1)
+    dataset = []
+    for image_id in ("a", "b"):
+        image, _, label = synthetic_item(rng, 12, 16, NUM_CLASSES)
+        dataset.append({"id": image_id, "raw_image": image, "label": torch.from_numpy(label),
+                        "image": torch.from_numpy(image).permute(2, 0, 1).float() / 255})
+    ids = [item["id"] for item in dataset]
+    root = tmp_path / "cache"
+    key = {"model_md5": "m1", "cv_ids": ids, "flip": True}
+    assert not crf_cache.cache_is_current(root, key, ids)
+    files = crf_cache.build_probability_cache(model, dataset, root, key, "cpu", scales=(1.0, 0.5),
+                                              flip=True, progress=False)
+    assert files == crf_cache.probability_cache_files(root, ids) == [root / "probs" / "a.npz",
+                                                                       root / "probs" / "b.npz"]
+    assert json.loads((root / "meta.json").read_text()) == {"key": key}
+    image, probs, label = crf_cache.load_cache_item(files[1])
+    np.testing.assert_array_equal(image, dataset[1]["raw_image"])
+    np.testing.assert_array_equal(label, dataset[1]["label"].numpy())
+    expected = predict_probs(model, dataset[1]["image"][None], (1.0, 0.5), True)[0].numpy()
+    np.testing.assert_allclose(probs, expected, atol=2e-3)
+
+    (root / "results.jsonl").write_text('{"w1": 3.0}\n')  # a search journal beside the items
+    assert crf_cache.cache_is_current(root, json.loads(json.dumps(key)), ids)  # same key: reuse
+    assert not crf_cache.cache_is_current(root, {**key, "flip": False}, ids)
+    assert not crf_cache.cache_is_current(root, key, ids + ["c"])  # an item is missing
+    files[0].unlink()
+    assert not crf_cache.cache_is_current(root, key, ids)
+
+    new_key = {**key, "model_md5": "m2"}
+    files = crf_cache.build_probability_cache(model, dataset[:1], root, new_key, "cpu",
+                                              progress=False)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "meta.json", "probs", "probs/a.npz"]  # journal and old items wiped
+    assert crf_cache.cache_is_current(root, new_key, ["a"])
+    assert not crf_cache.cache_is_current(root, key, ["a"])
+
+
 def test_evaluate_configs_matches_direct_computation(cache):
     cfg = configs()[:2]
     rows = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=None,

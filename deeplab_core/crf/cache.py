@@ -3,20 +3,27 @@
 A cache is a directory of ``<image_id>.npz`` files, each holding ``image`` (uint8 H x W x 3 RGB),
 ``probs`` (float16 C x H x W softmax at full image resolution) and ``label`` (uint8 H x W,
 255 = ignore).
+
+A probability cache built from a model (``build_probability_cache``) is a folder with those items
+in ``probs/`` and a ``meta.json`` holding the key they were computed for (e.g. the model's md5, the
+image ids and the inference setting). Everything else kept in that folder, such as a search's
+results journal, belongs to the same key: a rebuild for another key wipes it all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from deeplab_core.crf.densecrf import check_image, check_probs
-from deeplab_core.fileio import atomic_write_bytes
+from deeplab_core.fileio import atomic_write_bytes, atomic_write_json
 
 CACHE_KEYS = frozenset({"image", "probs", "label"})
 
@@ -89,3 +96,53 @@ def images_key(cache_files: Sequence[Path]) -> str:
     """Identity of a set of cache files (ids and sizes), so results rows match their image set."""
     parts = sorted(f"{Path(p).stem}:{os.stat(p).st_size}" for p in cache_files)
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def probability_cache_files(cache_dir: str | os.PathLike, ids: Sequence[str]) -> list[Path]:
+    """The item files of a probability cache folder for ``ids``, in order."""
+    return [Path(cache_dir) / "probs" / f"{i}.npz" for i in ids]
+
+
+def cache_is_current(cache_dir: str | os.PathLike, key, ids: Sequence[str]) -> bool:
+    """True when ``<cache_dir>/meta.json`` records ``key`` (compared as JSON) and the items of
+    all ``ids`` are there, so the cache can be used as it is."""
+    meta_path = Path(cache_dir) / "meta.json"
+    if not meta_path.is_file() or json.loads(meta_path.read_text()).get("key") != key:
+        return False
+    return all(f.is_file() for f in probability_cache_files(cache_dir, ids))
+
+
+def build_probability_cache(model, dataset, cache_dir: str | os.PathLike, key, device,
+                            scales: Iterable[float] = (1.0,), flip: bool = False,
+                            progress: bool = True) -> list[Path]:
+    """Rebuild the probability cache in ``cache_dir`` for ``key`` and return its item files.
+
+    The folder is wiped first (old probabilities and any results kept beside them belong to an
+    old key), then each sample of ``dataset`` (a dict with ``id``, ``image`` normalised C x H x W
+    tensor, ``raw_image`` H x W x 3 RGB, ``label`` H x W) is written as one item holding the
+    model's softmax probabilities, averaged over ``scales`` and horizontal ``flip``, at full
+    image resolution. ``meta.json`` with ``key`` (JSON-serialisable) is written last, so an
+    interrupted build is never taken for a current one. Check ``cache_is_current`` first to
+    reuse a cache already built for the same key.
+    """
+    from deeplab_core.engine.evaluate import predict_probs
+
+    cache_dir = Path(cache_dir)
+    if cache_dir.exists():
+        shutil.rmtree(cache_dir)
+    (cache_dir / "probs").mkdir(parents=True)
+    model.to(device)
+    indices = range(len(dataset))
+    if progress:
+        from tqdm.auto import tqdm
+        indices = tqdm(indices, desc="cache probabilities", unit="img", mininterval=2.0)
+    files = []
+    for i in indices:
+        item = dataset[i]
+        probs_chw = predict_probs(model, item["image"].unsqueeze(0).to(device), scales,
+                                  flip)[0].cpu().numpy()
+        label = item["label"].numpy().astype("uint8")
+        raw = np.asarray(item["raw_image"], dtype=np.uint8)
+        files.append(write_cache_item(cache_dir / "probs", item["id"], raw, probs_chw, label))
+    atomic_write_json(cache_dir / "meta.json", {"key": key})
+    return files
