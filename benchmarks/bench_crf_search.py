@@ -40,12 +40,14 @@ def log(*a):
 
 def build_cache(model: Path, val_list: Path, out: Path) -> Path:
     """Cache the model's probabilities on every image of ``val_list`` (the crf_search stage's own
-    cache writer, over all ids instead of the CV subset)."""
+    cache builder, over all ids instead of the CV subset, at single scale without flip and at
+    the model's own output stride)."""
     from pipelines.crf_search import build_cache as stage_cache
     from pipelines.eval_data import read_list_ids
 
     ids = read_list_ids(val_list)
-    stage_cache.fn(model, val_list, ids, out, "cpu", None)
+    single_scale = {"scales": [1.0], "flip": False, "eval_output_stride": None}
+    stage_cache.fn(model, val_list, ids, out, "cpu", single_scale)
     return out / "probs"
 
 
