@@ -18,7 +18,7 @@ class SegmentationListDataset(Dataset):
     """Samples of a ``<id> <image_path> <label_path>`` list file.
 
     * ``data_root``: base folder of relative paths in the list; None = the list file's folder
-      (the convention of :func:`deeplab_core.data.trainaug.prepare_datasets`).
+      (the convention of :func:`deeplab_core.data.prepare.prepare_datasets`).
     * ``transform``: ``(image uint8 HxWx3, label uint8 HxW, rng) -> (FloatTensor, LongTensor)``;
       default :func:`eval_transform`.
     * ``repeat_ids``: ids appended once more per occurrence (the bootstrap list of images with hard
