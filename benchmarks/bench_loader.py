@@ -58,7 +58,7 @@ def write_dataset(root: pathlib.Path, n: int, h: int, w: int) -> pathlib.Path:
 
 
 def loader_rate(list_file, crop: int, scales, batch: int, workers: int, batches: int) -> float:
-    ds = SegmentationListDataset(list_file, transform=train_transform(crop, scales), seed=0)
+    ds = SegmentationListDataset(list_file, transform=train_transform(crop, scales))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                                          drop_last=True, persistent_workers=workers > 0)
     n, t0 = 0, None

@@ -45,9 +45,9 @@ def make_segmenter(a: argparse.Namespace, **kwargs):
 
 
 def scene(seed: int, h: int, w: int) -> np.ndarray:
-    from deeplab_core.data.synthetic import _render_scene
+    from deeplab_core.data.synthetic.scenes import render_scene
 
-    return _render_scene(np.random.default_rng(seed), h, w).image
+    return render_scene(np.random.default_rng(seed), h, w).image
 
 
 def throughput(a: argparse.Namespace, use_crf: bool) -> float:

@@ -92,7 +92,7 @@ def main() -> None:
     import requests
     import torch
 
-    from deeplab_core.data.synthetic import _render_scene
+    from deeplab_core.data.synthetic.scenes import render_scene
     from pipelines.serving import encode_image_b64, mlflow_serve
 
     scratch = tempfile.TemporaryDirectory(prefix="bench_serving_")
@@ -105,7 +105,7 @@ def main() -> None:
     model_uri = args.model_uri or register_micro(cwd)
     if not args.model_uri:
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
-    image = _render_scene(np.random.default_rng(0), H, W).image
+    image = render_scene(np.random.default_rng(0), H, W).image
     jpeg_b64 = encode_image_b64(image, quality=90)
     cases = {
         "array_crf": {"inputs": image.tolist()},

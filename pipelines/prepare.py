@@ -46,7 +46,7 @@ def generate(params: Params, raw_build: Path) -> dict:
 def locate_real(params: Params) -> dict[str, Path | None]:
     """The real dataset roots, checked (layouts, split files, labels and images present) before
     anything is written."""
-    from deeplab_core.data.trainaug import read_sources
+    from deeplab_core.data.prepare import read_sources
 
     p = params.prepare
     roots = {"voc_root": _resolve(p.voc_root), "sbd_root": _resolve(p.sbd_root),
@@ -63,7 +63,7 @@ def locate_real(params: Params) -> dict[str, Path | None]:
 @tracking.work("data")
 def build_lists(voc: Path, sbd: Path | None, coco: Path | None, build_dir: Path, out_dir: Path,
                 moved: dict[Path, Path], coco_min_area: float) -> dict:
-    from deeplab_core.data.trainaug import prepare_datasets
+    from deeplab_core.data.prepare import prepare_datasets
 
     return prepare_datasets(voc, sbd, coco, out_dir, progress=True, workers=2,
                             coco_min_area=coco_min_area, build_dir=build_dir, moved=moved)

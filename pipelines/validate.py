@@ -78,8 +78,7 @@ def quarantine_entries(results: dict) -> list[dict]:
 def write_clean_lists(prepared: Path, out: Path, drop: set[tuple[str, str]]) -> dict[str, int]:
     """data/validation/lists/<split>.txt: the prepared lists less the dropped (split, id)
     samples, paths rewritten relative to the new folder. Returns split -> samples kept."""
-    from deeplab_core.data.io import format_list_line, read_list_file
-    from deeplab_core.data.trainaug import list_path
+    from deeplab_core.data.io import format_list_line, list_path, read_list_file
 
     kept = {}
     out.mkdir(parents=True, exist_ok=True)

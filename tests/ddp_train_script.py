@@ -45,8 +45,8 @@ class FailAfter(SegmentationListDataset):
 def dataset(list_file: Path, fail_after: int | None) -> SegmentationListDataset:
     tf = train_transform(32, (0.75, 1.25))
     if fail_after is None:
-        return SegmentationListDataset(list_file, transform=tf, seed=0)
-    return FailAfter(list_file, transform=tf, seed=0, n=fail_after)
+        return SegmentationListDataset(list_file, transform=tf)
+    return FailAfter(list_file, transform=tf, n=fail_after)
 
 
 def seeded_model() -> torch.nn.Module:

@@ -23,7 +23,7 @@ from pipelines.common import REPO
 def tiny_data(tmp_path_factory) -> Path:
     """data/prepared of a tiny synthetic VOC (48x64): 6 train, 6 val images."""
     from deeplab_core.data.synthetic import generate_synthetic
-    from deeplab_core.data.trainaug import prepare_datasets
+    from deeplab_core.data.prepare import prepare_datasets
 
     root = tmp_path_factory.mktemp("ablate_data")
     generate_synthetic(root / "raw", seed=3, image_size=(48, 64), n_voc_train=6, n_voc_val=6,

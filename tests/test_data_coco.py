@@ -14,7 +14,7 @@ from deeplab_core.data.coco import (annotation_to_mask, coco_paths, coco_semanti
                                     polygon_to_mask, polygons_to_mask, rle_area, rle_decode,
                                     rle_encode, rle_to_compressed)
 from deeplab_core.data.io import DataError, read_label_png, read_list_file
-from deeplab_core.data.trainaug import prepare_datasets
+from deeplab_core.data.prepare import prepare_datasets
 from realformat import box, write_coco, write_voc
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deeplab_core.data import trainaug
+from deeplab_core.data import prepare as prepare_step
 from deeplab_core.data.io import read_label_png, read_list_file
 from deeplab_core.data.sbd import load_sbd_label, read_sbd_split
 from deeplab_core.data.synthetic import generate_synthetic
-from deeplab_core.data.trainaug import prepare_datasets, trainaug_ids
+from deeplab_core.data.prepare import prepare_datasets, trainaug_ids
 from deeplab_core.data.voc import load_voc_label, read_split
 
 
@@ -117,7 +117,7 @@ def test_killed_prepare_leaves_previous_output(prepared, tmp_path, monkeypatch):
     prepare_datasets(raw, raw, raw / "coco", out, progress=False)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     calls = {"n": 0}
-    real = trainaug._convert_mat
+    real = prepare_step._convert_mat
 
     def dying(job):
         calls["n"] += 1
@@ -125,13 +125,13 @@ def test_killed_prepare_leaves_previous_output(prepared, tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         return real(job)
 
-    monkeypatch.setattr(trainaug, "_convert_mat", dying)
+    monkeypatch.setattr(prepare_step, "_convert_mat", dying)
     with pytest.raises(KeyboardInterrupt):
         prepare_datasets(raw, raw, raw / "coco", out, progress=False)
     after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert after == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prep"]  # no temporary leftovers
-    monkeypatch.setattr(trainaug, "_convert_mat", real)
+    monkeypatch.setattr(prepare_step, "_convert_mat", real)
     (out / "labels" / "voc" / "stale.png").write_bytes(b"x")
     prepare_datasets(raw, raw, raw / "coco", out, progress=False)
     assert not (out / "labels" / "voc" / "stale.png").exists()  # re-run replaces the output

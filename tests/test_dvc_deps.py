@@ -22,7 +22,7 @@ def test_import_walk_sees_function_level_relative_and_package_imports():
     assert "deeplab_core/__init__.py" in files and "pipelines/__init__.py" in files
     assert "deeplab_core/models/deeplab.py" in files
     # what the stage never imports is not in it
-    assert "deeplab_core/data/synthetic.py" not in files
+    assert "deeplab_core/data/synthetic/writers.py" not in files
     assert "pipelines/prefect_server.py" not in files
     # relative imports resolve against the importing module's package
     assert "deeplab_core.models.layers.BlockTrunk" in imported_modules(

@@ -23,7 +23,7 @@ import deeplab_core
 from deeplab_core.config import ConfigError
 from deeplab_core.data.io import DataError, ImageReadError, encode_label_png
 from deeplab_core.data.synthetic import generate_synthetic
-from deeplab_core.data.trainaug import prepare_datasets
+from deeplab_core.data.prepare import prepare_datasets
 from deeplab_core.data.voc import read_split
 from conftest import scratch_project
 from pipelines.common import StageError

@@ -15,7 +15,7 @@ import torch
 
 from deeplab_core.crf.densecrf import CRFParams
 from deeplab_core.data.io import encode_jpeg
-from deeplab_core.data.synthetic import _render_scene
+from deeplab_core.data.synthetic.scenes import render_scene
 from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
 from deeplab_core.models import build_model
 from pipelines.serving import (decode_mask_png_b64, encode_image_b64, mlflow_serve,
@@ -28,7 +28,7 @@ H, W = 375, 500  # a PASCAL VOC-sized image
 
 def voc_sized_image(seed: int = 0) -> np.ndarray:
     """A synthetic VOC-style scene: textured background, objects, noise (compresses like a photo)."""
-    return _render_scene(np.random.default_rng(seed), H, W).image
+    return render_scene(np.random.default_rng(seed), H, W).image
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import scratch_project
 from deeplab_core.data.io import read_list_file
-from deeplab_core.data.trainaug import prepare_datasets
+from deeplab_core.data.prepare import prepare_datasets
 from realformat import write_sbd, write_voc
 
 TRAIN = [f"2008_{i:06d}" for i in range(1, 9)]

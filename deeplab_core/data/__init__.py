@@ -23,7 +23,7 @@ _EXPORTS = {
     "rle_encode": "coco", "rle_decode": "coco", "polygon_to_mask": "coco",
     "polygons_to_mask": "coco", "annotation_to_mask": "coco", "CocoInstances": "coco",
     # generation / preparation
-    "generate_synthetic": "synthetic", "prepare_datasets": "trainaug", "trainaug_ids": "trainaug",
+    "generate_synthetic": "synthetic", "prepare_datasets": "prepare", "trainaug_ids": "prepare",
     "read_generic_sources": "generic", "prepare_generic": "generic",
     "write_example_dataset": "generic",
     # torch side

@@ -38,7 +38,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from deeplab_core.classes import COCO_TO_VOC, IGNORE_INDEX
-from deeplab_core.data.io import DataError, PathLike, read_image_rgb, require_dir, require_file
+from deeplab_core.data.io import DataError, PathLike, require_dir, require_file
 
 COCO_SPLITS = ("train", "val")
 COCO_MIN_AREA = 1000  # VOC-class pixels an image needs to be kept for pretraining
@@ -278,12 +278,3 @@ def coco_paths(coco_root: PathLike, split: str) -> tuple[Path, Path]:
                                 f"layout: {root}/annotations/instances_{split}2017.json)")
     require_dir(img_dir, f"COCO image folder (expected COCO 2017 layout: {root}/{split}2017/)")
     return img_dir, ann
-
-
-def coco_image_path(coco_root: PathLike, split: str, image: Mapping | int) -> Path:
-    name = image["file_name"] if isinstance(image, Mapping) else f"{int(image):012d}.jpg"
-    return Path(coco_root) / f"{split}2017" / name
-
-
-def load_coco_image(coco_root: PathLike, split: str, image: Mapping | int) -> np.ndarray:
-    return read_image_rgb(coco_image_path(coco_root, split, image))

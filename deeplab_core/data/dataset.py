@@ -18,23 +18,23 @@ class SegmentationListDataset(Dataset):
     """Samples of a ``<id> <image_path> <label_path>`` list file.
 
     * ``data_root``: base folder of relative paths in the list; None = the list file's folder
-      (the convention of :func:`deeplab_core.data.trainaug.prepare_datasets`).
+      (the convention of :func:`deeplab_core.data.prepare.prepare_datasets`).
     * ``transform``: ``(image uint8 HxWx3, label uint8 HxW, rng) -> (FloatTensor, LongTensor)``;
       default :func:`eval_transform`.
     * ``repeat_ids``: ids appended once more per occurrence (the bootstrap list of images with hard
       classes); an id not in the list raises ValueError.
     * ``return_raw``: add ``"raw_image"`` (uint8 HxWx3 tensor) to each item; default: only with an
       :class:`EvalTransform`.
-    * ``seed``: with a seed, sample ``i`` of epoch ``e`` (see :meth:`set_epoch`) always gets the same
-      random transform, whatever the worker layout; without one, randomness comes from torch's
-      generator (seeded per DataLoader worker).
+
+    Indexed directly, a random transform draws from torch's generator (seeded per DataLoader
+    worker). Training draws each sample's augmentation from a generator of its own instead, through
+    :meth:`get_raw` and ``transform`` (see :mod:`deeplab_core.engine.train`).
 
     Items are dicts ``{"image": 3xHxW float, "label": HxW int64, "id": str[, "raw_image"]}``.
     """
 
     def __init__(self, list_file: PathLike, data_root: PathLike | None = None, transform=None,
-                 repeat_ids: Sequence[str] | None = None, return_raw: bool | None = None,
-                 seed: int | None = None):
+                 repeat_ids: Sequence[str] | None = None, return_raw: bool | None = None):
         self.list_file = Path(list_file)
         entries = read_list_file(self.list_file, data_root)
         if not entries:
@@ -55,8 +55,6 @@ class SegmentationListDataset(Dataset):
         self.transform = transform if transform is not None else eval_transform()
         self.return_raw = isinstance(self.transform, EvalTransform) if return_raw is None \
             else bool(return_raw)
-        self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,9 +62,6 @@ class SegmentationListDataset(Dataset):
     @property
     def ids(self) -> list[str]:
         return [s[0] for s in self.samples]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
 
     def get_raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """(uint8 HxWx3 image, uint8 HxW label) of sample ``i``, untransformed."""
@@ -78,14 +73,9 @@ class SegmentationListDataset(Dataset):
                              f"label {str(lab_path)!r} is {label.shape}")
         return image, label
 
-    def _rng(self, i: int) -> np.random.Generator:
-        if self.seed is not None:
-            return np.random.default_rng([int(self.seed) & 0xFFFFFFFF, self.epoch, i])
-        return as_generator(None)
-
     def __getitem__(self, i: int) -> dict:
         image, label = self.get_raw(i)
-        img_t, lab_t = self.transform(image, label, rng=self._rng(i))
+        img_t, lab_t = self.transform(image, label, rng=as_generator(None))
         item = {"image": img_t, "label": lab_t, "id": self.samples[i][0]}
         if self.return_raw:
             item["raw_image"] = torch.from_numpy(np.array(image))  # writable copy

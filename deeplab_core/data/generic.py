@@ -26,7 +26,8 @@ from typing import Mapping
 import numpy as np
 
 from deeplab_core.classes import ClassList, load_class_list, parse_class_list
-from deeplab_core.data.io import DataError, PathLike, require_dir, write_jpeg, write_label_png
+from deeplab_core.data.io import (DataError, PathLike, format_list_line, list_path, relocated,
+                                  require_dir, write_jpeg, write_label_png)
 from deeplab_core.data.voc import read_id_list
 from deeplab_core.fileio import atomic_write_json
 
@@ -88,9 +89,7 @@ def prepare_generic(root: PathLike, out_dir: PathLike, build_dir: PathLike | Non
     """The prepared output of a generic dataset (same files as the VOC prepare step:
     ``train_aug.txt`` = train, ``val.txt``, empty COCO lists, ``classes.json``,
     ``summary.json``), built in ``build_dir`` or aside and swapped in for ``out_dir``."""
-    from deeplab_core.data.io import format_list_line
     from deeplab_core.fileio import atomic_directory, clean_stale_temporaries
-    from deeplab_core.data.trainaug import list_path, relocated
 
     src = read_generic_sources(root)
     out_dir = Path(out_dir).absolute()

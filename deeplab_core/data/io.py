@@ -12,7 +12,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -210,6 +210,30 @@ def write_list_file(path: PathLike, entries: Iterable[tuple[str, str, str]]) -> 
     """Write ``<id> <image_path> <label_path>`` lines (one per sample) atomically."""
     lines = [format_list_line(*e) for e in entries]
     return atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def list_path(path: PathLike, base: PathLike) -> str:
+    """``path`` relative to ``base`` (lexically, so symlinked trees keep their names); absolute
+    when no relative path exists."""
+    a, b = os.path.abspath(path), os.path.abspath(base)
+    try:
+        rel = os.path.relpath(a, b)
+    except ValueError:
+        return Path(a).as_posix()
+    return Path(rel).as_posix()
+
+
+def relocated(path: PathLike, moved: Mapping[PathLike, PathLike]) -> Path:
+    """Where ``path`` will be once each folder ``now`` in ``moved`` has been moved to
+    ``moved[now]`` (``path`` itself when it lies in none of them)."""
+    path = Path(os.path.abspath(path))
+    for now, final in moved.items():
+        try:
+            rest = path.relative_to(os.path.abspath(now))
+        except ValueError:
+            continue
+        return Path(os.path.abspath(final)) / rest
+    return path
 
 
 def read_list_file(list_file: PathLike, data_root: PathLike | None = None

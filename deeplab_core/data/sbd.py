@@ -1,4 +1,4 @@
-"""Semantic Boundaries Dataset (SBD, Hariharan et al. 2011) readers and a writer of its format.
+"""Semantic Boundaries Dataset (SBD, Hariharan et al. 2011) readers and an encoder of its format.
 
 ``sbd_root`` may be the ``dataset`` folder, or ``benchmark_RELEASE`` holding it, or a folder
 holding ``benchmark_RELEASE/dataset``::
@@ -22,7 +22,6 @@ import scipy.sparse
 
 from deeplab_core.data.io import PathLike, read_image_rgb, require_file
 from deeplab_core.data.voc import read_id_list
-from deeplab_core.fileio import atomic_write_bytes
 
 SBD_SPLITS = ("train", "val")
 NUM_SBD_CLASSES = 20  # foreground classes with a boundary map each
@@ -131,7 +130,3 @@ def encode_gtcls_mat(seg: np.ndarray) -> bytes:
     data = bytearray(buf.getvalue())
     data[:116] = _MAT_HEADER.ljust(116, b" ")
     return bytes(data)
-
-
-def write_gtcls_mat(path: PathLike, seg: np.ndarray) -> Path:
-    return atomic_write_bytes(path, encode_gtcls_mat(seg))

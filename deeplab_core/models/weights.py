@@ -95,6 +95,66 @@ def _check_shape(key: str, src: torch.Tensor, dst: torch.Tensor) -> None:
                          f"vs model {tuple(dst.shape)}")
 
 
+def _backbone_prefixes(backbone: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(prefixes of backbone keys an ImageNet checkpoint lacks, prefixes of checkpoint keys the
+    backbone has no use for): the cascaded blocks DeepLabv3 adds to ResNet, the classifiers."""
+    if isinstance(backbone, ResNet):
+        return tuple(f"layer{i}." for i in range(5, 5 + backbone.cascade_blocks)), ("fc.",)
+    if isinstance(backbone, VGG16):
+        return (), ("classifier.",)
+    return (), ()
+
+
+def _match_backbone_keys(sd: dict[str, torch.Tensor], backbone: nn.Module,
+                         target: dict[str, torch.Tensor],
+                         report: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors that go into the backbone's ``target`` state dict (shapes checked);
+    records the ignored, unexpected and missing keys in ``report``."""
+    skip_prefixes, ignore_prefixes = _backbone_prefixes(backbone)
+    expected = {k for k in target if not k.startswith(skip_prefixes)}
+    updates: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k in expected:
+            _check_shape(k, v, target[k])
+            updates[k] = v
+        elif k.startswith(ignore_prefixes):
+            report["ignored"].append(k)
+        else:
+            report["unexpected"].append(k)
+    report["missing"] = sorted(k for k in expected - set(sd) if not k.endswith("num_batches_tracked"))
+    return updates
+
+
+def _convert_vgg_head(sd: dict[str, torch.Tensor], backbone: nn.Module, head: nn.Module | None,
+                      seed: int, report: dict[str, list[str]]
+                      ) -> list[tuple[nn.Conv2d, torch.Tensor, str, str]]:
+    """(module, tensor, parameter name, key) for the fc6/fc7 convolutions of a VGG LargeFOV head,
+    converted from the checkpoint's fully connected classifier; records the converted (or
+    missing) classifier keys in ``report``. Empty for other backbones and heads."""
+    head_updates: list[tuple[nn.Conv2d, torch.Tensor, str, str]] = []
+    pairs = head.fc_pairs() if head is not None and hasattr(head, "fc_pairs") else []
+    if not (isinstance(backbone, VGG16) and pairs):
+        return head_updates
+    fc_keys = [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
+    absent = [k for k in fc_keys if k not in sd]
+    if absent:
+        report["missing"] += absent
+        return head_updates
+    for n, (fc6, fc7) in enumerate(pairs):
+        conv = convert_vgg_fc(sd["classifier.0.weight"], sd["classifier.0.bias"],
+                              sd["classifier.3.weight"], sd["classifier.3.bias"],
+                              fc6.kernel_size[0], fc6.out_channels, backbone.out_channels, seed)
+        for name, mod in (("fc6", fc6), ("fc7", fc7)):
+            for p in ("weight", "bias"):
+                key = f"head[{n}].{name}.{p}"
+                _check_shape(key, conv[f"{name}.{p}"], getattr(mod, p))
+                head_updates.append((mod, conv[f"{name}.{p}"], p, key))
+    for k in fc_keys:
+        report["ignored"].remove(k)
+        report["converted"].append(k)
+    return head_updates
+
+
 def load_backbone_weights(model_or_backbone: nn.Module, path: str | pathlib.Path,
                           strict: bool = True, seed: int = 0) -> dict[str, list[str]]:
     """Load an ImageNet checkpoint (local file) into the backbone of ``model_or_backbone``.
@@ -107,48 +167,10 @@ def load_backbone_weights(model_or_backbone: nn.Module, path: str | pathlib.Path
     sd = _read_checkpoint(path)
     backbone, head = _locate(model_or_backbone)
     target = backbone.state_dict()
-    skip_prefixes: tuple[str, ...] = ()
-    ignore_prefixes: tuple[str, ...] = ()
-    if isinstance(backbone, ResNet):
-        skip_prefixes = tuple(f"layer{i}." for i in range(5, 5 + backbone.cascade_blocks))
-        ignore_prefixes = ("fc.",)
-    elif isinstance(backbone, VGG16):
-        ignore_prefixes = ("classifier.",)
-    expected = {k for k in target if not k.startswith(skip_prefixes)}
-
     report: dict[str, list[str]] = {"loaded": [], "converted": [], "missing": [], "unexpected": [],
                                     "ignored": []}
-    updates: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k in expected:
-            _check_shape(k, v, target[k])
-            updates[k] = v
-        elif k.startswith(ignore_prefixes):
-            report["ignored"].append(k)
-        else:
-            report["unexpected"].append(k)
-    report["missing"] = sorted(k for k in expected - set(sd) if not k.endswith("num_batches_tracked"))
-
-    head_updates: list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor, str]] = []
-    pairs = head.fc_pairs() if head is not None and hasattr(head, "fc_pairs") else []
-    if isinstance(backbone, VGG16) and pairs:
-        fc_keys = [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
-        absent = [k for k in fc_keys if k not in sd]
-        if absent:
-            report["missing"] += absent
-        else:
-            for n, (fc6, fc7) in enumerate(pairs):
-                conv = convert_vgg_fc(sd["classifier.0.weight"], sd["classifier.0.bias"],
-                                      sd["classifier.3.weight"], sd["classifier.3.bias"],
-                                      fc6.kernel_size[0], fc6.out_channels, backbone.out_channels, seed)
-                for name, mod in (("fc6", fc6), ("fc7", fc7)):
-                    for p in ("weight", "bias"):
-                        key = f"head[{n}].{name}.{p}"
-                        _check_shape(key, conv[f"{name}.{p}"], getattr(mod, p))
-                        head_updates.append((mod, conv[f"{name}.{p}"], p, key))
-            for k in fc_keys:
-                report["ignored"].remove(k)
-                report["converted"].append(k)
+    updates = _match_backbone_keys(sd, backbone, target, report)
+    head_updates = _convert_vgg_head(sd, backbone, head, seed, report)
 
     if report["missing"] or report["unexpected"]:
         msg = (f"checkpoint {path} does not match {type(backbone).__name__}: "

@@ -31,7 +31,6 @@ caller that builds the raw trees aside too passes ``build_dir`` and ``moved`` to
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,7 +43,7 @@ from deeplab_core.classes import (COCO_TO_VOC, IGNORE_INDEX, NUM_VOC_CLASSES, VO
 from deeplab_core.data.coco import (COCO_MIN_AREA, coco_paths, coco_semantic_mask,
                                     images_with_voc_classes, load_coco_instances)
 from deeplab_core.data.io import (DataError, PathLike, encode_label_png, format_list_line,
-                                  read_label_png)
+                                  list_path, read_label_png, relocated)
 from deeplab_core.data.sbd import label_from_mat, read_sbd_split, resolve_sbd_root
 from deeplab_core.data.voc import read_split, resolve_voc_root, split_file
 from deeplab_core.fileio import atomic_directory, atomic_write_json, clean_stale_temporaries
@@ -59,17 +58,6 @@ def trainaug_ids(voc_train: Iterable[str], voc_val: Iterable[str],
                  sbd_train: Iterable[str] = (), sbd_val: Iterable[str] = ()) -> list[str]:
     """(VOC train | SBD train | SBD val) - VOC val, sorted."""
     return sorted((set(voc_train) | set(sbd_train) | set(sbd_val)) - set(voc_val))
-
-
-def list_path(path: PathLike, base: PathLike) -> str:
-    """``path`` relative to ``base`` (lexically, so symlinked trees keep their names); absolute
-    when no relative path exists."""
-    a, b = os.path.abspath(path), os.path.abspath(base)
-    try:
-        rel = os.path.relpath(a, b)
-    except ValueError:
-        return Path(a).as_posix()
-    return Path(rel).as_posix()
 
 
 def check_label_values(label: np.ndarray, source: PathLike,
@@ -220,19 +208,6 @@ def read_sources(voc_root: PathLike, sbd_root: PathLike | None,
     return replace(src, images={i: image_for(i) for i in sorted(set(src.aug) | set(voc_val))})
 
 
-def relocated(path: PathLike, moved: Mapping[PathLike, PathLike]) -> Path:
-    """Where ``path`` will be once each folder ``now`` in ``moved`` has been moved to
-    ``moved[now]`` (``path`` itself when it lies in none of them)."""
-    path = Path(os.path.abspath(path))
-    for now, final in moved.items():
-        try:
-            rest = path.relative_to(os.path.abspath(now))
-        except ValueError:
-            continue
-        return Path(os.path.abspath(final)) / rest
-    return path
-
-
 def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: PathLike | None,
                      out_dir: PathLike, progress: bool = True, workers: int = 1,
                      coco_to_voc: Mapping[int, int] = COCO_TO_VOC,
@@ -268,74 +243,97 @@ def _write_prepared(src: Sources, tmp: Path, out_dir: Path, progress: bool, work
                     coco_to_voc: Mapping[int, int], coco_min_area: float,
                     moved: Mapping[PathLike, PathLike]) -> dict:
     """Write the prepared output into ``tmp`` with list paths relative to ``out_dir``."""
-    voc, sbd, coco = src.voc, src.sbd, src.coco
-    voc_train, voc_val, sbd_train, sbd_val = src.voc_train, src.voc_val, src.sbd_train, src.sbd_val
-    voc_train_set, voc_val_set = set(voc_train), set(voc_val)
-    aug, voc_label_ids, sbd_label_ids = src.aug, src.voc_label_ids, src.sbd_label_ids
-    sbd_all = set(sbd_train) | set(sbd_val)
 
     def rel(path: PathLike) -> str:
         return list_path(relocated(path, moved), out_dir)
 
     for sub in ("voc", "sbd", "coco_train", "coco_val"):
         (tmp / "labels" / sub).mkdir(parents=True, exist_ok=True)
-    voc_counts = _run(_convert_png, [(i, str(voc / "SegmentationClass" / f"{i}.png"),
+    voc_count, sbd_count = _convert_voc_sbd_labels(src, tmp, workers, progress)
+    _write_voc_lists(src, tmp, rel)
+    coco_summary: dict = {}
+    for split in ("train", "val"):
+        lines: list[str] = []
+        if src.coco:
+            coco_summary[split], lines = _prepare_coco_split(
+                src, split, tmp, rel, workers, progress, coco_to_voc, coco_min_area)
+        else:
+            coco_summary[split] = None
+        (tmp / f"coco_{split}.txt").write_text("".join(x + "\n" for x in lines))
+    summary = _summary(src, rel, coco_summary, voc_count, sbd_count)
+    atomic_write_json(tmp / "classes.json", voc_class_list().to_dict())
+    atomic_write_json(tmp / "summary.json", summary)
+    return summary
+
+
+def _convert_voc_sbd_labels(src: Sources, tmp: Path, workers: int, progress: bool
+                            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """labels/voc and labels/sbd; returns the per-id value counts of each."""
+    voc_counts = _run(_convert_png, [(i, str(src.voc / "SegmentationClass" / f"{i}.png"),
                                       str(tmp / "labels" / "voc" / f"{i}.png"))
-                                     for i in voc_label_ids], workers, progress, "VOC labels")
-    voc_count = dict(zip(voc_label_ids, voc_counts))
-    sbd_counts = _run(_convert_mat, [(i, str(sbd / "cls" / f"{i}.mat"),
+                                     for i in src.voc_label_ids], workers, progress, "VOC labels")
+    sbd_counts = _run(_convert_mat, [(i, str(src.sbd / "cls" / f"{i}.mat"),
                                       str(tmp / "labels" / "sbd" / f"{i}.png"))
-                                     for i in sbd_label_ids], workers, progress, "SBD labels")
-    sbd_count = dict(zip(sbd_label_ids, sbd_counts))
+                                     for i in src.sbd_label_ids], workers, progress, "SBD labels")
+    return dict(zip(src.voc_label_ids, voc_counts)), dict(zip(src.sbd_label_ids, sbd_counts))
+
+
+def _write_voc_lists(src: Sources, tmp: Path, rel: Callable[[PathLike], str]) -> None:
+    """train_aug.txt (the VOC label where VOC train has one, else SBD's) and val.txt."""
+    voc_train_set = set(src.voc_train)
 
     def entry(i: str, sub: str) -> str:
         return format_list_line(i, rel(src.images[i]), f"labels/{sub}/{i}.png")
 
-    aug_lines = [entry(i, "voc" if i in voc_train_set else "sbd") for i in aug]
-    val_lines = [entry(i, "voc") for i in voc_val]
+    aug_lines = [entry(i, "voc" if i in voc_train_set else "sbd") for i in src.aug]
+    val_lines = [entry(i, "voc") for i in src.voc_val]
     (tmp / "train_aug.txt").write_text("".join(x + "\n" for x in aug_lines))
     (tmp / "val.txt").write_text("".join(x + "\n" for x in val_lines))
 
-    coco_summary: dict = {}
-    for split in ("train", "val"):
-        lines: list[str] = []
-        if coco:
-            img_dir, json_path = src.coco_files[split]
-            inst = load_coco_instances(json_path)
-            keep = images_with_voc_classes(inst, coco_to_voc)
-            names = {k: Path(inst.images[k]["file_name"]).stem for k in keep}
-            mapping = {int(k): int(v) for k, v in coco_to_voc.items()}
-            jobs = [(inst.anns(k), int(inst.images[k]["height"]), int(inst.images[k]["width"]),
-                     mapping, float(coco_min_area),
-                     str(tmp / "labels" / f"coco_{split}" / f"{names[k]}.png"), str(json_path), k)
-                    for k in keep]
-            counts = _run(_convert_coco, jobs, workers, progress, f"COCO {split}")
-            written = []
-            for k, cnt in zip(keep, counts):
-                if cnt[1:NUM_VOC_CLASSES].sum() < coco_min_area:
-                    continue
-                img = img_dir / inst.images[k]["file_name"]
-                if not img.is_file():
-                    raise FileNotFoundError(f"missing COCO image {str(img)!r} (listed in "
-                                            f"{str(json_path)!r})")
-                lines.append(format_list_line(names[k], rel(img),
-                                              f"labels/coco_{split}/{names[k]}.png"))
-                written.append(cnt)
-            coco_summary[split] = {"images": len(inst.images), "with_voc_classes": len(keep),
-                                   "written": len(lines), "min_area": coco_min_area,
-                                   "dropped_under_min_area": len(keep) - len(lines),
-                                   **_stats(written)}
-        else:
-            coco_summary[split] = None
-        (tmp / f"coco_{split}.txt").write_text("".join(x + "\n" for x in lines))
 
+def _prepare_coco_split(src: Sources, split: str, tmp: Path, rel: Callable[[PathLike], str],
+                        workers: int, progress: bool, coco_to_voc: Mapping[int, int],
+                        coco_min_area: float) -> tuple[dict, list[str]]:
+    """labels/coco_<split>: the images with at least ``coco_min_area`` VOC-class pixels; returns
+    the split's summary and its list lines."""
+    img_dir, json_path = src.coco_files[split]
+    inst = load_coco_instances(json_path)
+    keep = images_with_voc_classes(inst, coco_to_voc)
+    names = {k: Path(inst.images[k]["file_name"]).stem for k in keep}
+    mapping = {int(k): int(v) for k, v in coco_to_voc.items()}
+    jobs = [(inst.anns(k), int(inst.images[k]["height"]), int(inst.images[k]["width"]),
+             mapping, float(coco_min_area),
+             str(tmp / "labels" / f"coco_{split}" / f"{names[k]}.png"), str(json_path), k)
+            for k in keep]
+    counts = _run(_convert_coco, jobs, workers, progress, f"COCO {split}")
+    lines, written = [], []
+    for k, cnt in zip(keep, counts):
+        if cnt[1:NUM_VOC_CLASSES].sum() < coco_min_area:
+            continue
+        img = img_dir / inst.images[k]["file_name"]
+        if not img.is_file():
+            raise FileNotFoundError(f"missing COCO image {str(img)!r} (listed in "
+                                    f"{str(json_path)!r})")
+        lines.append(format_list_line(names[k], rel(img), f"labels/coco_{split}/{names[k]}.png"))
+        written.append(cnt)
+    summary = {"images": len(inst.images), "with_voc_classes": len(keep),
+               "written": len(lines), "min_area": coco_min_area,
+               "dropped_under_min_area": len(keep) - len(lines), **_stats(written)}
+    return summary, lines
+
+
+def _summary(src: Sources, rel: Callable[[PathLike], str], coco_summary: dict,
+             voc_count: dict[str, np.ndarray], sbd_count: dict[str, np.ndarray]) -> dict:
+    voc, sbd, coco, aug = src.voc, src.sbd, src.coco, src.aug
+    voc_train_set, voc_val_set = set(src.voc_train), set(src.voc_val)
+    sbd_all = set(src.sbd_train) | set(src.sbd_val)
     removed = sorted(sbd_all & voc_val_set)
-    summary = {
+    return {
         "paths_relative_to": "the folder holding the list file",
         "list_format": "<id> <image_path> <label_path>",
-        "voc": {"root": rel(voc), "train": len(voc_train), "val": len(voc_val)},
-        "sbd": ({"root": rel(sbd), "train": len(sbd_train),
-                 "val": len(sbd_val), "total": len(sbd_all)} if sbd else None),
+        "voc": {"root": rel(voc), "train": len(src.voc_train), "val": len(src.voc_val)},
+        "sbd": ({"root": rel(sbd), "train": len(src.sbd_train),
+                 "val": len(src.sbd_val), "total": len(sbd_all)} if sbd else None),
         "coco": ({"root": rel(coco), **coco_summary} if coco else None),
         "train_aug": {
             "total": len(aug),
@@ -347,8 +345,5 @@ def _write_prepared(src: Sources, tmp: Path, out_dir: Path, progress: bool, work
             "voc_train_also_in_sbd": len(voc_train_set & sbd_all),
             **_stats([voc_count[i] if i in voc_train_set else sbd_count[i] for i in aug]),
         },
-        "val": {"total": len(voc_val), **_stats([voc_count[i] for i in voc_val])},
+        "val": {"total": len(src.voc_val), **_stats([voc_count[i] for i in src.voc_val])},
     }
-    atomic_write_json(tmp / "classes.json", voc_class_list().to_dict())
-    atomic_write_json(tmp / "summary.json", summary)
-    return summary
