@@ -93,11 +93,12 @@ def code_deps(spec: dict) -> list[str]:
 
 def expected_deps(spec: dict, stage: str | None = None) -> list[str]:
     """The stage's deps as they should read: its code files, then its data deps (as
-    pipelines.paths declares them for `stage`; as listed when no stage is named)."""
-    if stage is None:
-        return code_deps(spec) + [d for d in spec.get("deps", []) if not is_code_dep(d)]
-    from pipelines.paths import stage_io
+    pipelines.paths declares them for `stage`; as listed for a stage it does not declare, such
+    as an ablation grid added by hand)."""
+    from pipelines.paths import stage_io, stages
 
+    if stage is None or stage not in stages():
+        return code_deps(spec) + [d for d in spec.get("deps", []) if not is_code_dep(d)]
     return code_deps(spec) + stage_io(stage)["deps"]
 
 
@@ -107,9 +108,12 @@ def listed_paths(spec: dict, kind: str) -> list[str]:
 
 
 def written_paths_off(stage: str, spec: dict) -> list[str]:
-    """The kinds (outs, metrics, plots) whose paths in dvc.yaml differ from pipelines.paths."""
-    from pipelines.paths import stage_io
+    """The kinds (outs, metrics, plots) whose paths in dvc.yaml differ from pipelines.paths (none
+    for a stage it does not declare)."""
+    from pipelines.paths import stage_io, stages
 
+    if stage not in stages():
+        return []
     io = stage_io(stage)
     return [kind for kind in ("outs", "metrics", "plots") if listed_paths(spec, kind) != io[kind]]
 
