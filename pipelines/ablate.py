@@ -62,6 +62,7 @@ from deeplab_core.fileio import atomic_write_text
 from pipelines import tracking
 from pipelines.common import (PIPELINE_RUN_ENV, REPO, data_dir, dvc_stages, git_commit,
                               params_path, require_inputs, run_stage)
+from pipelines.paths import StagePaths
 
 ABLATIONS = REPO / "ablations"
 # Evaluation every configuration starts from, before the grid's overlays.
@@ -378,12 +379,12 @@ def eval_ids(grid: Grid, val_list: Path) -> list[str]:
 
 
 def check_inputs(grid: Grid) -> None:
-    d = data_dir(grid.params)
-    need = [d / "prepared" / "val.txt"]
+    p = StagePaths.of(grid.params)
+    need = [p.prepared_list("val")]
     if grid.kind == "train":
-        need.append(d / "prepared" / "train_aug.txt")
+        need.append(p.prepared_list("train_aug"))
         if any(c.params.finetune.use_bootstrap for c in grid.configs):
-            need.append(d / "bootstrap" / "hard_images.json")
+            need.append(p.hard_images)
     require_inputs(f"ablation {grid.name}", *need)
 
 
@@ -424,13 +425,13 @@ def _train(cfg: Config, grid: Grid, shared: Shared, workdir: Path) -> tuple[Any,
 
     params = cfg.params
     ft = params.finetune
-    d = data_dir(params)
+    p = StagePaths.of(params)
     seed_everything(params.base.seed)
     m = params.model
     spec = model_spec(m.preset, params.base.num_classes, m.output_stride, m.overrides)
     model = build_from_spec(spec, pretrained_backbone=m.pretrained_backbone)
-    repeat = read_repeat_ids(d / "bootstrap" / "hard_images.json") if ft.use_bootstrap else None
-    ds = build_dataset.fn(d / "prepared" / "train_aug.txt", ft, repeat)
+    repeat = read_repeat_ids(p.hard_images) if ft.use_bootstrap else None
+    ds = build_dataset.fn(p.prepared_list("train_aug"), ft, repeat)
     shared.n_train = len(ds)
     key = hashlib.md5(json.dumps([grid.name, cfg.name, cfg.settings], sort_keys=True,
                                  default=str).encode()).hexdigest()
@@ -676,7 +677,7 @@ def run_grid(grid: Grid, out_dir: Path | None = None, progress: bool = True,
     check_inputs(grid)
     d = data_dir(grid.params)
     out_dir = Path(out_dir).absolute() if out_dir else d / "ablations" / grid.name
-    val_list = d / "prepared" / "val.txt"
+    val_list = StagePaths(d).prepared_list("val")
     shared = Shared(val_list=val_list, eval_ids=eval_ids(grid, val_list), progress=progress)
     runner = runner or run_config
     mlflow = tracking.configure()

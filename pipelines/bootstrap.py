@@ -11,8 +11,8 @@ from collections import Counter
 from prefect import flow, task
 
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, clean_list, data_dir, dataset_classes,
-                              get_params, run_stage, write_json)
+from pipelines.common import StageError, atomic_dir, dataset_classes, get_params, run_stage
+from pipelines.paths import StagePaths
 
 
 @task
@@ -29,8 +29,8 @@ def bootstrap_flow() -> dict:
 
     params = get_params()
     cfg = params.bootstrap
-    d = data_dir(params)
-    lf = clean_list(params, "train_aug")
+    p = StagePaths.of(params)
+    lf = p.clean_list("train_aug")
     if not lf.is_file():
         raise StageError(f"{lf} not found: run the validate stage")
     classes = dataset_classes(params)
@@ -40,15 +40,14 @@ def bootstrap_flow() -> dict:
         raise StageError(str(exc)) from None
     with tracking.stage_run("bootstrap", {"bootstrap": cfg.model_dump()}):
         ids = find_hard(lf, class_ids, cfg.min_pixels, cfg.repeats)
-        with atomic_dir(d / "bootstrap") as tmp:
-            write_hard_list(tmp / "hard_images.json", ids, class_ids, cfg.min_pixels, cfg.repeats,
-                            source=str(lf.relative_to(d)), class_names=classes.names)
+        with atomic_dir(p.bootstrap) as tmp:
+            write_hard_list(tmp / p.hard_images.name, ids, class_ids, cfg.min_pixels, cfg.repeats,
+                            source=str(lf.relative_to(p.root)), class_names=classes.names)
         n_train = sum(1 for line in lf.read_text().splitlines() if line.strip())
         metrics = {"hard_images": len(set(ids)), "added_samples": len(ids),
                    "train_aug_samples": n_train,
                    "hard_fraction": len(set(ids)) / max(n_train, 1)}
-        write_json(d / "metrics" / "bootstrap.json", metrics)
-        tracking.log_metrics(metrics)
+        tracking.publish_metrics(p.metrics_file("bootstrap"), metrics)
     print(f"bootstrap: {metrics}; most repeated: {Counter(ids).most_common(3)}")
     return metrics
 

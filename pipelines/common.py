@@ -147,18 +147,12 @@ def dataset_classes(params: Params):
     """The class list prepare wrote (data/prepared/classes.json), checked against
     base.num_classes."""
     from deeplab_core.classes import load_class_list
+    from pipelines.paths import StagePaths
 
     try:
-        return load_class_list(data_dir(params) / "prepared" / "classes.json",
-                               params.base.num_classes)
+        return load_class_list(StagePaths.of(params).classes_file, params.base.num_classes)
     except (FileNotFoundError, ValueError) as exc:
         raise StageError(str(exc)) from None
-
-
-def clean_list(params: Params, split: str) -> Path:
-    """The list of ``split`` (train_aug, val, coco_train, coco_val) that validate passed: the
-    prepared list less the samples it quarantined."""
-    return data_dir(params) / "validation" / "lists" / f"{split}.txt"
 
 
 def require_inputs(stage: str, *paths: Path) -> None:

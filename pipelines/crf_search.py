@@ -20,9 +20,10 @@ from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import split_cv
 from deeplab_core.runtime import resolve_device
 from pipelines import tracking
-from pipelines.common import (atomic_dir, data_dir, get_params, require_inputs, run_stage,
-                              update_with_file, write_json)
+from pipelines.common import (atomic_dir, get_params, require_inputs, run_stage, update_with_file,
+                              write_json)
 from pipelines.eval_data import eval_dataset, read_list_ids
+from pipelines.paths import StagePaths
 
 
 def file_md5(path: Path) -> str:
@@ -144,44 +145,55 @@ def save_figures(out: Path, result: dict, rows: list[dict], cfg, n_cv: int) -> N
                             f"CV images, {result['crf_runs']} CRF runs")
 
 
+def best_params_record(result: dict, best_params: dict, cv_ids: list[str], cfg) -> dict:
+    """best_params.json: the chosen CRF parameters and how they scored on the CV images."""
+    best = result["best"]
+    return {"params": best_params, "cv_miou": best["miou"], "cv_miou_gt": best["miou_gt"],
+            "cv_miou_without_crf": result["baseline_miou"],
+            "cv_miou_gt_without_crf": result["baseline_miou_gt"], "objective": result["objective"],
+            "cv_images": cv_ids, "strategy": cfg.strategy, "crf_runs": result["crf_runs"]}
+
+
+def summary_metrics(result: dict, best_params: dict, n_cv: int, n_configs: int) -> dict:
+    """metrics/crf_search.json: the search's size, the best CV scores with and without the CRF,
+    and the best parameters."""
+    best = result["best"]
+    return {"cv_images": n_cv, "configs_evaluated": n_configs,
+            "crf_runs": result.get("crf_runs"), "cv_miou_crf": best["miou"],
+            "cv_miou_plain": result["baseline_miou"],
+            "cv_gain": best["miou"] - result["baseline_miou"],
+            "cv_miou_gt_crf": best["miou_gt"], "cv_miou_gt_plain": result["baseline_miou_gt"],
+            **{f"best_{k}": v for k, v in best_params.items()}}
+
+
 @flow(name="crf_search")
 def crf_search_flow() -> dict:
+    from deeplab_core.crf.densecrf import CRFParams
+
     params = get_params()
     cfg = params.crf_search
-    d = data_dir(params)
-    model_path = d / "models" / "finetune" / "model.pt"
+    p = StagePaths.of(params)
+    model_path = p.model_file("finetune")
     require_inputs("crf_search", model_path)
-    val_list = d / "prepared" / "val.txt"
+    val_list = p.prepared_list("val")
     cv_ids, _ = split_cv(read_list_ids(val_list), cfg.cv_images, params.base.seed)
     inference = cache_inference(params)
     with tracking.stage_run("crf_search", {"crf_search": cfg.model_dump(), "inference": inference}):
-        cache_dir = d / "crf_cache"
-        files = build_cache(model_path, val_list, cv_ids, cache_dir, params.base.device, inference)
-        result = search(files, cfg, params.base.num_classes, cache_dir / "results.jsonl",
+        files = build_cache(model_path, val_list, cv_ids, p.crf_cache, params.base.device,
+                            inference)
+        result = search(files, cfg, params.base.num_classes, p.crf_cache / "results.jsonl",
                         params.base.seed)
-        best = result["best"]
-        from deeplab_core.crf.densecrf import CRFParams
-        best_params = CRFParams.from_dict(best, ignore_extra=True).to_dict()
-        objective = result["objective"]
-        rows = sorted(result["rows"], key=lambda r: -r[objective])
-        with atomic_dir(d / "crf_search") as tmp:
-            write_json(tmp / "best_params.json", {
-                "params": best_params, "cv_miou": best["miou"], "cv_miou_gt": best["miou_gt"],
-                "cv_miou_without_crf": result["baseline_miou"],
-                "cv_miou_gt_without_crf": result["baseline_miou_gt"], "objective": objective,
-                "cv_images": cv_ids, "strategy": cfg.strategy, "crf_runs": result["crf_runs"]})
+        best_params = CRFParams.from_dict(result["best"], ignore_extra=True).to_dict()
+        rows = sorted(result["rows"], key=lambda r: -r[result["objective"]])
+        with atomic_dir(p.crf_search) as tmp:
+            write_json(tmp / p.best_params.name,
+                       best_params_record(result, best_params, cv_ids, cfg))
             write_table(tmp / "table.csv", rows, result.get("screen_rows", []))
             save_figures(tmp, result, rows, cfg, len(cv_ids))
-        metrics = {"cv_images": len(cv_ids), "configs_evaluated": len(rows),
-                   "crf_runs": result.get("crf_runs"), "cv_miou_crf": best["miou"],
-                   "cv_miou_plain": result["baseline_miou"],
-                   "cv_gain": best["miou"] - result["baseline_miou"],
-                   "cv_miou_gt_crf": best["miou_gt"], "cv_miou_gt_plain": result["baseline_miou_gt"],
-                   **{f"best_{k}": v for k, v in best_params.items()}}
-        write_json(d / "metrics" / "crf_search.json", metrics)
-        tracking.log_metrics(metrics)
-        tracking.log_artifacts([d / "crf_search"], "crf_search")
-    print(f"crf_search: best {best_params} cv mIoU {best['miou']:.4f} "
+        metrics = summary_metrics(result, best_params, len(cv_ids), len(rows))
+        tracking.publish_metrics(p.metrics_file("crf_search"), metrics,
+                                 artifacts=[p.crf_search], artifact_path="crf_search")
+    print(f"crf_search: best {best_params} cv mIoU {result['best']['miou']:.4f} "
           f"(no CRF {result['baseline_miou']:.4f}), {len(rows)} configs")
     return metrics
 

@@ -20,9 +20,10 @@ from deeplab_core.runtime import resolve_device
 from deeplab_core import viz
 from deeplab_core.data.io import read_list_file
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, data_dir, dataset_classes, get_params,
-                              require_inputs, run_stage, update_with_file, write_json)
+from pipelines.common import (StageError, atomic_dir, dataset_classes, get_params, require_inputs,
+                              run_stage, update_with_file, write_json)
 from pipelines.eval_data import eval_dataset, read_list_ids
+from pipelines.paths import StagePaths
 
 
 def eval_settings(params) -> dict:
@@ -161,15 +162,30 @@ def collect_metrics(params, val_list, all_ids, cv_ids, holdout_ids, res_hold, re
                               "n_images": len(cv_ids)}}
 
 
+def write_outputs(p: StagePaths, metrics: dict, per_class: list[dict], trimap: list[dict],
+                  examples: list, crf_params: dict | None, palette) -> None:
+    """data/eval (per_class.json and the figures), the trimap plot and its numbers, and
+    metrics/evaluate.json; all of them also to MLflow."""
+    with atomic_dir(p.eval) as tmp:
+        write_json(tmp / p.per_class.name, per_class)
+        save_figures(tmp, p.trimap_png, trimap, per_class, examples, crf_params, palette)
+    write_json(p.trimap_json, trimap)
+    tracking.publish_metrics(p.metrics_file("evaluate"), metrics)
+    tracking.log_metrics({f"iou_{r['class']}": r["iou"] for r in per_class
+                          if r["iou"] is not None})
+    tracking.log_artifacts([p.eval], "eval")
+    tracking.log_artifacts([p.trimap_json, p.trimap_png], "eval")
+
+
 @flow(name="evaluate")
 def evaluate_flow() -> dict:
     params = get_params()
     cfg = params.evaluate
-    d = data_dir(params)
-    model_path = d / "models" / "finetune" / "model.pt"
-    crf_file = d / "crf_search" / "best_params.json"
+    p = StagePaths.of(params)
+    model_path = p.model_file("finetune")
+    crf_file = p.best_params
     require_inputs("evaluate", model_path, crf_file)
-    val_list = d / "prepared" / "val.txt"
+    val_list = p.prepared_list("val")
     all_ids = read_list_ids(val_list)
     cv_ids, holdout_ids = split_cv(all_ids, params.crf_search.cv_images, params.base.seed)
     crf_params = CRFParams.from_file(crf_file).to_dict() if cfg.crf else None
@@ -184,22 +200,11 @@ def evaluate_flow() -> dict:
         res_cv = run_eval(model, cv_ids, val_list, params, crf_params, [], names)
         metrics = collect_metrics(params, val_list, all_ids, cv_ids, holdout_ids, res_hold,
                                   res_cv, names)
-        per_class = per_class_rows(res_hold["plain"], res_hold["crf"], names)
-        trimap = trimap_rows(res_hold["plain"], res_hold["crf"])
-        plots = d / "plots"
-        with atomic_dir(d / "eval") as tmp:
-            write_json(tmp / "per_class.json", per_class)
-            save_figures(tmp, plots / "trimap.png", trimap, per_class, examples, crf_params,
-                         classes.full_palette())
-        write_json(plots / "trimap.json", trimap)
-        write_json(d / "metrics" / "evaluate.json", metrics)
-        tracking.log_metrics(metrics)
-        tracking.log_metrics({f"iou_{r['class']}": r["iou"] for r in per_class
-                              if r["iou"] is not None})
-        tracking.log_artifacts([d / "eval"], "eval")
-        tracking.log_artifacts([plots / "trimap.json", plots / "trimap.png"], "eval")
+        write_outputs(p, metrics, per_class_rows(res_hold["plain"], res_hold["crf"], names),
+                      trimap_rows(res_hold["plain"], res_hold["crf"]), examples, crf_params,
+                      classes.full_palette())
     from pipelines.report import print_report
-    print_report(d)
+    print_report(p.root)
     return metrics
 
 

@@ -7,16 +7,17 @@ from __future__ import annotations
 from prefect import flow
 
 from deeplab_core.config import Params
-from pipelines.common import clean_list, data_dir, get_params
+from pipelines.common import get_params
+from pipelines.paths import StagePaths
 from pipelines.train_stage import TrainingInputs, read_repeat_ids, run_training, stage_main
 
 
 def inputs(params: Params) -> TrainingInputs:
     cfg = params.finetune
-    d = data_dir(params)
-    repeat = read_repeat_ids(d / "bootstrap" / "hard_images.json") if cfg.use_bootstrap else None
-    init = d / "models" / "pretrain" / "model.pt" if cfg.init_from_pretrain else None
-    return TrainingInputs(cfg, clean_list(params, "train_aug"), init, repeat)
+    p = StagePaths.of(params)
+    repeat = read_repeat_ids(p.hard_images) if cfg.use_bootstrap else None
+    init = p.model_file("pretrain") if cfg.init_from_pretrain else None
+    return TrainingInputs(cfg, p.clean_list("train_aug"), init, repeat)
 
 
 @flow(name="finetune")

@@ -18,7 +18,8 @@ from prefect import flow, task
 from deeplab_core.config import Params
 from deeplab_core.fileio import clean_stale_temporaries
 from pipelines import tracking
-from pipelines.common import REPO, StageError, atomic_dir, data_dir, get_params, run_stage, write_json
+from pipelines.common import REPO, StageError, atomic_dir, get_params, run_stage, write_json
+from pipelines.paths import StagePaths
 
 
 def _resolve(p: str | None) -> Path | None:
@@ -101,27 +102,29 @@ def _build(params: Params, roots: dict | None, raw_build: Path, prepared_build: 
                        {raw_build: moved[raw_build]}, params.prepare.coco_min_area)
 
 
+def summary_metrics(summary: dict) -> dict:
+    """The numbers of prepare's summary (per-class counts left out) for metrics/prepare.json."""
+    return {k: v for k, v in tracking.flatten(summary).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and ".class_" not in k}
+
+
 @flow(name="prepare")
 def prepare_flow() -> dict:
     """data/raw and data/prepared are both built aside and swapped in only when everything
     succeeded: bad input leaves the previous outputs as they were."""
     params = get_params()
-    d = data_dir(params)
-    raw_dir, prepared_dir = d / "raw", d / "prepared"
+    p = StagePaths.of(params)
     with tracking.stage_run("prepare", {"prepare": params.prepare.model_dump()}):
         roots = locate_real(params) if params.prepare.source == "real" else None
-        for out in (raw_dir, prepared_dir):
+        for out in (p.raw, p.prepared):
             clean_stale_temporaries(out.parent, out.name)
-        with atomic_dir(raw_dir) as raw_build, atomic_dir(prepared_dir) as prepared_build:
+        with atomic_dir(p.raw) as raw_build, atomic_dir(p.prepared) as prepared_build:
             summary = _build(params, roots, raw_build, prepared_build,
-                             {raw_build: raw_dir, prepared_build: prepared_dir})
-        metrics = {k: v for k, v in tracking.flatten(summary).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and ".class_" not in k}
-        write_json(d / "metrics" / "prepare.json", {"source": params.prepare.source, **metrics})
-        import mlflow
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        tracking.log_artifacts([prepared_dir / "summary.json", prepared_dir / "classes.json"])
+                             {raw_build: p.raw, prepared_build: p.prepared})
+        metrics = summary_metrics(summary)
+        tracking.publish_metrics(p.metrics_file("prepare"),
+                                 {"source": params.prepare.source, **metrics},
+                                 artifacts=[p.prepared / "summary.json", p.classes_file])
     print(f"prepare: {metrics}")
     return summary
 

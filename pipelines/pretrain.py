@@ -8,7 +8,8 @@ from __future__ import annotations
 from prefect import flow
 
 from deeplab_core.config import Params
-from pipelines.common import clean_list, get_params
+from pipelines.common import get_params
+from pipelines.paths import clean_list
 from pipelines.train_stage import TrainingInputs, run_training, stage_main
 
 

@@ -10,8 +10,9 @@ import json
 from prefect import flow, task
 
 from pipelines import tracking
-from pipelines.common import (StageError, data_dir, get_params, require_inputs, run_stage,
-                              stage_lineage, write_json)
+from pipelines.common import (StageError, get_params, require_inputs, run_stage, stage_lineage,
+                              write_json)
+from pipelines.paths import DVC_DATA_DIR, StagePaths
 from pipelines.registry import (CHALLENGER, CHAMPION, EVAL_SET_TAG, decide_promotion,
                                 metric_tag, promote_if_better)
 
@@ -23,7 +24,7 @@ def lineage() -> dict:
     (matched by DVC's md5 of data/models/finetune), and the pipeline run, when there is one."""
     import os
 
-    rel = "data/models/finetune"
+    rel = StagePaths(DVC_DATA_DIR).model_dir("finetune").as_posix()
     md5 = stage_lineage("register")["deps"].get(rel)
     tags = {"dvc.dep." + rel: md5 or "missing"}
     run_id = tracking.find_stage_run("finetune", rel, md5) if md5 else None
@@ -38,10 +39,10 @@ def lineage() -> dict:
 def register_model(model_name: str, metric: str, min_improvement: float) -> dict:
     from mlflow import MlflowClient
 
-    d = data_dir(get_params())
-    ckpt = d / "models" / "finetune" / "model.pt"
-    crf = d / "crf_search" / "best_params.json"
-    eval_file = d / "metrics" / "evaluate.json"
+    p = StagePaths.of(get_params())
+    ckpt = p.model_file("finetune")
+    crf = p.best_params
+    eval_file = p.metrics_file("evaluate")
     require_inputs("register", ckpt, crf, eval_file)
     ev = json.loads(eval_file.read_text())
     value = ev.get(metric)
@@ -77,7 +78,7 @@ def register_flow() -> dict:
     cfg = params.register_
     with tracking.stage_run("register", {"register": cfg.model_dump()}):
         out = register_model(cfg.model_name, cfg.metric, cfg.min_improvement)
-        write_json(data_dir(params) / "register" / "registration.json", out)
+        write_json(StagePaths.of(params).registration, out)
     print(f"registered {out['model_uri']} ({cfg.metric}={out['value']:.4f}); "
           f"promoted to champion: {out['promoted']} ({out['reason']})")
     return out

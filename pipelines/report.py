@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pipelines.common import data_dir, get_params
+from pipelines.paths import StagePaths
 
 
 def _pct(v) -> str:
@@ -46,8 +47,9 @@ def trimap_table(rows: list[dict]) -> list[str]:
 
 
 def format_report(d: Path) -> str:
-    m = json.loads((d / "metrics" / "evaluate.json").read_text())
-    rows = json.loads((d / "eval" / "per_class.json").read_text())
+    p = StagePaths(d)
+    m = json.loads(p.metrics_file("evaluate").read_text())
+    rows = json.loads(p.per_class.read_text())
     s = m["eval_settings"]
     lines = [f"Results on {m['eval_set']}, {m['n_images']} images (scales {s['scales']}, "
              f"flip {s['flip']}, eval output stride {s['eval_output_stride'] or 'as trained'})",
@@ -58,11 +60,11 @@ def format_report(d: Path) -> str:
                    m["crf_cv_subset"].get("miou_crf")),
               "", "per class (%), DeepLab|+ CRF:"]
     lines += per_class_table(rows)
-    trimap = d / "plots" / "trimap.json"
+    trimap = p.trimap_json
     if trimap.is_file():
         lines += ["", "within a band around object boundaries (trimap, %):"]
         lines += trimap_table(json.loads(trimap.read_text()))
-    reg = d / "register" / "registration.json"
+    reg = p.registration
     if reg.is_file():
         g = json.loads(reg.read_text())
         lines += ["", f"registry: {g['model_uri']} aliases {g['aliases']} ({g['reason']})"]
@@ -75,7 +77,7 @@ def print_report(d: Path) -> None:
 
 def main() -> None:
     d = data_dir(get_params())
-    if not (d / "metrics" / "evaluate.json").is_file():
+    if not StagePaths(d).metrics_file("evaluate").is_file():
         print(f"no results yet in {d}/metrics: run `make run` (or `dvc repro`)", file=sys.stderr)
         sys.exit(2)
     print_report(d)

@@ -24,7 +24,8 @@ import sys
 
 from prefect import flow, get_run_logger, task
 
-from pipelines.common import REPO, StageError, data_dir, get_params
+from pipelines.common import REPO, StageError, get_params
+from pipelines.paths import StagePaths
 from pipelines.repro import started_stage
 
 
@@ -80,7 +81,7 @@ def retrain_flow(require_gpu: bool = True, force: bool = False) -> dict:
     log.info("stages that ran: %s", ", ".join(ran))
     out: dict = {"stages_run": ran, "registry": None}
     if "register" in ran:
-        reg = data_dir(get_params()) / "register" / "registration.json"
+        reg = StagePaths.of(get_params()).registration
         out["registry"] = json.loads(reg.read_text())
         r = out["registry"]
         log.info("registry: %s %s (%s)", r["model_uri"],

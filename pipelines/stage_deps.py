@@ -3,7 +3,9 @@
 A stage is `python -m pipelines.<stage>`; the in-repo files it can import are the transitive
 closure of its import statements (those inside functions included, relative imports resolved)
 plus the `__init__.py` of every package on the way. dvc.yaml lists exactly those files, so
-editing any code a stage runs, and only such code, makes DVC re-run it.
+editing any code a stage runs, and only such code, makes DVC re-run it. Its data deps, outs,
+metrics and plots are the ones pipelines.paths declares for the stage (the paths the stage's
+code uses); --write rewrites the deps, a difference in what a stage writes is reported.
 
     python -m pipelines.stage_deps            # check dvc.yaml against the imports (exit 1 if off)
     python -m pipelines.stage_deps --write    # rewrite the code deps in dvc.yaml, comments kept
@@ -89,10 +91,31 @@ def code_deps(spec: dict) -> list[str]:
     return sorted(p.relative_to(REPO).as_posix() for p in stage_code(stage_module(spec)))
 
 
-def expected_deps(spec: dict) -> list[str]:
-    """The stage's deps as they should read: its code files, then its other deps (data) as
-    listed."""
-    return code_deps(spec) + [d for d in spec.get("deps", []) if not is_code_dep(d)]
+def expected_deps(spec: dict, stage: str | None = None) -> list[str]:
+    """The stage's deps as they should read: its code files, then its data deps (as
+    pipelines.paths declares them for `stage`; as listed for a stage it does not declare, such
+    as an ablation grid added by hand)."""
+    from pipelines.paths import stage_io, stages
+
+    if stage is None or stage not in stages():
+        return code_deps(spec) + [d for d in spec.get("deps", []) if not is_code_dep(d)]
+    return code_deps(spec) + stage_io(stage)["deps"]
+
+
+def listed_paths(spec: dict, kind: str) -> list[str]:
+    """The paths of a dvc.yaml stage's `kind` entries (outs, metrics, plots), options dropped."""
+    return [e if isinstance(e, str) else next(iter(e)) for e in spec.get(kind, [])]
+
+
+def written_paths_off(stage: str, spec: dict) -> list[str]:
+    """The kinds (outs, metrics, plots) whose paths in dvc.yaml differ from pipelines.paths (none
+    for a stage it does not declare)."""
+    from pipelines.paths import stage_io, stages
+
+    if stage not in stages():
+        return []
+    io = stage_io(stage)
+    return [kind for kind in ("outs", "metrics", "plots") if listed_paths(spec, kind) != io[kind]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,24 +127,30 @@ def main(argv: list[str] | None = None) -> int:
     yaml.width = 100
     path = REPO / "dvc.yaml"
     doc = yaml.load(path.read_text())
-    off = []
+    off, outs_off = [], []
     for name, spec in doc["stages"].items():
-        want = expected_deps(spec)
+        outs_off += [f"{name}.{kind}" for kind in written_paths_off(name, spec)]
+        want = expected_deps(spec, name)
         if list(spec.get("deps", [])) != want:
             off.append(name)
             if "--write" in argv:
                 spec["deps"].clear()
                 spec["deps"].extend(want)
+    if outs_off:
+        print(f"dvc.yaml outs differ from pipelines/paths.py for: {', '.join(outs_off)} "
+              "(edit one to match the other)")
     if off and "--write" in argv:
         with open(path, "w") as f:
             yaml.dump(doc, f)
-        print(f"rewrote the code deps of {', '.join(off)} in {path}")
-        return 0
+        print(f"rewrote the deps of {', '.join(off)} in {path}")
+        return 1 if outs_off else 0
     if off:
-        print(f"dvc.yaml code deps differ from the imports for: {', '.join(off)} "
-              "(python -m pipelines.stage_deps --write)")
+        print(f"dvc.yaml deps differ from the imports and pipelines/paths.py for: "
+              f"{', '.join(off)} (python -m pipelines.stage_deps --write)")
         return 1
-    print("dvc.yaml code deps match the stages' imports")
+    if outs_off:
+        return 1
+    print("dvc.yaml deps and outs match the stages' imports and pipelines/paths.py")
     return 0
 
 

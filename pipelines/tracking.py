@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipelines.common import (PIPELINE_RUN_ENV, REPO, dvc_md5, git_commit, stage_lineage,
-                              stage_outs)
+                              stage_outs, write_json)
 
 EXPERIMENT = os.environ.get("DEEPLAB_EXPERIMENT", "deeplab")
 STORE = REPO / "mlflow.db"
@@ -181,6 +181,15 @@ def log_artifacts(paths: list[Path], artifact_path: str | None = None) -> None:
             mlflow.log_artifacts(str(p), artifact_path=artifact_path)
         elif p.is_file():
             mlflow.log_artifact(str(p), artifact_path=artifact_path)
+
+
+def publish_metrics(path: Path, metrics: dict, artifacts: list[Path] = (),
+                    artifact_path: str | None = None) -> None:
+    """A stage's results, in both places: `metrics` as the json file DVC tracks at `path`, its
+    numbers (log_metrics) and then `artifacts` (log_artifacts) on the active MLflow run."""
+    write_json(path, metrics)
+    log_metrics(metrics)
+    log_artifacts(list(artifacts), artifact_path)
 
 
 def find_stage_run(stage: str, out_path: str, md5: str) -> str | None:

@@ -22,8 +22,9 @@ from deeplab_core.engine.train import train
 from deeplab_core.fileio import atomic_torch_save
 from deeplab_core.runtime import resolve_device, seed_everything
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, data_dir, get_params, run_stage,
-                              stage_inputs_hash, write_json)
+from pipelines.common import (StageError, atomic_dir, get_params, run_stage, stage_inputs_hash,
+                              write_json)
+from pipelines.paths import StagePaths
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def run_training(stage: str, params: Params, inputs: TrainingInputs) -> dict:
     data/models/<stage>/model.pt, data/metrics/<stage>.json and data/plots/<stage>_loss.json."""
     cfg, list_file, init_checkpoint = inputs.cfg, inputs.list_file, inputs.init_checkpoint
     repeat_ids = inputs.repeat_ids
-    d = data_dir(params)
+    paths = StagePaths.of(params)
     sections = {"base": params.base.model_dump(), "model": params.model.model_dump(),
                 stage: cfg.model_dump()}
     with tracking.stage_run(stage, sections):
@@ -106,20 +107,19 @@ def run_training(stage: str, params: Params, inputs: TrainingInputs) -> dict:
             ds = build_dataset(list_file, cfg, repeat_ids)
             # Resume file: a persistent, uncached out in dvc.yaml, so an interrupted stage
             # continues where it stopped; marked complete at the end of training.
-            ckpt = d / "checkpoints" / f"{stage}.pt"
-            res = fit(model, ds, cfg, params, ckpt, stage)
+            res = fit(model, ds, cfg, params, paths.checkpoint(stage), stage)
             history = res.history
             metrics.update({"final_loss": res.final_loss, "resumed_from": res.resumed_from,
                             "train_images": len(ds), "iterations": cfg.iterations})
             tracking.log_metrics({"train_processes": distributed.current().world_size})
         else:
-            atomic_torch_save({"complete": True, "skipped": True}, d / "checkpoints" / f"{stage}.pt")
-        with atomic_dir(d / "models" / stage) as tmp:
-            save_checkpoint(tmp / "model.pt", model, spec, extra={"stage": stage, **metrics})
-        write_json(d / "plots" / f"{stage}_loss.json", history)
-        write_json(d / "metrics" / f"{stage}.json", metrics)
-        tracking.log_artifacts([d / "plots" / f"{stage}_loss.json"])
-        tracking.log_metrics(metrics)
+            atomic_torch_save({"complete": True, "skipped": True}, paths.checkpoint(stage))
+        with atomic_dir(paths.model_dir(stage)) as tmp:
+            save_checkpoint(tmp / paths.model_file(stage).name, model, spec,
+                            extra={"stage": stage, **metrics})
+        write_json(paths.loss_plot(stage), history)
+        tracking.publish_metrics(paths.metrics_file(stage), metrics,
+                                 artifacts=[paths.loss_plot(stage)])
     return metrics
 
 
@@ -139,8 +139,7 @@ def train_worker(stage: str, params: Params, inputs: TrainingInputs) -> None:
         return
     model, _ = init_model.fn(params, inputs.init_checkpoint)
     ds = build_dataset.fn(inputs.list_file, cfg, inputs.repeat_ids)
-    _fit(model, ds, cfg, params, data_dir(params) / "checkpoints" / f"{stage}.pt", stage,
-         progress=False)
+    _fit(model, ds, cfg, params, StagePaths.of(params).checkpoint(stage), stage, progress=False)
 
 
 def _requested_nproc() -> int:

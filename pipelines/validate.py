@@ -22,10 +22,11 @@ from prefect import flow, task
 
 from deeplab_core.config import SPLIT_NAMES
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, data_dir, dataset_classes, get_params,
-                              run_stage, write_json)
+from pipelines.common import (StageError, atomic_dir, dataset_classes, get_params, run_stage,
+                              write_json)
 from pipelines.expectations import (leakage_frame, leakage_suite, manifest_frame, run_suites,
                                     split_suite, LEAKAGE)
+from pipelines.paths import StagePaths
 
 SPLITS = SPLIT_NAMES
 
@@ -75,7 +76,8 @@ def quarantine_entries(results: dict) -> list[dict]:
     return list(out.values())
 
 
-def write_clean_lists(prepared: Path, out: Path, drop: set[tuple[str, str]]) -> dict[str, int]:
+def write_clean_lists(paths: StagePaths, out: Path,
+                      drop: set[tuple[str, str]]) -> dict[str, int]:
     """data/validation/lists/<split>.txt: the prepared lists less the dropped (split, id)
     samples, paths rewritten relative to the new folder. Returns split -> samples kept."""
     from deeplab_core.data.io import format_list_line, list_path, read_list_file
@@ -83,7 +85,7 @@ def write_clean_lists(prepared: Path, out: Path, drop: set[tuple[str, str]]) -> 
     kept = {}
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
-        lf = prepared / f"{split}.txt"
+        lf = paths.prepared_list(split)
         rows = [(i, img, lab) for i, img, lab in read_list_file(lf) if (split, i) not in drop]
         lines = [format_list_line(i, list_path(img, out), list_path(lab, out))
                  for i, img, lab in rows]
@@ -102,21 +104,43 @@ def _outcome(results: dict, cfg) -> list[dict]:
     return quarantine_entries(results)
 
 
-@flow(name="validate")
-def validate_flow() -> dict:
+def write_outputs(out: Path, manifests: dict[str, list[dict]], report: dict,
+                  quarantined: list[dict], class_names) -> None:
+    """The per-split manifests, the report, the quarantine list and the class frequencies in
+    data/validation (being built at `out`); the quarantine list also to MLflow."""
+    import mlflow
+
     from deeplab_core.data.manifest import class_frequencies, write_manifest_csv
 
+    for split, recs in manifests.items():
+        write_manifest_csv(recs, out / f"manifest_{split}.csv")
+    write_json(out / "report.json", report)
+    write_json(out / "quarantine.json", {"count": len(quarantined), "samples": quarantined})
+    write_json(out / "class_frequencies.json",
+               {s: class_frequencies(r, class_names) for s, r in manifests.items()})
+    mlflow.log_dict({"count": len(quarantined), "samples": quarantined}, "quarantine.json")
+
+
+def summary_metrics(manifests: dict, kept: dict[str, int], quarantined: list[dict],
+                    results: dict) -> dict:
+    return {**{f"{s}_samples": len(m) for s, m in manifests.items()},
+            **{f"{s}_clean": n for s, n in kept.items()},
+            "quarantined": len(quarantined),
+            "expectations_failed": sum(len(r["failures"]) for r in results.values())}
+
+
+@flow(name="validate")
+def validate_flow() -> dict:
     params = get_params()
     cfg = params.validate_
-    d = data_dir(params)
-    prepared = d / "prepared"
-    for lf in [prepared / f"{s}.txt" for s in SPLITS]:
+    p = StagePaths.of(params)
+    for lf in [p.prepared_list(s) for s in SPLITS]:
         if not lf.is_file():
             raise StageError(f"{lf} not found: run the prepare stage")
     classes = dataset_classes(params)
     with tracking.stage_run("validate", {"validate": cfg.model_dump()}):
-        manifests = {s: manifest(prepared / f"{s}.txt", classes) for s in SPLITS}
-        with atomic_dir(d / "validation") as tmp, atomic_dir(d / "validation_docs") as docs:
+        manifests = {s: manifest(p.prepared_list(s), classes) for s in SPLITS}
+        with atomic_dir(p.validation) as tmp, atomic_dir(p.validation_docs) as docs:
             results = check(manifests, cfg, docs)
             report = {"success": all(r["success"] for r in results.values()),
                       "on_error": cfg.on_error, "splits": _brief(results)}
@@ -124,24 +148,12 @@ def validate_flow() -> dict:
             mlflow.log_dict(report, "validation_report.json")
             tracking.log_artifacts([docs], "data_docs")
             quarantined = _outcome(results, cfg)
-            kept = write_clean_lists(prepared, tmp / "lists",
+            kept = write_clean_lists(p, tmp / "lists",
                                      {(q["split"], q["id"]) for q in quarantined})
             _require_minimums(kept, cfg)
-            for split, recs in manifests.items():
-                write_manifest_csv(recs, tmp / f"manifest_{split}.csv")
-            write_json(tmp / "report.json", report)
-            write_json(tmp / "quarantine.json", {"count": len(quarantined),
-                                                 "samples": quarantined})
-            write_json(tmp / "class_frequencies.json",
-                       {s: class_frequencies(r, classes.names) for s, r in manifests.items()})
-            mlflow.log_dict({"count": len(quarantined), "samples": quarantined},
-                            "quarantine.json")
-        metrics = {**{f"{s}_samples": len(m) for s, m in manifests.items()},
-                   **{f"{s}_clean": n for s, n in kept.items()},
-                   "quarantined": len(quarantined),
-                   "expectations_failed": sum(len(r["failures"]) for r in results.values())}
-        write_json(d / "metrics" / "validate.json", metrics)
-        tracking.log_metrics(metrics)
+            write_outputs(tmp, manifests, report, quarantined, classes.names)
+        metrics = summary_metrics(manifests, kept, quarantined, results)
+        tracking.publish_metrics(p.metrics_file("validate"), metrics)
     if quarantined:
         print("validate: quarantined samples:\n" + "\n".join(failure_lines(results, True)))
     print(f"validate: {metrics}")

@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipelines.stage_deps import REPO, code_deps, expected_deps, imported_modules, stage_code
+from pipelines.paths import stage_io, stages
+from pipelines.stage_deps import (REPO, code_deps, expected_deps, imported_modules, is_code_dep,
+                                  listed_paths, stage_code, written_paths_off)
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
@@ -43,6 +45,32 @@ def test_dvc_yaml_deps_are_exactly_the_stage_imports(stage):
     assert spec["deps"] == expected_deps(spec)
     for dep in listed:
         assert (REPO / dep).is_file(), dep
+
+
+def test_paths_module_declares_every_dvc_stage():
+    """Every stage of the pipeline (an ablation grid added as a stage by hand aside)."""
+    assert stages() == [s for s, spec in STAGES.items() if "pipelines.ablate" not in spec["cmd"]]
+
+
+def test_a_stage_the_paths_module_does_not_declare_keeps_its_listed_data():
+    spec = {"cmd": "python -m pipelines.ablate v3_inference",
+            "deps": ["ablations/v3_inference.yaml", "data/prepared"],
+            "outs": ["data/ablations/v3_inference"]}
+    assert expected_deps(spec, "ablate_inference")[-2:] == spec["deps"]
+    assert written_paths_off("ablate_inference", spec) == []
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_dvc_yaml_data_paths_are_the_ones_the_stages_use(stage):
+    """The data deps, outs, metrics and plots of each dvc.yaml stage are exactly those
+    pipelines/paths.py names for it, the paths the stage's code reads and writes."""
+    spec = STAGES[stage]
+    io = stage_io(stage)
+    assert [d for d in spec.get("deps", []) if not is_code_dep(d)] == io["deps"]
+    for kind in ("outs", "metrics", "plots"):
+        assert listed_paths(spec, kind) == io[kind], (stage, kind)
+    assert not written_paths_off(stage, spec)
+    assert spec["deps"] == expected_deps(spec, stage)
 
 
 def test_evaluate_depends_on_the_crf_and_the_models():
