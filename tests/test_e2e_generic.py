@@ -42,13 +42,13 @@ def test_generic_example_runs_every_stage_with_its_class_names(tmp_path, prefect
     _run(["dvc", "repro"], root, env)
     d = root / "data"
     assert json.loads((d / "prepared" / "classes.json").read_text())["names"] == NAMES
-    rows = json.loads((d / "eval" / "per_class_iou.json").read_text())
+    rows = json.loads((d / "eval" / "per_class.json").read_text())
     assert [r["class"] for r in rows] == NAMES
     assert all(r["iou_crf"] is not None for r in rows if r["iou"] is not None)
     metrics = json.loads((d / "metrics" / "evaluate.json").read_text())
     assert 0.0 <= metrics["miou"] <= 1.0 and "miou_crf" in metrics
-    for png in ("per_class_iou.png", "examples.png", "trimap.png"):
-        assert (d / "eval" / png).stat().st_size > 0
+    for png in ("eval/per_class_iou.png", "eval/examples.png", "plots/trimap.png"):
+        assert (d / png).stat().st_size > 0
     hard = json.loads((d / "bootstrap" / "hard_images.json").read_text())
     assert hard["hard_classes"] == ["bar"] and hard["count"] > 0
     freq = json.loads((d / "validation" / "class_frequencies.json").read_text())
