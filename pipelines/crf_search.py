@@ -16,6 +16,7 @@ from prefect import flow, task
 
 from deeplab_core.crf.cache import (build_probability_cache, cache_is_current,
                                     probability_cache_files)
+from deeplab_core.crf.evaluator import sort_journal
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import split_cv
 from deeplab_core.runtime import resolve_device
@@ -70,9 +71,13 @@ def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: i
                   iterations=cfg.iterations, workers=cfg.workers, results_path=results_path,
                   progress=True, objective=cfg.objective)
     if cfg.strategy == "full":
-        return s.full_grid_search(files, num_classes, **common)
-    return s.coarse_to_fine_search(files, num_classes, seed=seed, screen_images=cfg.screen_images,
-                                   budget_fraction=cfg.budget_fraction, **common)
+        result = s.full_grid_search(files, num_classes, **common)
+    else:
+        result = s.coarse_to_fine_search(files, num_classes, seed=seed,
+                                         screen_images=cfg.screen_images,
+                                         budget_fraction=cfg.budget_fraction, **common)
+    sort_journal(results_path)  # rows arrive in worker order: sorted, the output is repeatable
+    return result
 
 
 def write_table(path: Path, rows: list[dict], screen_rows: list[dict]) -> None:

@@ -176,6 +176,29 @@ def test_two_workers_give_the_same_rows(cache, tmp_path):
     assert len((tmp_path / "two.jsonl").read_text().splitlines()) == len(cfg)
 
 
+def test_sorted_journal_depends_on_its_rows_alone(cache, tmp_path, monkeypatch):
+    """Workers finish rows in any order; the sorted journal (part of the crf_search stage's DVC
+    output) is the same file whatever that order, keeps one line per row, drops torn lines, and
+    still resumes."""
+    cfg = configs()
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=one,
+                               progress=False)
+    lines = one.read_text().splitlines()
+    # the same rows in another arrival order, one of them twice, and a torn last line
+    two.write_text("\n".join(lines[::-1] + [lines[1], '{"w1": 4.0, "sigma_al']))
+    assert one.read_bytes() != two.read_bytes()
+    evaluator.sort_journal(one)
+    evaluator.sort_journal(two)
+    assert one.read_bytes() == two.read_bytes()
+    assert sorted(one.read_text().splitlines()) == sorted(lines)
+    assert sorted(tmp_path.iterdir()) == [one, two]  # no temporary left behind
+    calls = count_crf_calls(monkeypatch)
+    again = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, workers=1, results_path=two,
+                                       progress=False)
+    assert calls == [] and len(again) == len(cfg)  # a sorted journal resumes like any other
+
+
 def _grid_keys(iterations):
     return {CRFParams(w1=w, sigma_alpha=a, sigma_beta=b, iterations=iterations).key()
             for w in SMALL_GRID["w1_grid"] for a in SMALL_GRID["sigma_alpha_grid"]

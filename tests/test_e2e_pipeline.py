@@ -187,7 +187,8 @@ def test_fresh_clone_elsewhere_reproduces_byte_identical_outputs_and_moves(proje
     out = _run([sys.executable, "-m", "pipelines.repro"], clone, env).stdout
     assert [line.split("'")[1] for line in out.splitlines()
             if line.startswith("Running stage")] == STAGES
-    assert _run(["git", "status", "--porcelain"], clone, env).stdout == ""
+    status = _run(["git", "status", "--porcelain"], clone, env).stdout
+    assert status == "", status + _run(["git", "diff"], clone, env).stdout
     moved = tmp_path / "moved" / "project"
     moved.parent.mkdir()
     clone.rename(moved)

@@ -229,6 +229,28 @@ def append_row(results_path: Path | None, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def sort_journal(results_path: Path | None) -> None:
+    """Rewrite the journal (atomically) with one line per (config, image set), sorted by config
+    and image set, torn or foreign lines dropped.
+
+    Rows are appended as worker processes finish them, so two runs of the same search write the
+    same rows in different orders; sorted, the file depends on its rows alone (it sits inside a
+    DVC output, whose hash must not change between identical runs)."""
+    from deeplab_core.fileio import atomic_write_text
+
+    if results_path is None or not Path(results_path).exists():
+        return
+    lines: dict[tuple, str] = {}
+    with open(results_path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                key = _row_key(CRFParams.from_dict(row, ignore_extra=True), row["images_key"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            lines[key] = line.rstrip("\n") + "\n"
+    atomic_write_text(results_path, "".join(lines[k] for k in sorted(lines)))
+
 
 def make_row(params: CRFParams, conf: np.ndarray, n_images: int, key: str) -> dict:
     s = summarize(conf)
