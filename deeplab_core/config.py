@@ -84,8 +84,9 @@ class ValidateConfig(Strict):
         default_factory=dict, description="split -> exact number of samples (e.g. the real "
         "data's train_aug 10582, val 1449); splits not named are checked against minimums only")
     on_error: Literal["fail", "quarantine"] = Field(
-        "fail", description="fail: bad samples fail the stage; quarantine: they are listed in "
-        "data/validation/quarantine.json and left out of the clean lists training reads")
+        "fail", description="fail: bad samples fail the stage (a label prepare cannot convert "
+        "fails prepare); quarantine: they are listed in data/validation/quarantine.json and left "
+        "out of the clean lists training reads (prepare lists its rejects for validate)")
 
     @field_validator("expected_counts")
     @classmethod

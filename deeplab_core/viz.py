@@ -1,5 +1,5 @@
 """Figures people would rather look at than read: colourised masks, example predictions, the
-trimap curve and per-class IoU bars. Matplotlib with the Agg backend (no display needed)."""
+training loss curve, the trimap curve and per-class IoU bars. Matplotlib with the Agg backend (no display needed)."""
 
 from __future__ import annotations
 
@@ -106,5 +106,30 @@ def save_per_class_bars(per_class: dict[str, dict[str, float | None]], out_png: 
     ax.invert_yaxis()
     ax.set_xlabel("IoU (%)")
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    _save(fig, out_png, dpi=100)
+
+
+def save_loss_curve(history: list[dict], out_png: Path, title: str | None = None) -> None:
+    """The training loss (mean over each logging interval) against the iteration, and the
+    learning rate on a second axis; ``history`` rows hold 'iteration', 'loss' and optionally
+    'lr'. An empty history (training disabled) draws an empty, labelled chart."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    its = [r["iteration"] for r in history]
+    ax.plot(its, [r["loss"] for r in history], color="tab:blue", label="loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training loss", color="tab:blue")
+    ax.grid(alpha=0.3)
+    if history and all("lr" in r for r in history):
+        lr_ax = ax.twinx()
+        lr_ax.plot(its, [r["lr"] for r in history], color="tab:orange", linestyle="--",
+                   label="learning rate")
+        lr_ax.set_ylabel("learning rate", color="tab:orange")
+        lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    if not history:
+        ax.text(0.5, 0.5, "no training (stage disabled)", ha="center", va="center",
+                transform=ax.transAxes)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     _save(fig, out_png, dpi=100)

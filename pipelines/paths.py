@@ -43,6 +43,11 @@ class StagePaths:
     def classes_file(self) -> Path:
         return self.prepared / "classes.json"
 
+    @property
+    def rejected(self) -> Path:
+        """The samples prepare could not convert (``validate.on_error: quarantine``)."""
+        return self.prepared / "rejected.json"
+
     # validate
     @property
     def validation(self) -> Path:
@@ -77,8 +82,13 @@ class StagePaths:
         """The training stage's resume file (persistent, uncached)."""
         return self.root / "checkpoints" / f"{stage}.pt"
 
-    def loss_plot(self, stage: str) -> Path:
+    def loss_json(self, stage: str) -> Path:
+        """The stage's loss and learning rate per logging interval (data)."""
         return self.root / "plots" / f"{stage}_loss.json"
+
+    def loss_png(self, stage: str) -> Path:
+        """The loss curve as a static image: the stage's DVC plot."""
+        return self.root / "plots" / f"{stage}_loss.png"
 
     # crf_search
     @property
@@ -146,8 +156,8 @@ def _stage_io(p: StagePaths) -> dict[str, dict[str, list[Path]]]:
                      "outs": [p.register]},
     }
     for stage in TRAIN_STAGES:
-        io[stage].update(outs=[p.model_dir(stage), p.checkpoint(stage)],
-                         plots=[p.loss_plot(stage)])
+        io[stage].update(outs=[p.model_dir(stage), p.checkpoint(stage), p.loss_json(stage)],
+                         plots=[p.loss_png(stage)])
     for stage, entry in io.items():
         if stage != "register":
             entry["metrics"] = [p.metrics_file(stage)]

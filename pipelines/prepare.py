@@ -7,7 +7,8 @@ later stages read (names in reports and plots, palette, ignore index).
 Outs: data/raw (the generated dataset, or a sources.json naming the real roots), data/prepared.
 Real roots are checked before anything is written; both outs are built aside and swapped in only
 after everything succeeded, so bad input (reported with the file, the id and the rule) leaves the
-previous outputs as they were."""
+previous outputs as they were. With `validate.on_error: quarantine` a label that breaks a rule
+does not fail the stage: data/prepared/rejected.json lists it for validate to quarantine."""
 
 from __future__ import annotations
 
@@ -63,11 +64,12 @@ def locate_real(params: Params) -> dict[str, Path | None]:
 @task
 @tracking.work("data")
 def build_lists(voc: Path, sbd: Path | None, coco: Path | None, build_dir: Path, out_dir: Path,
-                moved: dict[Path, Path], coco_min_area: float) -> dict:
+                moved: dict[Path, Path], coco_min_area: float, on_error: str) -> dict:
     from deeplab_core.data.prepare import prepare_datasets
 
     return prepare_datasets(voc, sbd, coco, out_dir, progress=True, workers=2,
-                            coco_min_area=coco_min_area, build_dir=build_dir, moved=moved)
+                            coco_min_area=coco_min_area, build_dir=build_dir, moved=moved,
+                            on_error=on_error)
 
 
 @task
@@ -99,7 +101,8 @@ def _build(params: Params, roots: dict | None, raw_build: Path, prepared_build: 
         write_json(raw_build / "sources.json", {k: str(v) if v else None for k, v in roots.items()})
         voc, sbd, coco = roots["voc_root"], roots["sbd_root"], roots["coco_root"]
     return build_lists(voc, sbd, coco, prepared_build, moved[prepared_build],
-                       {raw_build: moved[raw_build]}, params.prepare.coco_min_area)
+                       {raw_build: moved[raw_build]}, params.prepare.coco_min_area,
+                       params.validate_.on_error)
 
 
 def summary_metrics(summary: dict) -> dict:
@@ -114,7 +117,8 @@ def prepare_flow() -> dict:
     succeeded: bad input leaves the previous outputs as they were."""
     params = get_params()
     p = StagePaths.of(params)
-    with tracking.stage_run("prepare", {"prepare": params.prepare.model_dump()}):
+    with tracking.stage_run("prepare", {"prepare": params.prepare.model_dump(),
+                                        "validate": {"on_error": params.validate_.on_error}}):
         roots = locate_real(params) if params.prepare.source == "real" else None
         for out in (p.raw, p.prepared):
             clean_stale_temporaries(out.parent, out.name)
@@ -125,6 +129,9 @@ def prepare_flow() -> dict:
         tracking.publish_metrics(p.metrics_file("prepare"),
                                  {"source": params.prepare.source, **metrics},
                                  artifacts=[p.prepared / "summary.json", p.classes_file])
+    if summary.get("rejected"):
+        print(f"prepare: {summary['rejected']} sample(s) rejected (validate.on_error: "
+              f"quarantine), listed in {p.rejected}")
     print(f"prepare: {metrics}")
     return summary
 

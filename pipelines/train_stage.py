@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from prefect import task
 
+from deeplab_core import viz
 from deeplab_core.config import ConfigError, Params, TrainConfig
 from deeplab_core.engine import distributed
 from deeplab_core.engine.checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
@@ -92,7 +93,8 @@ def _fit(model, dataset, cfg: TrainConfig, params: Params, ckpt_path: Path, stag
 
 def run_training(stage: str, params: Params, inputs: TrainingInputs) -> dict:
     """Train (or, when cfg.enabled is false, pass the initial weights through) and write
-    data/models/<stage>/model.pt, data/metrics/<stage>.json and data/plots/<stage>_loss.json."""
+    data/models/<stage>/model.pt, data/metrics/<stage>.json and data/plots/<stage>_loss.json
+    and .png."""
     cfg, list_file, init_checkpoint = inputs.cfg, inputs.list_file, inputs.init_checkpoint
     repeat_ids = inputs.repeat_ids
     paths = StagePaths.of(params)
@@ -117,9 +119,10 @@ def run_training(stage: str, params: Params, inputs: TrainingInputs) -> dict:
         with atomic_dir(paths.model_dir(stage)) as tmp:
             save_checkpoint(tmp / paths.model_file(stage).name, model, spec,
                             extra={"stage": stage, **metrics})
-        write_json(paths.loss_plot(stage), history)
+        write_json(paths.loss_json(stage), history)
+        viz.save_loss_curve(history, paths.loss_png(stage), title=f"{stage}: training loss")
         tracking.publish_metrics(paths.metrics_file(stage), metrics,
-                                 artifacts=[paths.loss_plot(stage)])
+                                 artifacts=[paths.loss_json(stage), paths.loss_png(stage)])
     return metrics
 
 

@@ -7,7 +7,9 @@ of `validate.expected_counts`) and one across splits (no id and no image content
 the rule and example ids; nothing is written. `quarantine`: samples that break a per-sample rule
 (or leak into a later split) are listed with their rule in data/validation/quarantine.json (and
 in MLflow) and left out of the clean lists data/validation/lists/<split>.txt that training and
-bootstrapping read; a failed count still fails the stage.
+bootstrapping read; a failed count still fails the stage. The samples whose label prepare could
+not convert (data/prepared/rejected.json: a label that breaks its format's rule) are quarantined
+too, with prepare's rule; in `fail` mode prepare has already failed on them.
 
 Outs: data/validation/{manifest_<split>.csv, report.json, quarantine.json,
 class_frequencies.json, lists/<split>.txt}, data/validation_docs (GX data docs, HTML, also
@@ -73,6 +75,28 @@ def quarantine_entries(results: dict) -> list[dict]:
                 key = (u["split"] or split, u["id"])
                 entry = out.setdefault(key, {"split": key[0], "id": key[1], "rules": []})
                 entry["rules"].append({"rule": f["rule"], "value": u["value"]})
+    return list(out.values())
+
+
+def read_rejected(paths: StagePaths) -> list[dict]:
+    """The samples prepare rejected (none when it ran in `fail` mode, or for a generic source)."""
+    import json
+
+    if not paths.rejected.is_file():
+        return []
+    return json.loads(paths.rejected.read_text())["samples"]
+
+
+def add_rejected(quarantined: list[dict], rejected: list[dict]) -> list[dict]:
+    """The quarantine entries with prepare's rejections merged in: a rejected sample's entry
+    gains ``{rule, value: problem, stage: "prepare"}`` (a new entry when validate's own rules
+    did not flag it, e.g. a COCO image prepare left out of its list)."""
+    out = {(q["split"], q["id"]): {**q, "rules": list(q["rules"])} for q in quarantined}
+    for r in rejected:
+        entry = out.setdefault((r["split"], r["id"]),
+                               {"split": r["split"], "id": r["id"], "rules": []})
+        entry["rules"].insert(0, {"rule": r["rule"], "value": r["problem"], "stage": "prepare",
+                                  "file": r["file"]})
     return list(out.values())
 
 
@@ -147,7 +171,13 @@ def validate_flow() -> dict:
             import mlflow
             mlflow.log_dict(report, "validation_report.json")
             tracking.log_artifacts([docs], "data_docs")
-            quarantined = _outcome(results, cfg)
+            rejected = read_rejected(p)
+            if rejected and cfg.on_error == "fail":
+                raise StageError(f"{p.rejected} lists {len(rejected)} sample(s) prepare "
+                                 f"rejected (e.g. {rejected[0]['split']} id "
+                                 f"{rejected[0]['id']!r}: {rejected[0]['problem']}), but "
+                                 f"validate.on_error is 'fail': re-run prepare")
+            quarantined = add_rejected(_outcome(results, cfg), rejected)
             kept = write_clean_lists(p, tmp / "lists",
                                      {(q["split"], q["id"]) for q in quarantined})
             _require_minimums(kept, cfg)

@@ -150,6 +150,11 @@ def test_outputs_metrics_and_registry(project, monkeypatch):
     assert [r["band_width"] for r in trimap] == [1, 4, 8]
     assert all(0 <= r[k] <= 1 for r in trimap for k in ("miou", "miou_crf", "pixel_acc_crf"))
     assert (d / "plots" / "trimap.png").stat().st_size > 1000
+    for stage, iterations in (("pretrain", 6), ("finetune", 8)):
+        losses = json.loads((d / "plots" / f"{stage}_loss.json").read_text())
+        assert [r["iteration"] for r in losses] == list(range(2, iterations + 1, 2))
+        png = (d / "plots" / f"{stage}_loss.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 1000
     for png in ("per_class_iou.png", "examples.png"):
         assert (d / "eval" / png).stat().st_size > 1000
     per_class = json.loads((d / "eval" / "per_class.json").read_text())

@@ -123,23 +123,32 @@ def test_crf_search_depends_on_the_inference_params():
     assert {"evaluate.scales", "evaluate.flip", "model.eval_output_stride"} <= set(stage["params"])
 
 
-def test_dvc_plots_are_the_loss_curves_and_the_static_trimap_image(tmp_path):
-    """`dvc plots show` on the project's dvc.yaml: each plot once, the trimap an image (drawn
-    without the vega scripts a browser would fetch from the internet), no trimap-vs-step chart."""
+def test_dvc_plots_are_static_images_drawn_offline(tmp_path):
+    """`dvc plots show` on the project's dvc.yaml: each plot once, every one an image (drawn
+    without the vega scripts a browser would fetch from the internet): the two loss curves and
+    the trimap figure; no trimap-vs-step chart, no loss data drawn a second time."""
+    from deeplab_core import viz
+
     root = scratch_project(tmp_path / "p")
     dvc = str(Path(sys.executable).parent / "dvc")
     subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
     plots = root / "data" / "plots"
     plots.mkdir(parents=True)
+    history = [{"iteration": i, "loss": 1.0 / (i + 1), "lr": 0.01 * (1 - i / 4)}
+               for i in range(1, 4)]
     for stage in ("pretrain", "finetune"):
-        (plots / f"{stage}_loss.json").write_text(json.dumps(
-            [{"iteration": i, "loss": 1.0 / (i + 1)} for i in range(3)]))
+        (plots / f"{stage}_loss.json").write_text(json.dumps(history))
+        viz.save_loss_curve(history, plots / f"{stage}_loss.png", title=stage)
     (plots / "trimap.json").write_text(json.dumps([{"band_width": 1, "miou": 0.5}]))
-    from deeplab_core import viz
     viz.save_trimap_plot([1, 2], {"mean IoU (%)": {"DeepLab": [0.4, 0.5]}}, plots / "trimap.png")
     out = subprocess.run([dvc, "plots", "show", "--json"], cwd=root, check=True,
                          capture_output=True, text=True).stdout
     shown = {k: [p["type"] for p in v] for k, v in json.loads(out)["data"].items()}
-    assert shown == {"data/plots/pretrain_loss.json": ["vega"],
-                     "data/plots/finetune_loss.json": ["vega"],
+    assert shown == {"data/plots/pretrain_loss.png": ["image"],
+                     "data/plots/finetune_loss.png": ["image"],
                      "data/plots/trimap.png": ["image"]}
+    html = subprocess.run([dvc, "plots", "show", "-o", str(tmp_path / "html")], cwd=root,
+                          check=True, capture_output=True, text=True)
+    page = (tmp_path / "html" / "index.html").read_text()
+    assert "vega" not in page.lower(), html.stdout  # nothing the page must fetch
+    assert page.count("<img") == 3

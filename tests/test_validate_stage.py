@@ -152,6 +152,48 @@ def test_quarantine_lists_bad_samples_and_training_lists_exclude_them(project, m
     assert not {sid, corrupt_id} & set(doc["ids"])
 
 
+def test_labels_prepare_rejects_are_quarantined_with_its_rule(tmp_path, prefect_api_url):
+    """The prepare and validate stages with `validate.on_error: quarantine` on real-format data
+    holding a truncated VOC label and a corrupt SBD annotation: prepare does not stop, the exact
+    counts still hold, quarantine.json names prepare's rule and file for both, and the clean
+    lists leave them out."""
+    raw = tmp_path / "src"
+    write_voc(raw, TRAIN, VAL)
+    write_sbd(raw, SBD_TRAIN, SBD_VAL)
+    voc_label = raw / "VOCdevkit" / "VOC2012" / "SegmentationClass" / f"{VAL[1]}.png"
+    voc_label.write_bytes(voc_label.read_bytes()[:60])
+    sbd_id = SBD_TRAIN[0]  # an SBD-only train_aug id: its label comes from the .mat
+    (raw / "benchmark_RELEASE" / "dataset" / "cls" / f"{sbd_id}.mat").write_bytes(b"garbage")
+    n_aug = len(set(TRAIN) | set(SBD_TRAIN) | (set(SBD_VAL) - set(VAL)))
+    root = scratch_project(tmp_path / "proj", {
+        "prepare": {"source": "real", "voc_root": str(raw / "VOCdevkit"),
+                    "sbd_root": str(raw / "benchmark_RELEASE"), "coco_root": None},
+        "validate": {"on_error": "quarantine", "min_train_samples": 4, "min_val_samples": 3,
+                     "expected_counts": {"train_aug": n_aug, "val": len(VAL)}}})
+    for stage in ("prepare", "validate"):
+        proc = _run(root, stage)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    q = json.loads((root / "data" / "validation" / "quarantine.json").read_text())
+    entries = {(e["split"], e["id"]): e["rules"] for e in q["samples"]}
+    assert set(entries) == {("val", VAL[1]), ("train_aug", sbd_id)}
+    first = {k: rules[0] for k, rules in entries.items()}
+    assert first[("val", VAL[1])]["stage"] == "prepare"
+    assert first[("val", VAL[1])]["rule"] == "every image and label file must decode in full"
+    assert first[("val", VAL[1])]["file"].endswith(f"SegmentationClass/{VAL[1]}.png")
+    assert first[("train_aug", sbd_id)]["file"].endswith(f"cls/{sbd_id}.mat")
+    # validate's own per-sample rules flag the passed-through source files as well
+    assert all(len(rules) >= 2 for rules in entries.values())
+    lists = root / "data" / "validation" / "lists"
+    assert [i for i, _, _ in read_list_file(lists / "val.txt")] == [v for v in VAL if v != VAL[1]]
+    aug = [i for i, _, _ in read_list_file(lists / "train_aug.txt")]
+    assert len(aug) == n_aug - 1 and sbd_id not in aug
+    metrics = json.loads((root / "data" / "metrics" / "prepare.json").read_text())
+    assert metrics["rejected"] == 2
+    # the same data with on_error back at `fail`: validate refuses prepare's rejects
+    proc = _run(root, "validate", _params(root, on_error="fail"))
+    assert proc.returncode == 2 and "prepare rejected" in proc.stderr, proc.stderr[-3000:]
+
+
 def _mlflow_quarantine(root: Path) -> dict:
     import mlflow
 

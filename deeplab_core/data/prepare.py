@@ -9,6 +9,7 @@ Output layout (``out_dir``)::
     labels/coco_val/<id>.png         rasterised once here by pycocotools (rules: data/coco.py)
     train_aug.txt  val.txt  coco_train.txt  coco_val.txt
     classes.json                     the class list (names, palette, ignore index)
+    rejected.json                    samples whose label broke a rule (on_error="quarantine")
     summary.json
 
 List files hold one sample per line, ``<id> <image_path> <label_path>``, separated by single
@@ -23,7 +24,10 @@ train_aug = (VOC train | SBD train | SBD val) - VOC val, sorted; an id with a VO
 uses it (and the VOC image), any other id uses the SBD annotation. With no SBD, train_aug is VOC
 train. The inputs are checked before anything is written (:func:`read_sources`), and a label
 that breaks a rule fails with a :class:`~deeplab_core.data.io.DataError` naming the file, the id
-and the rule. The whole ``out_dir`` is built in a temporary sibling folder and swapped in at the
+and the rule. With ``on_error="quarantine"`` such a sample is rejected instead of failing the
+run: ``rejected.json`` lists it (split, id, file, problem, rule); a VOC or SBD sample stays in its
+list with its label path pointing at the source file as it is (so the validate stage sees it,
+quarantines it and the split counts still hold), a COCO image is left out of its list. The whole ``out_dir`` is built in a temporary sibling folder and swapped in at the
 end: a failed or killed run leaves the previous output (or none) and re-running replaces it. A
 caller that builds the raw trees aside too passes ``build_dir`` and ``moved`` to
 :func:`prepare_datasets` and swaps both in itself.
@@ -31,6 +35,7 @@ caller that builds the raw trees aside too passes ``build_dir`` and ``moved`` to
 
 from __future__ import annotations
 
+import functools
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +54,8 @@ from deeplab_core.data.voc import read_split, resolve_voc_root, split_file
 from deeplab_core.fileio import atomic_directory, atomic_write_json, clean_stale_temporaries
 
 LIST_FILES = ("train_aug.txt", "val.txt", "coco_train.txt", "coco_val.txt")
+ON_ERROR = ("fail", "quarantine")
+SBD_RULE = "an SBD annotation is a MATLAB file whose GTcls.Segmentation is an HxW class-index array"
 _VALID = np.zeros(256, dtype=bool)
 _VALID[:NUM_VOC_CLASSES] = True
 _VALID[IGNORE_INDEX] = True
@@ -82,8 +89,17 @@ def _convert_png(job: tuple[str, str, str]) -> np.ndarray:
     return _convert_label(read_label_png, job)
 
 
+def _read_mat(src: str, item_id: str) -> np.ndarray:
+    try:
+        return label_from_mat(src)
+    except DataError:
+        raise
+    except ValueError as exc:
+        raise DataError(src, str(exc), SBD_RULE, item_id) from None
+
+
 def _convert_mat(job: tuple[str, str, str]) -> np.ndarray:
-    return _convert_label(lambda src, _id: label_from_mat(src), job)
+    return _convert_label(_read_mat, job)
 
 
 def _convert_coco(job: tuple[list, int, int, dict, float, str, str, int]) -> np.ndarray:
@@ -102,11 +118,24 @@ def _convert_coco(job: tuple[list, int, int, dict, float, str, str, int]) -> np.
     return cnt
 
 
-def _run(fn: Callable, jobs: list, workers: int, progress: bool, desc: str) -> list:
+def _kept_going(fn: Callable, job) -> np.ndarray | DataError:
+    """``fn(job)``, or the DataError it raised (returned, so that the other jobs go on)."""
+    try:
+        return fn(job)
+    except DataError as exc:
+        return exc
+
+
+def _run(fn: Callable, jobs: list, workers: int, progress: bool, desc: str,
+         keep_going: bool = False) -> list:
+    """``fn`` over ``jobs`` (in worker processes when ``workers`` > 1), results in job order;
+    with ``keep_going`` a job's DataError is its result instead of stopping the run."""
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
+    if keep_going:
+        fn = functools.partial(_kept_going, fn)
     if workers > 1 and len(jobs) > workers:
         with ProcessPoolExecutor(max_workers=workers) as ex:
             it = ex.map(fn, jobs, chunksize=max(1, min(32, len(jobs) // (4 * workers))))
@@ -119,7 +148,10 @@ def _run(fn: Callable, jobs: list, workers: int, progress: bool, desc: str) -> l
     return [fn(j) for j in it]
 
 
-def _stats(counts: list[np.ndarray]) -> dict:
+def _stats(counts: list) -> dict:
+    """Per-class image and pixel counts over the labels' value counts (rejected labels, given
+    as their DataError, left out)."""
+    counts = [c for c in counts if not isinstance(c, DataError)]
     if not counts:
         z = [0] * NUM_VOC_CLASSES
         return {"class_images": dict(zip(VOC_CLASSES, z)), "class_pixels": dict(zip(VOC_CLASSES, z)),
@@ -212,14 +244,16 @@ def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: P
                      out_dir: PathLike, progress: bool = True, workers: int = 1,
                      coco_to_voc: Mapping[int, int] = COCO_TO_VOC,
                      coco_min_area: float = COCO_MIN_AREA, build_dir: PathLike | None = None,
-                     moved: Mapping[PathLike, PathLike] | None = None) -> dict:
+                     moved: Mapping[PathLike, PathLike] | None = None,
+                     on_error: str = "fail") -> dict:
     """Build the prepared lists and labels under ``out_dir`` (see the module docstring).
 
     ``sbd_root`` / ``coco_root`` may be None to skip them (train_aug is then VOC train; the COCO
     lists are written empty). The inputs are checked by :func:`read_sources` before anything is
     written; a label that cannot be decoded or breaks a rule of its format raises
     :class:`~deeplab_core.data.io.DataError` (a ValueError) naming the file, the id and the rule,
-    also from the worker processes. Returns the summary also written to ``summary.json``.
+    also from the worker processes; with ``on_error="quarantine"`` the sample is rejected
+    instead (see the module docstring). Returns the summary also written to ``summary.json``.
 
     By default ``out_dir`` is built in a temporary sibling and swapped in at the end. With
     ``build_dir`` (an existing empty folder) the output is written there instead, for the caller
@@ -227,10 +261,12 @@ def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: P
     the dataset trees now to where the caller will move them. The paths in the lists are always
     relative to ``out_dir`` and point at the trees' final places.
     """
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {list(ON_ERROR)}, got {on_error!r}")
     src = read_sources(voc_root, sbd_root, coco_root)
     out_dir = Path(out_dir).absolute()
     kw = dict(progress=progress, workers=workers, coco_to_voc=coco_to_voc,
-              coco_min_area=coco_min_area, moved=moved or {})
+              coco_min_area=coco_min_area, moved=moved or {}, on_error=on_error)
     if build_dir is not None:
         return _write_prepared(src, Path(build_dir), out_dir, **kw)
     clean_stale_temporaries(out_dir.parent, out_dir.name)
@@ -241,61 +277,88 @@ def prepare_datasets(voc_root: PathLike, sbd_root: PathLike | None, coco_root: P
 
 def _write_prepared(src: Sources, tmp: Path, out_dir: Path, progress: bool, workers: int,
                     coco_to_voc: Mapping[int, int], coco_min_area: float,
-                    moved: Mapping[PathLike, PathLike]) -> dict:
+                    moved: Mapping[PathLike, PathLike], on_error: str) -> dict:
     """Write the prepared output into ``tmp`` with list paths relative to ``out_dir``."""
 
     def rel(path: PathLike) -> str:
         return list_path(relocated(path, moved), out_dir)
 
+    keep_going = on_error == "quarantine"
     for sub in ("voc", "sbd", "coco_train", "coco_val"):
         (tmp / "labels" / sub).mkdir(parents=True, exist_ok=True)
-    voc_count, sbd_count = _convert_voc_sbd_labels(src, tmp, workers, progress)
-    _write_voc_lists(src, tmp, rel)
+    voc_count, sbd_count = _convert_voc_sbd_labels(src, tmp, workers, progress, keep_going)
+    rejected = _write_voc_lists(src, tmp, rel, voc_count, sbd_count)
     coco_summary: dict = {}
     for split in ("train", "val"):
         lines: list[str] = []
         if src.coco:
-            coco_summary[split], lines = _prepare_coco_split(
-                src, split, tmp, rel, workers, progress, coco_to_voc, coco_min_area)
+            coco_summary[split], lines, coco_rejected = _prepare_coco_split(
+                src, split, tmp, rel, workers, progress, coco_to_voc, coco_min_area, keep_going)
+            rejected += coco_rejected
         else:
             coco_summary[split] = None
         (tmp / f"coco_{split}.txt").write_text("".join(x + "\n" for x in lines))
     summary = _summary(src, rel, coco_summary, voc_count, sbd_count)
+    summary["rejected"] = len(rejected)
     atomic_write_json(tmp / "classes.json", voc_class_list().to_dict())
+    atomic_write_json(tmp / "rejected.json", {"on_error": on_error, "samples": rejected})
     atomic_write_json(tmp / "summary.json", summary)
     return summary
 
 
-def _convert_voc_sbd_labels(src: Sources, tmp: Path, workers: int, progress: bool
-                            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """labels/voc and labels/sbd; returns the per-id value counts of each."""
+def _rejection(split: str, item_id: str, err: DataError, rel: Callable[[PathLike], str]) -> dict:
+    return {"split": split, "id": str(item_id), "file": rel(err.path), "problem": err.problem,
+            "rule": err.rule}
+
+
+Counts = dict[str, "np.ndarray | DataError"]
+
+
+def _convert_voc_sbd_labels(src: Sources, tmp: Path, workers: int, progress: bool,
+                            keep_going: bool = False) -> tuple[Counts, Counts]:
+    """labels/voc and labels/sbd; returns the per-id value counts of each (with ``keep_going``,
+    the DataError of a label that could not be converted)."""
     voc_counts = _run(_convert_png, [(i, str(src.voc / "SegmentationClass" / f"{i}.png"),
                                       str(tmp / "labels" / "voc" / f"{i}.png"))
-                                     for i in src.voc_label_ids], workers, progress, "VOC labels")
+                                     for i in src.voc_label_ids], workers, progress, "VOC labels",
+                      keep_going)
     sbd_counts = _run(_convert_mat, [(i, str(src.sbd / "cls" / f"{i}.mat"),
                                       str(tmp / "labels" / "sbd" / f"{i}.png"))
-                                     for i in src.sbd_label_ids], workers, progress, "SBD labels")
+                                     for i in src.sbd_label_ids], workers, progress, "SBD labels",
+                      keep_going)
     return dict(zip(src.voc_label_ids, voc_counts)), dict(zip(src.sbd_label_ids, sbd_counts))
 
 
-def _write_voc_lists(src: Sources, tmp: Path, rel: Callable[[PathLike], str]) -> None:
-    """train_aug.txt (the VOC label where VOC train has one, else SBD's) and val.txt."""
+def _write_voc_lists(src: Sources, tmp: Path, rel: Callable[[PathLike], str],
+                     voc_count: Counts, sbd_count: Counts) -> list[dict]:
+    """train_aug.txt (the VOC label where VOC train has one, else SBD's) and val.txt. A sample
+    whose label was rejected keeps its line, pointing at the source label file; returns those
+    rejections."""
     voc_train_set = set(src.voc_train)
+    rejected: list[dict] = []
 
-    def entry(i: str, sub: str) -> str:
-        return format_list_line(i, rel(src.images[i]), f"labels/{sub}/{i}.png")
+    def entry(split: str, i: str, sub: str) -> str:
+        got = (voc_count if sub == "voc" else sbd_count)[i]
+        label = f"labels/{sub}/{i}.png"
+        if isinstance(got, DataError):
+            rejected.append(_rejection(split, i, got, rel))
+            label = rel(got.path)
+        return format_list_line(i, rel(src.images[i]), label)
 
-    aug_lines = [entry(i, "voc" if i in voc_train_set else "sbd") for i in src.aug]
-    val_lines = [entry(i, "voc") for i in src.voc_val]
+    aug_lines = [entry("train_aug", i, "voc" if i in voc_train_set else "sbd") for i in src.aug]
+    val_lines = [entry("val", i, "voc") for i in src.voc_val]
     (tmp / "train_aug.txt").write_text("".join(x + "\n" for x in aug_lines))
     (tmp / "val.txt").write_text("".join(x + "\n" for x in val_lines))
+    return rejected
 
 
 def _prepare_coco_split(src: Sources, split: str, tmp: Path, rel: Callable[[PathLike], str],
                         workers: int, progress: bool, coco_to_voc: Mapping[int, int],
-                        coco_min_area: float) -> tuple[dict, list[str]]:
+                        coco_min_area: float, keep_going: bool = False
+                        ) -> tuple[dict, list[str], list[dict]]:
     """labels/coco_<split>: the images with at least ``coco_min_area`` VOC-class pixels; returns
-    the split's summary and its list lines."""
+    the split's summary, its list lines and (with ``keep_going``) the images left out because
+    an annotation broke a rule."""
     img_dir, json_path = src.coco_files[split]
     inst = load_coco_instances(json_path)
     keep = images_with_voc_classes(inst, coco_to_voc)
@@ -305,9 +368,12 @@ def _prepare_coco_split(src: Sources, split: str, tmp: Path, rel: Callable[[Path
              mapping, float(coco_min_area),
              str(tmp / "labels" / f"coco_{split}" / f"{names[k]}.png"), str(json_path), k)
             for k in keep]
-    counts = _run(_convert_coco, jobs, workers, progress, f"COCO {split}")
-    lines, written = [], []
+    counts = _run(_convert_coco, jobs, workers, progress, f"COCO {split}", keep_going)
+    lines, written, rejected = [], [], []
     for k, cnt in zip(keep, counts):
+        if isinstance(cnt, DataError):
+            rejected.append(_rejection(f"coco_{split}", names[k], cnt, rel))
+            continue
         if cnt[1:NUM_VOC_CLASSES].sum() < coco_min_area:
             continue
         img = img_dir / inst.images[k]["file_name"]
@@ -318,8 +384,9 @@ def _prepare_coco_split(src: Sources, split: str, tmp: Path, rel: Callable[[Path
         written.append(cnt)
     summary = {"images": len(inst.images), "with_voc_classes": len(keep),
                "written": len(lines), "min_area": coco_min_area,
-               "dropped_under_min_area": len(keep) - len(lines), **_stats(written)}
-    return summary, lines
+               "dropped_under_min_area": len(keep) - len(lines) - len(rejected),
+               "rejected": len(rejected), **_stats(written)}
+    return summary, lines, rejected
 
 
 def _summary(src: Sources, rel: Callable[[PathLike], str], coco_summary: dict,
