@@ -74,7 +74,7 @@ def study(cache: Path, num_classes: int, subset: int, trials: int, workers: int,
                                     progress=False, seed=trial, objective=objective,
                                     budget_fraction=budget_fraction, screen_images=screen_images)
         on_grid = [r for r in res["rows"]
-                   if CRFParams.from_dict(r, ignore_extra=True).key() in grid_keys]
+                   if CRFParams.from_row(r).key() in grid_keys]
         best_on_grid = max(r[objective] for r in on_grid)
         row = {"trial": trial, "full_best": round(full[b], 5),
                "full_best_at": [grid[b].w1, grid[b].sigma_alpha, grid[b].sigma_beta],

@@ -50,7 +50,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from prefect import flow, task
@@ -63,6 +63,9 @@ from pipelines import tracking
 from pipelines.common import (PIPELINE_RUN_ENV, REPO, data_dir, dvc_stages, git_commit,
                               params_path, require_inputs, run_stage)
 from pipelines.paths import StagePaths
+
+if TYPE_CHECKING:
+    from deeplab_core.crf.densecrf import CRFParams
 
 ABLATIONS = REPO / "ablations"
 # Evaluation every configuration starts from, before the grid's overlays.
@@ -122,7 +125,7 @@ class Grid:
     configs: list[Config]
     model: Path | None = None
     crf_file: Path | None = None
-    crf_params: dict | None = None
+    crf_params: CRFParams | None = None
     text: str = ""
 
     @property
@@ -204,11 +207,11 @@ def _resolve(d: Path, value: str) -> Path:
     return p if p.is_absolute() else d / p
 
 
-def _read_crf_params(where: str, path: Path) -> dict:
+def _read_crf_params(where: str, path: Path) -> CRFParams:
     from deeplab_core.crf.densecrf import CRFParams
 
     try:
-        return CRFParams.from_file(path).to_dict()
+        return CRFParams.from_file(path)
     except ValueError as err:
         raise GridError(f"{where}: {err}") from None
 
@@ -299,7 +302,7 @@ def _model_file(name: str, spec: GridFile, model: str | None, d: Path) -> Path |
 
 
 def _crf_file(name: str, spec: GridFile, configs: list[Config], crf_params: str | None,
-              d: Path) -> tuple[Path | None, dict | None]:
+              d: Path) -> tuple[Path | None, CRFParams | None]:
     """The CRF parameters file and its parameters, when a configuration sets evaluate.crf."""
     if not any(c.params.evaluate.crf for c in configs):
         return None, None
@@ -497,7 +500,7 @@ def run_config(grid: Grid, index: int, parent_id: str, shared: Shared) -> dict:
         set_output_stride(model, eval_os)
         settings["eval"]["output_stride"] = eval_os
         if cfg.params.evaluate.crf:
-            settings["crf"] = grid.crf_params
+            settings["crf"] = grid.crf_params.to_dict()
         settings["eval"]["set"] = grid.eval_set
         mlflow.log_params({k: str(v)[:500] for k, v in tracking.flatten(settings).items()})
         metrics.update(_evaluate(model, cfg.params, grid, shared))
@@ -632,9 +635,10 @@ def header_lines(grid: Grid, shared: Shared) -> list[str]:
                      f"{ft.scale_min:g}-{ft.scale_max:g}), {ft.optimizer} lr {ft.lr:g} with "
                      f"{ft.warmup_iters} warmup steps and poly decay, from scratch on train_aug "
                      f"({shared.n_train} images{hard}), seed {p.base.seed}. " + eval_line)
-    if grid.crf_params:
+    if grid.crf_params is not None:
         lines.append(f"CRF parameters from `{_in_data(grid.crf_file, d)}`: "
-                     + ", ".join(f"{k} {v:g}" for k, v in grid.crf_params.items()) + ".")
+                     + ", ".join(f"{k} {v:g}" for k, v in grid.crf_params.to_dict().items())
+                     + ".")
     lines += [f"MLflow: a parent run tagged `grid={grid.name}` in experiment "
               f"`{tracking.EXPERIMENT}` with one child run per row (timings there).", ""]
     return lines

@@ -188,7 +188,7 @@ def crf_search_flow() -> dict:
                             inference)
         result = search(files, cfg, params.base.num_classes, p.crf_cache / "results.jsonl",
                         params.base.seed)
-        best_params = CRFParams.from_dict(result["best"], ignore_extra=True).to_dict()
+        best_params = CRFParams.from_row(result["best"]).to_dict()
         rows = sorted(result["rows"], key=lambda r: -r[result["objective"]])
         with atomic_dir(p.crf_search) as tmp:
             write_json(tmp / p.best_params.name,

@@ -53,8 +53,8 @@ def eval_set_md5(list_file, ids: list[str], settings: dict) -> str:
 
 @task
 @tracking.work("compute")
-def run_eval(model, ids: list[str], val_list, params, crf_params: dict | None, examples: list,
-             names: tuple[str, ...]):
+def run_eval(model, ids: list[str], val_list, params, crf_params: CRFParams | None,
+             examples: list, names: tuple[str, ...]):
     cfg = params.evaluate
     ds = eval_dataset(val_list, ids)
     want = set(ids[: cfg.n_example_figures])
@@ -110,25 +110,25 @@ def trimap_rows(plain: dict, crf: dict | None) -> list[dict]:
 
 @tracking.work("compute")
 def save_figures(out_eval, trimap_png, trimap: list[dict], per_class: list[dict],
-                 examples: list, crf_params: dict | None, palette=None) -> None:
+                 examples: list, crf_params: CRFParams | None, palette=None) -> None:
     """trimap_png (mIoU and pixel accuracy per band width), per_class_iou.png and examples.png
     (the examples with and without CRF, masks in the dataset's ``palette``) in out_eval."""
     widths = [r["band_width"] for r in trimap]
     panels = {}
     for key, label in (("miou", "mean IoU in band (%)"), ("pixel_acc", "pixel accuracy in band (%)")):
         panels[label] = {"DeepLab": [r[key] for r in trimap]}
-        if crf_params:
+        if crf_params is not None:
             panels[label]["DeepLab + CRF"] = [r[f"{key}_crf"] for r in trimap]
     viz.save_trimap_plot(widths, panels, trimap_png,
                          title="Within a band around object boundaries (trimap)")
     bars = {"DeepLab": {r["class"]: r["iou"] for r in per_class}}
-    if crf_params:
+    if crf_params is not None:
         bars["DeepLab + CRF"] = {r["class"]: r["iou_crf"] for r in per_class}
     viz.save_per_class_bars(bars, out_eval / "per_class_iou.png")
-    if crf_params and examples:
+    if crf_params is not None and examples:
         from deeplab_core.crf.densecrf import dense_crf
         for ex in examples:
-            ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"], CRFParams.from_dict(crf_params))
+            ex["pred_crf"], _ = dense_crf(ex["image"], ex["probs"], crf_params)
     viz.save_examples(examples, out_eval / "examples.png", palette)
 
 
@@ -163,7 +163,7 @@ def collect_metrics(params, val_list, all_ids, cv_ids, holdout_ids, res_hold, re
 
 
 def write_outputs(p: StagePaths, metrics: dict, per_class: list[dict], trimap: list[dict],
-                  examples: list, crf_params: dict | None, palette) -> None:
+                  examples: list, crf_params: CRFParams | None, palette) -> None:
     """data/eval (per_class.json and the figures), the trimap plot and its numbers, and
     metrics/evaluate.json; all of them also to MLflow."""
     with atomic_dir(p.eval) as tmp:
@@ -188,12 +188,13 @@ def evaluate_flow() -> dict:
     val_list = p.prepared_list("val")
     all_ids = read_list_ids(val_list)
     cv_ids, holdout_ids = split_cv(all_ids, params.crf_search.cv_images, params.base.seed)
-    crf_params = CRFParams.from_file(crf_file).to_dict() if cfg.crf else None
+    crf_params = CRFParams.from_file(crf_file) if cfg.crf else None
     classes = dataset_classes(params)
     names = classes.names
 
     with tracking.stage_run("evaluate", {"evaluate": cfg.model_dump(),
-                                         "crf_params": crf_params or {}}):
+                                         "crf_params": {} if crf_params is None
+                                         else crf_params.to_dict()}):
         model = load_model(params, model_path)
         examples: list = []
         res_hold = run_eval(model, holdout_ids, val_list, params, crf_params, examples, names)

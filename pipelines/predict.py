@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from pathlib import Path
 
@@ -57,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_registered(uri: str):
-    """(network, CRF params dict or None) of an MLflow pyfunc model logged by the register
+    """(network, CRFParams or None) of an MLflow pyfunc model logged by the register
     stage (pipelines.serving.DeepLabPyfunc)."""
     import mlflow.pyfunc
 
@@ -80,7 +79,8 @@ def load_registered(uri: str):
 
 
 def load_model(a: argparse.Namespace):
-    """(network, CRF params dict or None) from --model and --crf-params."""
+    """(network, CRFParams or None) from --model and --crf-params."""
+    from deeplab_core.crf.densecrf import CRFParams
     from deeplab_core.engine.checkpoint import load_checkpoint
 
     if a.model.startswith(MLFLOW_SCHEMES):
@@ -91,15 +91,12 @@ def load_model(a: argparse.Namespace):
         if not a.crf_params.is_file():
             raise FileNotFoundError(f"--crf-params: file not found: {str(a.crf_params)!r}")
         try:
-            crf = json.loads(a.crf_params.read_text())["params"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"--crf-params {str(a.crf_params)!r}: expected crf_search's JSON "
-                             f"with a 'params' object ({type(err).__name__}: {err})") from err
+            crf = CRFParams.from_file(a.crf_params)
+        except ValueError as err:
+            raise ValueError(f"--crf-params: {err}") from err
     if a.crf and crf is None:
-        from deeplab_core.crf.densecrf import CRFParams
-
-        crf = CRFParams().to_dict()
-        print(f"{PROG}: no CRF parameters with the model; using the defaults {crf}",
+        crf = CRFParams()
+        print(f"{PROG}: no CRF parameters with the model; using the defaults {crf.to_dict()}",
               file=sys.stderr)
     return model, crf
 

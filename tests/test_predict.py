@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from deeplab_core.classes import voc_palette
+from deeplab_core.crf.densecrf import CRFParams
 from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
 from deeplab_core.engine.infer import Segmenter
 from deeplab_core.engine.tiling import predict_probs_tiled, tile_starts
@@ -117,6 +118,22 @@ def test_bad_model_or_input_is_one_clear_error(checkpoint, photos, tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
+def test_crf_params_file_is_read_by_the_one_reader(checkpoint, photos, tmp_path, capsys,
+                                                   monkeypatch):
+    """--crf-params goes through CRFParams.from_file: crf_search's best_params.json or a bare
+    mapping; a file that holds no CRF parameters is one clear error naming it."""
+    monkeypatch.chdir(tmp_path)
+    base = ["--model", str(checkpoint), "--input", str(photos / "a.jpg"), "--no-progress"]
+    (tmp_path / "bad.json").write_text('{"params": {"iterations": 0}}')
+    rc = cli.main(base + ["--output", "o1", "--crf", "--crf-params", "bad.json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--crf-params: bad.json does not hold CRF parameters" in err, err
+    assert not (tmp_path / "o1").exists()
+    (tmp_path / "bare.json").write_text('{"iterations": 2, "w1": 4}')
+    args = cli.parse_args(base + ["--output", "o2", "--crf-params", "bare.json"])
+    assert cli.load_model(args)[1] == CRFParams(iterations=2, w1=4.0)
+
+
 def test_output_names_stay_distinct(tmp_path):
     files = [tmp_path / "x" / "p.jpg", tmp_path / "x" / "p.png", tmp_path / "y" / "p.jpg",
              tmp_path / "y" / "q.jpg"]
@@ -196,15 +213,17 @@ def test_segmenter_tiles_large_images_and_takes_read_only_arrays(checkpoint):
     tiled = Segmenter(model, tile_size=64, tile_overlap=24).predict(ro, use_crf=False)
     assert (tiled[0] == whole[0]).mean() > 0.95
     assert np.abs(tiled[1] - whole[1]).mean() < 0.1
-    crf = Segmenter(model, {"iterations": 2}, tile_size=64, tile_overlap=24)
+    crf = Segmenter(model, CRFParams(iterations=2), tile_size=64, tile_overlap=24)
     mask, q = crf.predict(ro, use_crf=True)
     assert mask.shape == (70, 150) and np.allclose(q.sum(0), 1.0, atol=1e-3)
     with pytest.raises(ValueError, match="tile_overlap 64"):
         Segmenter(model, tile_size=64, tile_overlap=64)
+    with pytest.raises(TypeError, match="expected CRFParams or None, got dict"):
+        Segmenter(model, {"iterations": 2})
 
 
 def test_read_only_images_across_the_library():
-    from deeplab_core.crf.densecrf import CRFParams, dense_crf
+    from deeplab_core.crf.densecrf import dense_crf
     from deeplab_core.data.transforms import eval_transform, normalize, train_transform
     from deeplab_core.metrics import confusion_matrix, trimap_confusions
     from deeplab_core.viz import colorize, overlay
@@ -253,9 +272,7 @@ def test_registered_model_is_loaded_from_a_local_mlflow_registry(checkpoint, pho
                                                  info.registered_model_version)
     model, crf = cli.load_registered("models:/deeplab-test@champion")
     # the file's values, completed with the defaults of the keys it leaves out
-    from deeplab_core.crf.densecrf import CRFParams
-    assert crf == CRFParams.from_dict({"iterations": 3, "w1": 5.0}).to_dict()
-    assert (crf["iterations"], crf["w1"]) == (3, 5.0)
+    assert crf == CRFParams(iterations=3, w1=5.0)
     expected = torch.load(checkpoint, weights_only=True)["state_dict"]
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, expected[k])
@@ -275,8 +292,8 @@ def test_images_of_any_size_with_scales_flip_and_tiles(checkpoint, hw):
     from deeplab_core.engine.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(checkpoint)
-    seg = Segmenter(model, {"iterations": 2}, scales=(0.5, 1.0, 1.75), flip=True, tile_size=64,
-                    tile_overlap=16)
+    seg = Segmenter(model, CRFParams(iterations=2), scales=(0.5, 1.0, 1.75), flip=True,
+                    tile_size=64, tile_overlap=16)
     image, _ = tiny_sample(np.random.default_rng(7), max(hw[0], 8), max(hw[1], 8))
     mask, probs = seg.predict(np.ascontiguousarray(image[: hw[0], : hw[1]]))
     assert mask.shape == hw and probs.shape == (NUM_CLASSES, *hw)

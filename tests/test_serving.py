@@ -47,7 +47,7 @@ def pyfunc() -> DeepLabPyfunc:
     torch.manual_seed(0)
     model = DeepLabPyfunc()
     model.segmenter = Segmenter(build_model("micro", num_classes=TINY_NUM_CLASSES).eval(),
-                                CRFParams(iterations=2).to_dict())
+                                CRFParams(iterations=2))
     return model
 
 

@@ -109,9 +109,16 @@ class CRFParams:
                                     "or is not a file (run the crf_search stage)")
         try:
             raw = json.loads(path.read_text())
-            return cls.from_dict(raw.get("params", raw), ignore_extra=True)
+            return cls.from_row(raw.get("params", raw))
         except (ValueError, TypeError, AttributeError) as err:
             raise ValueError(f"{path} does not hold CRF parameters: {err}") from None
+
+    @classmethod
+    def from_row(cls, row: dict) -> "CRFParams":
+        """The parameters of a search results row (a journal line, a ``rows`` entry of a search
+        result, its ``best``): the parameter fields, next to the row's scores, which are
+        ignored."""
+        return cls.from_dict(row, ignore_extra=True)
 
     def key(self) -> tuple:
         """Hashable identity used to match results rows (floats rounded to avoid 0.1+0.2 issues)."""

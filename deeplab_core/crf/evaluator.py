@@ -73,7 +73,7 @@ def _init_worker(paths: list[str], num_classes: int) -> None:
     _STATE["num_classes"] = num_classes
 
 
-def _run_task(task: tuple[int, list[tuple[int, dict | None]]]) -> tuple[int, list]:
+def _run_task(task: tuple[int, list[tuple[int, CRFParams | None]]]) -> tuple[int, list]:
     """One image, several configs: returns (image index, [(job index, confusion matrix)])."""
     idx, batch = task
     image, probs16, label = _STATE["items"][idx]
@@ -81,13 +81,13 @@ def _run_task(task: tuple[int, list[tuple[int, dict | None]]]) -> tuple[int, lis
     probs = probs_to_f32(probs16)
     out = []
     unary = None
-    for job, pdict in batch:
-        if pdict is None:  # no CRF: argmax of the softmax
+    for job, params in batch:
+        if params is None:  # no CRF: argmax of the softmax
             pred = probs.argmax(axis=0)
         else:
             if unary is None:
                 unary = unary_from_probs(probs)
-            pred = crf_from_unary(image, unary, CRFParams(**pdict)).argmax(axis=0)
+            pred = crf_from_unary(image, unary, params).argmax(axis=0)
         out.append((job, confusion_matrix(pred, label, num_classes, IGNORE_INDEX)))
     return idx, out
 
@@ -131,8 +131,8 @@ class Evaluator:
         else:
             _STATE.clear()
 
-    def run(self, jobs: list[tuple[dict | None, Sequence[int]]], on_done=None, progress: bool = False,
-            desc: str = "crf") -> list[np.ndarray]:
+    def run(self, jobs: list[tuple[CRFParams | None, Sequence[int]]], on_done=None,
+            progress: bool = False, desc: str = "crf") -> list[np.ndarray]:
         """Confusion matrix per job, summed over the job's image indices.
 
         ``on_done(job_index, conf)`` is called as soon as every image of a job is finished.
@@ -205,7 +205,7 @@ def read_rows(results_path: Path | None) -> dict[tuple, dict]:
                 continue
             try:
                 row = json.loads(line)
-                params = CRFParams.from_dict(row, ignore_extra=True)
+                params = CRFParams.from_row(row)
                 row.setdefault("miou_gt", miou_gt(np.asarray(row["conf"])))
                 rows[_row_key(params, row["images_key"])] = row
             except (ValueError, KeyError, TypeError):
@@ -245,7 +245,7 @@ def sort_journal(results_path: Path | None) -> None:
         for line in f:
             try:
                 row = json.loads(line)
-                key = _row_key(CRFParams.from_dict(row, ignore_extra=True), row["images_key"])
+                key = _row_key(CRFParams.from_row(row), row["images_key"])
             except (ValueError, KeyError, TypeError):
                 continue
             lines[key] = line.rstrip("\n") + "\n"
@@ -290,7 +290,7 @@ def evaluate_jobs(ev: Evaluator, configs: Sequence[CRFParams], image_idx: Sequen
         if hit is not None:
             rows[c] = hit
             continue
-        jobs.append((params.to_dict(), todo))
+        jobs.append((params, todo))
         job_cfg.append(c)
         job_base.append(base_conf)
 
@@ -338,7 +338,7 @@ def per_image_confusions(cache_files: Sequence[str | os.PathLike], configs: list
     """
     files = cache_paths(cache_files)
     # image-major, so that each task holds several configs of one image and builds its unary once
-    jobs = [(None if p is None else p.to_dict(), [i]) for i in range(len(files)) for p in configs]
+    jobs = [(p, [i]) for i in range(len(files)) for p in configs]
     with Evaluator(files, num_classes, workers, configs_per_task=16) as ev:
         confs = ev.run(jobs, progress=progress, desc="per-image grid")
     out = np.stack(confs).reshape(len(files), len(configs), num_classes, num_classes)

@@ -13,7 +13,7 @@ comparison. The cache format is in ``crf.cache``; the configs are scored by ``cr
 from __future__ import annotations
 
 import itertools
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -93,7 +93,7 @@ def full_grid_search(cache_files, num_classes: int,
         _, baseline = _baseline_per_image(ev)
         rows, runs = evaluate_jobs(ev, configs, range(len(files)), results_path, known,
                                    progress, "full grid")
-    full = {CRFParams.from_dict(r, ignore_extra=True).key(): r for r in rows}
+    full = {CRFParams.from_row(r).key(): r for r in rows}
     return _summary(_best(rows, objective), full, [], runs, len(files), baseline, objective)
 
 
@@ -289,13 +289,13 @@ class _CoarseToFine:
         steps = dict(zip(("w1", "sigma_alpha", "sigma_beta"), fine_steps))
         for _ in range(fine_rounds):
             best = self.best()
-            cur = CRFParams.from_dict(best, ignore_extra=True)
+            cur = CRFParams.from_row(best)
             cands = []
             for name, step in steps.items():
                 for sign in (-1, 1):
                     v = round(getattr(cur, name) + sign * step, 6)
                     if v > 0:
-                        cands.append(CRFParams(**{**cur.to_dict(), name: v}))
+                        cands.append(replace(cur, **{name: v}))
             self.evaluate_all(cands, "fine")
             if self.best() is best:
                 return

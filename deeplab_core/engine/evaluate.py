@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from torch import nn
 
 from deeplab_core import metrics
 from deeplab_core.engine import distributed
+
+if TYPE_CHECKING:
+    from deeplab_core.crf.densecrf import CRFParams
 
 
 def _rescale(image_nchw: torch.Tensor, s: float) -> torch.Tensor:
@@ -83,15 +86,15 @@ class EvalAccumulator:
         return out
 
 
-def _crf_job(image: np.ndarray, probs: np.ndarray, params_dict: dict) -> np.ndarray:
-    from deeplab_core.crf.densecrf import CRFParams, dense_crf
-    labels, _ = dense_crf(image, probs, CRFParams.from_dict(params_dict))
+def _crf_job(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
+    from deeplab_core.crf.densecrf import dense_crf
+    labels, _ = dense_crf(image, probs, params)
     return labels
 
 
 def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
              scales: Iterable[float] = (1.0,), flip: bool = False,
-             trimap_widths: Iterable[int] = (), crf_params: dict | None = None,
+             trimap_widths: Iterable[int] = (), crf_params: CRFParams | None = None,
              crf_workers: int = 1, class_names: tuple[str, ...] | None = None,
              on_prediction: Callable[[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
              | None = None, progress: bool = True) -> dict:
@@ -103,6 +106,11 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
     process evaluates every world_size-th image and the confusion matrices are summed over all
     processes (on_prediction sees this process's images only).
     """
+    if crf_params is not None:
+        from deeplab_core.crf.densecrf import CRFParams
+        if not isinstance(crf_params, CRFParams):
+            raise TypeError(f"crf_params: expected CRFParams or None, got "
+                            f"{type(crf_params).__name__}")
     widths = tuple(int(w) for w in trimap_widths)
     plain = EvalAccumulator(num_classes, widths)
     crf_acc = EvalAccumulator(num_classes, widths) if crf_params is not None else None

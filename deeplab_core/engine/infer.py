@@ -4,12 +4,16 @@ images, optional dense CRF."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.tiling import predict_probs_tiled
+
+if TYPE_CHECKING:
+    from deeplab_core.crf.densecrf import CRFParams
 
 
 class Segmenter:
@@ -19,13 +23,19 @@ class Segmenter:
     windows (`tile_overlap` pixels of overlap), so memory stays bounded by the tile; None predicts
     every image whole. Input images may be read-only arrays (``np.asarray(PIL.Image)``)."""
 
-    def __init__(self, model: torch.nn.Module, crf_params: dict | None = None,
+    def __init__(self, model: torch.nn.Module, crf_params: CRFParams | None = None,
                  scales: tuple[float, ...] = (1.0,), flip: bool = False,
                  device: str | torch.device = "cpu", tile_size: int | None = None,
                  tile_overlap: int = 256) -> None:
         if tile_size is not None and not 0 <= tile_overlap < tile_size:
             raise ValueError(f"tile_overlap {tile_overlap}: expected 0 <= overlap < tile_size "
                              f"({tile_size})")
+        from deeplab_core.crf.densecrf import CRFParams
+
+        if crf_params is not None and not isinstance(crf_params, CRFParams):
+            raise TypeError(f"crf_params: expected CRFParams or None, got "
+                            f"{type(crf_params).__name__} (CRFParams.from_file reads "
+                            f"crf_search's best_params.json)")
         self.model = model.to(device).eval()
         self.crf_params = crf_params
         self.scales = tuple(scales)
@@ -42,7 +52,7 @@ class Segmenter:
         if crf_params_file is not None:
             from deeplab_core.crf.densecrf import CRFParams
 
-            crf = CRFParams.from_file(crf_params_file).to_dict()
+            crf = CRFParams.from_file(crf_params_file)
         return cls(model, crf, **kwargs)
 
     def probabilities(self, image_hwc: np.ndarray) -> np.ndarray:
@@ -64,9 +74,9 @@ class Segmenter:
         CRF parameters are set, otherwise the network's argmax and softmax."""
         probs = self.probabilities(image_hwc)
         if use_crf and self.crf_params is not None:
-            from deeplab_core.crf.densecrf import CRFParams, dense_crf
+            from deeplab_core.crf.densecrf import dense_crf
 
-            labels, q = dense_crf(image_hwc, probs, CRFParams.from_dict(self.crf_params))
+            labels, q = dense_crf(image_hwc, probs, self.crf_params)
             return labels.astype(np.uint8), q
         return probs.argmax(0).astype(np.uint8), probs
 
