@@ -1,5 +1,6 @@
 """Figures people would rather look at than read: colourised masks, example predictions, the
-training loss curve, the trimap curve and per-class IoU bars. Matplotlib with the Agg backend (no display needed)."""
+training loss curve, the trimap curve and per-class IoU bars. Matplotlib with the Agg backend
+(no display needed)."""
 
 from __future__ import annotations
 

@@ -126,6 +126,15 @@ class CRFParams:
                 round(self.w2, 6), round(self.sigma_gamma, 6), self.iterations)
 
 
+def check_optional_params(value, name: str = "crf_params") -> CRFParams | None:
+    """``value`` when it is a CRFParams or None; a TypeError naming ``name`` otherwise (e.g. a
+    plain dict, which must go through one of the readers first)."""
+    if value is not None and not isinstance(value, CRFParams):
+        raise TypeError(f"{name}: expected CRFParams or None, got {type(value).__name__} "
+                        f"(CRFParams.from_file reads crf_search's best_params.json)")
+    return value
+
+
 def check_image(image_hwc_uint8: np.ndarray) -> np.ndarray:
     """Validate the RGB image for the colour term; returns a C-contiguous, writable uint8 HxWx3
     array (a copy when the input is neither: pydensecrf refuses read-only buffers, such as

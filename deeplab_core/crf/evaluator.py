@@ -194,10 +194,12 @@ def _row_key(params: CRFParams, key: str) -> tuple:
     return params.key() + (key,)
 
 
-def read_rows(results_path: Path | None) -> dict[tuple, dict]:
-    rows: dict[tuple, dict] = {}
+def _journal(results_path: Path | None) -> dict[tuple, tuple[dict, str]]:
+    """The journal's valid rows by (config, image set) key, each with its line as written; a torn
+    last line after an interruption, or a foreign row, is skipped. A later duplicate wins."""
+    out: dict[tuple, tuple[dict, str]] = {}
     if results_path is None or not Path(results_path).exists():
-        return rows
+        return out
     with open(results_path) as f:
         for line in f:
             line = line.strip()
@@ -207,10 +209,14 @@ def read_rows(results_path: Path | None) -> dict[tuple, dict]:
                 row = json.loads(line)
                 params = CRFParams.from_row(row)
                 row.setdefault("miou_gt", miou_gt(np.asarray(row["conf"])))
-                rows[_row_key(params, row["images_key"])] = row
+                out[_row_key(params, row["images_key"])] = (row, line)
             except (ValueError, KeyError, TypeError):
-                continue  # a torn last line after an interruption, or a foreign row
-    return rows
+                continue
+    return out
+
+
+def read_rows(results_path: Path | None) -> dict[tuple, dict]:
+    return {key: row for key, (row, _) in _journal(results_path).items()}
 
 
 def append_row(results_path: Path | None, row: dict) -> None:
@@ -240,16 +246,8 @@ def sort_journal(results_path: Path | None) -> None:
 
     if results_path is None or not Path(results_path).exists():
         return
-    lines: dict[tuple, str] = {}
-    with open(results_path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-                key = _row_key(CRFParams.from_row(row), row["images_key"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            lines[key] = line.rstrip("\n") + "\n"
-    atomic_write_text(results_path, "".join(lines[k] for k in sorted(lines)))
+    rows = _journal(results_path)
+    atomic_write_text(results_path, "".join(rows[k][1] + "\n" for k in sorted(rows)))
 
 
 def make_row(params: CRFParams, conf: np.ndarray, n_images: int, key: str) -> dict:

@@ -27,9 +27,10 @@ that breaks a rule fails with a :class:`~deeplab_core.data.io.DataError` naming 
 and the rule. With ``on_error="quarantine"`` such a sample is rejected instead of failing the
 run: ``rejected.json`` lists it (split, id, file, problem, rule); a VOC or SBD sample stays in its
 list with its label path pointing at the source file as it is (so the validate stage sees it,
-quarantines it and the split counts still hold), a COCO image is left out of its list. The whole ``out_dir`` is built in a temporary sibling folder and swapped in at the
-end: a failed or killed run leaves the previous output (or none) and re-running replaces it. A
-caller that builds the raw trees aside too passes ``build_dir`` and ``moved`` to
+quarantines it and the split counts still hold), a COCO image is left out of its list.
+The whole ``out_dir`` is built in a temporary sibling folder and swapped in at the end: a
+failed or killed run leaves the previous output (or none) and re-running replaces it. A caller
+that builds the raw trees aside too passes ``build_dir`` and ``moved`` to
 :func:`prepare_datasets` and swaps both in itself.
 """
 

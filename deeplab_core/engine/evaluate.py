@@ -107,10 +107,8 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
     processes (on_prediction sees this process's images only).
     """
     if crf_params is not None:
-        from deeplab_core.crf.densecrf import CRFParams
-        if not isinstance(crf_params, CRFParams):
-            raise TypeError(f"crf_params: expected CRFParams or None, got "
-                            f"{type(crf_params).__name__}")
+        from deeplab_core.crf.densecrf import check_optional_params
+        check_optional_params(crf_params)
     widths = tuple(int(w) for w in trimap_widths)
     plain = EvalAccumulator(num_classes, widths)
     crf_acc = EvalAccumulator(num_classes, widths) if crf_params is not None else None

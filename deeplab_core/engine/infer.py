@@ -30,12 +30,9 @@ class Segmenter:
         if tile_size is not None and not 0 <= tile_overlap < tile_size:
             raise ValueError(f"tile_overlap {tile_overlap}: expected 0 <= overlap < tile_size "
                              f"({tile_size})")
-        from deeplab_core.crf.densecrf import CRFParams
-
-        if crf_params is not None and not isinstance(crf_params, CRFParams):
-            raise TypeError(f"crf_params: expected CRFParams or None, got "
-                            f"{type(crf_params).__name__} (CRFParams.from_file reads "
-                            f"crf_search's best_params.json)")
+        if crf_params is not None:
+            from deeplab_core.crf.densecrf import check_optional_params
+            check_optional_params(crf_params)
         self.model = model.to(device).eval()
         self.crf_params = crf_params
         self.scales = tuple(scales)
