@@ -12,6 +12,7 @@ does not fail the stage: data/prepared/rejected.json lists it for validate to qu
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import flow, task
@@ -67,7 +68,8 @@ def build_lists(voc: Path, sbd: Path | None, coco: Path | None, build_dir: Path,
                 moved: dict[Path, Path], coco_min_area: float, on_error: str) -> dict:
     from deeplab_core.data.prepare import prepare_datasets
 
-    return prepare_datasets(voc, sbd, coco, out_dir, progress=True, workers=2,
+    return prepare_datasets(voc, sbd, coco, out_dir, progress=True,
+                            workers=max(1, min(8, os.cpu_count() or 1)),
                             coco_min_area=coco_min_area, build_dir=build_dir, moved=moved,
                             on_error=on_error)
 
@@ -81,7 +83,8 @@ def build_generic(params: Params, build_dir: Path, out_dir: Path) -> dict:
     if not root.is_dir():
         raise StageError(f"prepare.generic_root = {params.prepare.generic_root!r}: directory "
                          f"{root} does not exist")
-    return prepare_generic(root, out_dir, build_dir=build_dir)
+    return prepare_generic(root, out_dir, build_dir=build_dir,
+                           on_error=params.validate_.on_error)
 
 
 def _build(params: Params, roots: dict | None, raw_build: Path, prepared_build: Path,

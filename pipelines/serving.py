@@ -55,8 +55,6 @@ MASK_FORMATS = ("array", "png")
 # CRF grows with the pixel count times the number of classes.
 MAX_PIXELS = 2048 * 2048
 IMAGE_FORMATS = ("PNG", "JPEG")
-# Encoded image modes converted to RGB; any other (alpha, 16-bit, float) is refused.
-CONVERTIBLE_MODES = ("RGB", "L", "P", "CMYK")
 EXPECTED = "a uint8 RGB image of shape HxWx3 (values 0..255)"
 
 _logger = logging.getLogger(__name__)
@@ -123,8 +121,11 @@ def check_image(obj, where: str = "image") -> np.ndarray:
 
 def decode_image_b64(data: str | bytes, where: str = B64_KEY) -> np.ndarray:
     """The uint8 HxWx3 RGB array of a base64-encoded PNG or JPEG file (a `data:` URL prefix is
-    allowed), or a ServingError. The array is read-only."""
+    allowed), or a ServingError. The array is read-only. Decoded by the one rule of
+    :func:`deeplab_core.data.io.decode_image` (EXIF orientation applied, converted to RGB)."""
     from PIL import Image, UnidentifiedImageError
+
+    from deeplab_core.data.io import ImageReadError, decode_image
 
     if isinstance(data, str):
         data = data.split(",", 1)[1] if data.startswith("data:") else data
@@ -140,24 +141,28 @@ def decode_image_b64(data: str | bytes, where: str = B64_KEY) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
-            if img.format not in IMAGE_FORMATS:
-                raise ServingError(f"{where}: got a {img.format} file; expected PNG or JPEG")
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ServingError(f"{where}: got {h}x{w} pixels; at most {MAX_PIXELS} pixels "
-                                   "are accepted (resize the image)")
-            img.load()
-    except ServingError:
-        raise
+            with Image.open(io.BytesIO(raw)) as img:  # the header: format and size
+                fmt, (w, h) = img.format, img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ServingError(f"{where}: cannot decode the file ({type(exc).__name__}); expected "
                            "a complete PNG or JPEG file") from None
-    if img.mode not in CONVERTIBLE_MODES:
-        raise ServingError(f"{where}: got a {img.format} image of mode {img.mode}; expected an "
-                           "8-bit RGB, grayscale or palette image")
-    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    if fmt not in IMAGE_FORMATS:
+        raise ServingError(f"{where}: got a {fmt} file; expected PNG or JPEG")
+    if w * h > MAX_PIXELS:
+        raise ServingError(f"{where}: got {h}x{w} pixels; at most {MAX_PIXELS} pixels "
+                           "are accepted (resize the image)")
+    try:
+        rgb = decode_image(raw, name=where).rgb
+    except ImageReadError as exc:
+        cause = exc.__cause__
+        if cause is not None:
+            raise ServingError(f"{where}: cannot decode the file ({type(cause).__name__}); "
+                               "expected a complete PNG or JPEG file") from None
+        raise ServingError(f"{where}: got a {fmt} image: {exc.problem}; expected an 8-bit "
+                           "RGB, greyscale, palette, CMYK or alpha image") from None
+    rgb.flags.writeable = False
+    return rgb
 
 
 def encode_image_b64(image: np.ndarray, fmt: str = "JPEG", quality: int = 90) -> str:

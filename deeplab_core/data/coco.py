@@ -42,6 +42,7 @@ from deeplab_core.data.io import DataError, PathLike, require_dir, require_file
 
 COCO_SPLITS = ("train", "val")
 COCO_MIN_AREA = 1000  # VOC-class pixels an image needs to be kept for pretraining
+JSON_RULE = "a COCO instances file is UTF-8 JSON"
 
 
 # ----------------------------------------------------------------------------- RLE
@@ -228,11 +229,18 @@ def load_coco_instances(json_path: PathLike) -> CocoInstances:
     an annotation whose image_id or category_id is not listed in the file raises
     :class:`~deeplab_core.data.io.DataError` naming the file, the annotation id and the id."""
     json_path = require_file(json_path, "COCO instances JSON")
+    data = json_path.read_bytes()
     try:
-        with open(json_path, "rb") as fh:
-            raw = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{str(json_path)!r} is not valid JSON: {exc}") from exc
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(json_path, f"byte 0x{data[exc.start:exc.start + 1].hex()} at column "
+                        f"{col} is not UTF-8 ({exc.reason})", JSON_RULE, line,
+                        id_kind="line") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(json_path, f"{exc.msg} at column {exc.colno}", JSON_RULE, exc.lineno,
+                        id_kind="line") from None
     missing = [k for k in ("images", "annotations", "categories") if k not in raw]
     if missing:
         raise ValueError(f"{str(json_path)!r} is not a COCO instances file: missing key(s) {missing}")

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from deeplab_core.classes import IGNORE_INDEX
-from deeplab_core.data.io import PathLike, read_image_rgb, read_label_png, read_list_file
+from deeplab_core.data.io import PathLike, read_list_file, read_sample
 from deeplab_core.data.transforms import EvalTransform, as_generator, eval_transform
 
 
@@ -64,14 +64,10 @@ class SegmentationListDataset(Dataset):
         return [s[0] for s in self.samples]
 
     def get_raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 HxWx3 image, uint8 HxW label) of sample ``i``, untransformed."""
+        """(uint8 HxWx3 image, uint8 HxW label) of sample ``i``, untransformed; the image in its
+        displayed orientation (:func:`~deeplab_core.data.io.read_sample`)."""
         sid, img_path, lab_path = self.samples[i]
-        image = read_image_rgb(img_path)
-        label = read_label_png(lab_path)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"sample {sid!r}: image {str(img_path)!r} is {image.shape[:2]} but "
-                             f"label {str(lab_path)!r} is {label.shape}")
-        return image, label
+        return read_sample(img_path, lab_path, sid)
 
     def __getitem__(self, i: int) -> dict:
         image, label = self.get_raw(i)
