@@ -183,16 +183,24 @@ def _peak_mib() -> float:
     return round(max(own, kids) / 1024, 1)
 
 
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its finished pool workers: on a shared
+    machine, CPU seconds / cores is what the step would take alone."""
+    return round(sum(getattr(resource.getrusage(who), f) for who in
+                     (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                     for f in ("ru_utime", "ru_stime")), 1)
+
+
 def step_prepare(root: str, out: str, workers: int, with_coco: bool) -> dict:
     from deeplab_core.data.prepare import prepare_datasets
 
     r = Path(root)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     summary = prepare_datasets(r / "VOCdevkit", r / "benchmark_RELEASE",
                                r / "coco" if with_coco else None, out, progress=False,
                                workers=workers)
-    return {"seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": _peak_mib(),
-            "train_aug": summary["train_aug"]["total"], "val": summary["val"]["total"],
+    return {"seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(_cpu_s() - c0, 1),
+            "peak_rss_mib": _peak_mib(), "train_aug": summary["train_aug"]["total"], "val": summary["val"]["total"],
             "coco_train": (summary["coco"] or {}).get("train", {}).get("written", 0)}
 
 
@@ -204,7 +212,7 @@ def step_validate(out: str, workers: int, splits: list[str]) -> dict:
                                         run_suites, split_suite)
 
     classes = voc_class_list()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     manifests = {}
     for s in splits:
         lf = Path(out) / f"{s}.txt"
@@ -218,7 +226,7 @@ def step_validate(out: str, workers: int, splits: list[str]) -> dict:
     frames[LEAKAGE] = (leakage_frame(manifests), leakage_suite)
     results = run_suites(frames)
     failed = {k: [f["rule"] for f in r["failures"]] for k, r in results.items() if r["failures"]}
-    return {"seconds": round(time.perf_counter() - t0, 1),
+    return {"seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(_cpu_s() - c0, 1),
             "manifest_seconds": round(t_manifest, 1), "peak_rss_mib": _peak_mib(),
             "samples": {s: len(m) for s, m in manifests.items()}, "failed_rules": failed}
 
@@ -242,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--coco", type=int, default=20000, help="COCO train images (before --scale)")
     ap.add_argument("--size", default="375x500", help="image HxW")
     ap.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
-    ap.add_argument("--root", type=Path, help="where to write the trees (default: temporary)")
+    ap.add_argument("--root", type=Path, help="where to write the trees (default: temporary); "
+                    "trees a run with the same --scale/--coco/--size/--seed left there (--keep) "
+                    "are used again")
     ap.add_argument("--keep", action="store_true", help="keep the generated trees")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
@@ -252,10 +262,19 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     n_coco = max(1, int(a.coco * a.scale))
     n_coco_val = max(1, round(n_coco * COCO_VAL_FULL / COCO_TRAIN_FULL))
+    key = {"scale": a.scale, "coco": a.coco, "size": [h, w], "seed": a.seed}
+    stamp = root / "raw" / "generated.json"
     try:
         t0 = time.perf_counter()
-        trees = _gen_voc_sbd(root / "raw", a.scale, h, w, a.seed)
-        trees["coco"] = _gen_coco(root / "raw" / "coco", n_coco, n_coco_val, h, w, a.seed)
+        if stamp.is_file() and json.loads(stamp.read_text())["key"] == key:
+            trees = json.loads(stamp.read_text())["trees"]
+        else:
+            shutil.rmtree(root / "raw", ignore_errors=True)
+            trees = _gen_voc_sbd(root / "raw", a.scale, h, w, a.seed)
+            trees["coco"] = _gen_coco(root / "raw" / "coco", n_coco, n_coco_val, h, w, a.seed)
+            stamp.write_text(json.dumps({"key": key, "trees": trees}))
+        for out in ("prep_voc", "prep_coco"):
+            shutil.rmtree(root / out, ignore_errors=True)
         gen_s = time.perf_counter() - t0
         voc_prep = _child("prepare", str(root / "raw"), str(root / "prep_voc"), workers, False)
         voc_val = _child("validate", str(root / "prep_voc"), workers, ["val", "train_aug"])
@@ -270,10 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     coco_s = (coco_prep["seconds"] - voc_prep["seconds"]) + (coco_val["seconds"]
                                                              - voc_val["seconds"])
     per_image = coco_s / (n_coco + n_coco_val)
+    coco_cpu = (coco_prep["cpu_s"] - voc_prep["cpu_s"]) + (coco_val["cpu_s"] - voc_val["cpu_s"])
+    n_full = COCO_TRAIN_FULL + COCO_VAL_FULL
     full = {"voc_sbd_prepare_validate_s": round((voc_prep["seconds"] + voc_val["seconds"])
                                                 / a.scale, 1),
-            "coco_train2017_extrapolated_s": round(per_image * (COCO_TRAIN_FULL
-                                                                + COCO_VAL_FULL), 1)}
+            "coco_train2017_extrapolated_s": round(per_image * n_full, 1),
+            # CPU seconds spread over the cores: the wall time on an otherwise idle machine
+            "voc_sbd_cpu_per_core_s": round((voc_prep["cpu_s"] + voc_val["cpu_s"])
+                                            / a.scale / workers, 1),
+            "coco_cpu_per_core_s": round(coco_cpu / (n_coco + n_coco_val) * n_full / workers, 1)}
     peak = max(voc_prep["peak_rss_mib"], voc_val["peak_rss_mib"], coco_prep["peak_rss_mib"],
                coco_val["peak_rss_mib"])
     out = {"scale": a.scale, "image_hw": [h, w], "workers": workers,
@@ -284,10 +308,10 @@ def main(argv: list[str] | None = None) -> int:
            "goal_met": {"voc_sbd_5min": full["voc_sbd_prepare_validate_s"] <= 300,
                         "coco_30min": full["coco_train2017_extrapolated_s"] <= 1800,
                         "rss_2gib": peak <= 2048}}
-    print(f"{'step':34s} {'seconds':>8s} {'peak RSS MiB':>13s}")
+    print(f"{'step':34s} {'seconds':>8s} {'CPU s':>8s} {'peak RSS MiB':>13s}")
     for name, r in (("VOC+SBD prepare", voc_prep), ("VOC+SBD validate", voc_val),
                     ("VOC+SBD+COCO prepare", coco_prep), ("VOC+SBD+COCO validate", coco_val)):
-        print(f"{name:34s} {r['seconds']:8.1f} {r['peak_rss_mib']:13.1f}")
+        print(f"{name:34s} {r['seconds']:8.1f} {r['cpu_s']:8.1f} {r['peak_rss_mib']:13.1f}")
     print(f"full scale: VOC+SBD prepare+validate {full['voc_sbd_prepare_validate_s']} s; COCO "
           f"train2017 (118,287 + 5,000 val) {full['coco_train2017_extrapolated_s']} s")
     print(json.dumps(out))

@@ -240,3 +240,37 @@ def test_no_false_positive_near_duplicate_on_the_synthetic_data(synthetic_images
     for k in range(len(hashes)):
         others = hashes[:k] + [None] + hashes[k + 1:]
         assert near_duplicates([hashes[k]], others) == [None], k
+
+
+# ----------------------------------------------------------------------------- COCO as it comes
+def test_greyscale_and_cmyk_coco_images_go_through_prepare_validate_and_pretraining(tmp_path):
+    """COCO 2017 holds greyscale JPEGs (and users' trees CMYK ones): prepare lists them, the
+    validate suite passes them (it checks what the reader returns) and the pretraining dataset
+    reads them as RGB."""
+    from deeplab_core.config import ValidateConfig
+    from pipelines.expectations import run_suite
+
+    write_voc(tmp_path / "raw", TRAIN, VAL)
+    images = [{"id": k, "height": 40, "width": 60} for k in (1, 2, 3)]
+    anns = [{"image_id": k, "category_id": 18, "segmentation": [box(5, 5, 40, 30)]}
+            for k in (1, 2, 3)]
+    coco = tmp_path / "raw" / "coco"
+    write_coco(coco, "train", images, anns)
+    write_coco(coco, "val", images[:1], anns[:1])
+    shown = smooth_image(9, 40, 60)
+    write_grey_jpeg(coco / "train2017" / "000000000001.jpg", shown)
+    write_cmyk_jpeg(coco / "train2017" / "000000000002.jpg", shown)
+    out = tmp_path / "prepared"
+    prepare_datasets(tmp_path / "raw" / "VOCdevkit", None, coco, out, progress=False,
+                     coco_min_area=50)
+    recs = build_manifest(out / "coco_train.txt", palette=voc_palette())
+    assert [r["image_mode"] for r in recs] == ["L", "CMYK", "RGB"]
+    import pandas as pd
+
+    result = run_suite(pd.DataFrame.from_records(recs), ValidateConfig(), 1, "coco_train", 3)
+    assert result["success"], result["failures"]
+    ds = SegmentationListDataset(out / "coco_train.txt")
+    for k in range(3):
+        item = ds[k]
+        assert item["image"].shape == (3, 40, 60) and item["label"].shape == (40, 60)
+        assert int((item["label"] == 12).sum()) > 500  # the dog, VOC class 12

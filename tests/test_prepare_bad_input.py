@@ -307,6 +307,7 @@ def _stage_fails(root: Path, env: dict, *parts: str) -> str:
     assert proc.returncode == 2, proc.stderr[-4000:]
     line = [x for x in proc.stderr.splitlines() if x.startswith("ERROR [prepare]: ")]
     assert line, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]  # the traceback: in the log only
     for part in parts:
         assert part in line[0], (part, line[0])
     assert _snapshot(*outs) == before

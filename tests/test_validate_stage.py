@@ -89,6 +89,7 @@ def _fails(root: Path, params: dict | None, *parts: str) -> str:
     proc = _run(root, "validate", params)
     assert proc.returncode == 2, proc.stderr[-4000:]
     err = proc.stderr[proc.stderr.index("ERROR [validate]"):]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]  # the traceback: in the log only
     for part in parts:
         assert part in err, (part, err[:3000])
     assert _snapshot(root) == before

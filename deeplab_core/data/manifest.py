@@ -36,14 +36,22 @@ def _frac_key(name: str) -> str:
     return "frac_" + name
 
 
+HASH_BASE_SIDE = 64
+
+
 def perceptual_hash(rgb: np.ndarray) -> str:
     """The image's 128-bit perceptual hash as 32 hex digits: imagehash's pHash (8x8 DCT) then its
-    dHash (8x8 gradients), both of the decoded RGB image. Near-duplicates (re-encoded, resized,
+    dHash (8x8 gradients), both of the decoded image in greyscale (an image over twice
+    :data:`HASH_BASE_SIDE` on its short side box-averaged by an integer factor first: the hashes
+    look at 32x32 and 9x8 pixels, and resizing a full photo twice costs more than decoding it). Near-duplicates (re-encoded, resized,
     lightly cropped copies) lie within :data:`NEAR_DUPLICATE_BITS` of each other
     (:func:`near_duplicates`)."""
     import imagehash
 
-    img = Image.fromarray(np.ascontiguousarray(rgb))
+    img = Image.fromarray(np.ascontiguousarray(rgb)).convert("L")
+    factor = min(img.size) // HASH_BASE_SIDE
+    if factor >= 2:  # box-average big images first: both hashes then resize a small image
+        img = img.reduce(factor)
     return str(imagehash.phash(img, hash_size=8)) + str(imagehash.dhash(img, hash_size=8))
 
 
