@@ -10,7 +10,7 @@ Input (`model_input`, or `"inputs"` of a served request):
     with an `image_b64` column, in process).
 Output: one uint8 HxW mask per image (JSON: nested lists), in the input's arrangement (one image
 gives one mask, a list gives a list, an NxHxWx3 array an NxHxW array); with the param
-`mask_format="png"` each mask is instead the base64 of a palette PNG (VOC colours) whose pixel
+`mask_format="png"` each mask is instead the base64 of a palette PNG (the dataset's colours) whose pixel
 values are the class indices. Param `crf` (default true) switches the CRF.
 
 Bad input raises `ServingError`, a one-line message naming what was got and what is expected; the
@@ -175,10 +175,11 @@ def encode_image_b64(image: np.ndarray, fmt: str = "JPEG", quality: int = 90) ->
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def encode_mask_png_b64(mask: np.ndarray) -> str:
+def encode_mask_png_b64(mask: np.ndarray, palette: np.ndarray | None = None) -> str:
+    """Base64 of the mask as a palette PNG (VOC colours, or ``palette``: (256, 3) uint8)."""
     from deeplab_core.data.io import encode_label_png
 
-    return base64.b64encode(encode_label_png(mask)).decode("ascii")
+    return base64.b64encode(encode_label_png(mask, palette)).decode("ascii")
 
 
 def decode_mask_png_b64(data: str) -> np.ndarray:
@@ -264,6 +265,11 @@ class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
 
         self.segmenter = Segmenter.from_files(context.artifacts["checkpoint"],
                                               context.artifacts.get("crf_params"))
+        self.palette = None
+        if context.artifacts.get("classes"):
+            from deeplab_core.classes import load_class_list
+
+            self.palette = load_class_list(context.artifacts["classes"]).full_palette()
 
     def predict(self, context, model_input, params=None):
         use_crf, mask_format = _params(params)
@@ -276,7 +282,7 @@ class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
             raise ServingError(f"segmentation failed: {type(exc).__name__}: {first}",
                                error_code=INTERNAL_ERROR) from exc
         if mask_format == "png":
-            masks = [encode_mask_png_b64(m) for m in masks]
+            masks = [encode_mask_png_b64(m, getattr(self, "palette", None)) for m in masks]
         if arrangement == "one":
             return masks[0]
         if arrangement == "stack" and mask_format == "array":
@@ -299,11 +305,15 @@ def model_signature():
     return signature
 
 
-def log_pyfunc_model(checkpoint: Path, crf_params: Path | None, registered_name: str | None):
-    """Log the pyfunc model in the active run; returns the ModelInfo."""
+def log_pyfunc_model(checkpoint: Path, crf_params: Path | None, registered_name: str | None,
+                     classes: Path | None = None):
+    """Log the pyfunc model in the active run (with the dataset's ``classes`` list, whose palette
+    colours the PNG masks); returns the ModelInfo."""
     artifacts = {"checkpoint": str(checkpoint)}
     if crf_params is not None:
         artifacts["crf_params"] = str(crf_params)
+    if classes is not None:
+        artifacts["classes"] = str(classes)
     return mlflow.pyfunc.log_model(
         name="model", python_model=DeepLabPyfunc(), artifacts=artifacts,
         code_paths=[str(REPO / "deeplab_core"), str(REPO / "pipelines")],
