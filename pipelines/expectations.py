@@ -71,8 +71,15 @@ LEAKAGE_COLUMNS = ("same_id_in", "same_image_in", "near_image_in")
 
 
 def manifest_frame(records: list[dict]) -> pd.DataFrame:
+    """The records as a frame; a column the suite checks that the records lack is added empty
+    (None: a rule over it has nothing to judge, e.g. ``label_palette_ok`` without a palette)."""
     df = pd.DataFrame.from_records(records)
-    return pd.DataFrame(columns=MANIFEST_COLUMNS) if df.empty else df
+    if df.empty:
+        return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    for column in MANIFEST_COLUMNS:
+        if column not in df:
+            df[column] = None
+    return df
 
 
 def leakage_frame(manifests: dict[str, list[dict]]) -> pd.DataFrame:
