@@ -3,7 +3,6 @@ class lists (names, palette, ignore index) that every dataset source carries."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,10 +126,9 @@ def load_class_list(path, num_classes: int | None = None) -> ClassList:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class list not found: {path} (written by the prepare stage)")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    from deeplab_core.fileio import read_json
+
+    doc = read_json(path, "a class list")
     classes = parse_class_list(doc, repr(str(path)))
     if num_classes is not None and classes.num_classes != num_classes:
         raise ValueError(f"base.num_classes = {num_classes} but the class list {str(path)!r} "

@@ -274,3 +274,18 @@ def test_greyscale_and_cmyk_coco_images_go_through_prepare_validate_and_pretrain
         item = ds[k]
         assert item["image"].shape == (3, 40, 60) and item["label"].shape == (40, 60)
         assert int((item["label"] == 12).sum()) > 500  # the dog, VOC class 12
+
+
+def test_class_list_with_a_non_utf8_byte_or_bad_json_names_the_line(tmp_path):
+    from deeplab_core.classes import load_class_list
+
+    path = tmp_path / "classes.json"
+    path.write_bytes(b'{"names": ["background",\n "caf\xe9"]}')  # Latin-1, as old editors save
+    with pytest.raises(ValueError) as exc:
+        load_class_list(path)
+    assert str(path) in str(exc.value) and "(line 2)" in str(exc.value)
+    assert "byte 0xe9 at column 6 is not UTF-8" in str(exc.value)
+    assert "rule: a class list is UTF-8 JSON" in str(exc.value)
+    path.write_text('{"names": ["background"\n "x"]}')
+    with pytest.raises(ValueError, match=r"\(line 2\): Expecting ',' delimiter at column 2"):
+        load_class_list(path)

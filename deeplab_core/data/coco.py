@@ -39,6 +39,7 @@ from pycocotools import mask as mask_utils
 
 from deeplab_core.classes import COCO_TO_VOC, IGNORE_INDEX
 from deeplab_core.data.io import DataError, PathLike, require_dir, require_file
+from deeplab_core.fileio import json_error
 
 COCO_SPLITS = ("train", "val")
 COCO_MIN_AREA = 1000  # VOC-class pixels an image needs to be kept for pretraining
@@ -232,15 +233,9 @@ def load_coco_instances(json_path: PathLike) -> CocoInstances:
     data = json_path.read_bytes()
     try:
         raw = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise DataError(json_path, f"byte 0x{data[exc.start:exc.start + 1].hex()} at column "
-                        f"{col} is not UTF-8 ({exc.reason})", JSON_RULE, line,
-                        id_kind="line") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(json_path, f"{exc.msg} at column {exc.colno}", JSON_RULE, exc.lineno,
-                        id_kind="line") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        problem, line = json_error(json_path, data)
+        raise DataError(json_path, problem, JSON_RULE, line, id_kind="line") from None
     missing = [k for k in ("images", "annotations", "categories") if k not in raw]
     if missing:
         raise ValueError(f"{str(json_path)!r} is not a COCO instances file: missing key(s) {missing}")
