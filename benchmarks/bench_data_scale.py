@@ -208,8 +208,8 @@ def step_validate(out: str, workers: int, splits: list[str]) -> dict:
     from deeplab_core.classes import voc_class_list
     from deeplab_core.config import ValidateConfig
     from deeplab_core.data.manifest import build_manifest
-    from pipelines.expectations import (LEAKAGE, leakage_frame, leakage_suite, manifest_frame,
-                                        run_suites, split_suite)
+    from pipelines.stages.expectations import (LEAKAGE, leakage_frame, leakage_suite,
+                                               manifest_frame, run_suites, split_suite)
 
     classes = voc_class_list()
     t0, c0 = time.perf_counter(), _cpu_s()
@@ -229,6 +229,18 @@ def step_validate(out: str, workers: int, splits: list[str]) -> dict:
     return {"seconds": round(time.perf_counter() - t0, 1), "cpu_s": round(_cpu_s() - c0, 1),
             "manifest_seconds": round(t_manifest, 1), "peak_rss_mib": _peak_mib(),
             "samples": {s: len(m) for s, m in manifests.items()}, "failed_rules": failed}
+
+
+def _generated(stamp: Path, key: dict, make, folders: list[Path]) -> dict:
+    """``make()``'s summary, or the one a finished earlier run with the same ``key`` stamped."""
+    if stamp.is_file() and json.loads(stamp.read_text())["key"] == key:
+        return json.loads(stamp.read_text())["trees"]
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    trees = make()
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, "trees": trees}))
+    return trees
 
 
 def _child(step: str, *args) -> dict:
@@ -263,16 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     n_coco = max(1, int(a.coco * a.scale))
     n_coco_val = max(1, round(n_coco * COCO_VAL_FULL / COCO_TRAIN_FULL))
     key = {"scale": a.scale, "coco": a.coco, "size": [h, w], "seed": a.seed}
-    stamp = root / "raw" / "generated.json"
     try:
         t0 = time.perf_counter()
-        if stamp.is_file() and json.loads(stamp.read_text())["key"] == key:
-            trees = json.loads(stamp.read_text())["trees"]
-        else:
-            shutil.rmtree(root / "raw", ignore_errors=True)
-            trees = _gen_voc_sbd(root / "raw", a.scale, h, w, a.seed)
-            trees["coco"] = _gen_coco(root / "raw" / "coco", n_coco, n_coco_val, h, w, a.seed)
-            stamp.write_text(json.dumps({"key": key, "trees": trees}))
+        trees = _generated(root / "raw" / "voc_sbd.json", key, lambda: _gen_voc_sbd(
+            root / "raw", a.scale, h, w, a.seed), [root / "raw" / "VOCdevkit",
+                                                   root / "raw" / "benchmark_RELEASE"])
+        trees["coco"] = _generated(root / "raw" / "coco.json", key, lambda: _gen_coco(
+            root / "raw" / "coco", n_coco, n_coco_val, h, w, a.seed), [root / "raw" / "coco"])
         for out in ("prep_voc", "prep_coco"):
             shutil.rmtree(root / out, ignore_errors=True)
         gen_s = time.perf_counter() - t0
