@@ -180,7 +180,8 @@ class TrainConfig(Strict):
                                   "(gradient accumulation); batch_size is split among them")
     loss_at: Literal["input", "score_map"] = Field(
         "input", description="input: logits upsampled to the label size; score_map: logits at "
-        "the score-map resolution against nearest-downsampled labels (v1/v2)")
+        "the score-map resolution against the labels at the pixels the cells sit over (v1/v2: "
+        "stride * i, exact for the papers' stride * k + 1 crops)")
 
     @model_validator(mode="after")
     def _scales(self) -> "TrainConfig":

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from conftest import TINY_NUM_CLASSES
@@ -416,3 +417,54 @@ def test_bad_recipe_values_name_the_key():
         parse_params({"pretrain": {"lr_policy": "cosine"}})
     with pytest.raises(ConfigError, match=r"base\.nproc = 0"):
         parse_params({"base": {"nproc": 0}})
+
+
+@pytest.mark.parametrize("crop,cells,stride", [(321, 41, 8), (513, 65, 8), (513, 33, 16),
+                                               (306, 39, 8), (513, 129, 4)])
+def test_score_map_labels_sit_at_stride_times_i(crop, cells, stride):
+    from deeplab_core.engine.recipe import score_map_labels, score_map_positions
+
+    pos = score_map_positions(crop, cells)
+    assert pos.tolist() == [stride * i for i in range(cells)]
+    # every pixel labelled with its own (row, column): the sampled labels name their pixels
+    rows = torch.arange(crop)[:, None].expand(crop, crop)
+    cols = torch.arange(crop)[None, :].expand(crop, crop)
+    target = torch.stack([rows * 1000 + cols])
+    small = score_map_labels(target, (cells, cells))
+    want = torch.tensor([[stride * i * 1000 + stride * j for j in range(cells)]
+                         for i in range(cells)])
+    assert torch.equal(small[0], want)
+    if (crop - 1) % (cells - 1) == 0:  # the papers' 8k+1 crops: align_corners upsampling agrees
+        ramp = torch.arange(cells, dtype=torch.float64)[None, None, None, :].expand(1, 1, 1, cells)
+        up = F.interpolate(ramp, size=(1, crop), mode="bilinear", align_corners=True)[0, 0, 0]
+        assert torch.equal(up[pos], torch.arange(cells, dtype=torch.float64))
+
+
+def test_score_map_loss_reads_the_pixels_under_the_cells_at_321():
+    """Only the pixels 8i, 8j are labelled: all 41 x 41 cells must find a label (nearest
+    interpolation read column 313 for the last cell, 23 of 41 columns off by >= 4 px)."""
+    from deeplab_core.engine.recipe import loss_sum
+
+    target = torch.full((1, 321, 321), 255, dtype=torch.long)
+    target[0, ::8, ::8] = 1
+    logits = torch.zeros(1, 3, 41, 41)
+    total, count = loss_sum(logits, target)
+    assert count == 41 * 41
+    assert total.item() == pytest.approx(41 * 41 * math.log(3), rel=1e-6)
+    nearest = F.interpolate(target[:, None].float(), size=(41, 41), mode="nearest")
+    assert int((nearest != 255).sum()) < 41 * 41  # the old rule misses cells
+
+
+def test_paper_models_upsample_with_aligned_corners():
+    from deeplab_core.models import build_model
+    from deeplab_core.models.deeplab import aligns_corners
+
+    assert aligns_corners(build_model("v1_largefov", num_classes=3))
+    assert not aligns_corners(build_model("micro", num_classes=3))  # the CPU default as it was
+    m = build_model("v1_largefov", num_classes=3).eval()
+    x = torch.zeros(1, 3, 321, 321)
+    with torch.no_grad():
+        s = m.score_map(x)
+        up = m(x)
+    assert s.shape[-2:] == (41, 41)
+    torch.testing.assert_close(up[..., ::8, ::8], s)  # cell i lands on pixel 8i exactly

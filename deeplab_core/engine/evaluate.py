@@ -15,6 +15,7 @@ from torch import nn
 
 from deeplab_core import metrics
 from deeplab_core.engine import distributed
+from deeplab_core.models.deeplab import aligns_corners, upsample_to
 
 if TYPE_CHECKING:
     from deeplab_core.crf.densecrf import CRFParams
@@ -46,8 +47,7 @@ def predict_probs(model: nn.Module, image_nchw: torch.Tensor, scales: Iterable[f
             logits = model(xi)
             if flipped:
                 logits = torch.flip(logits, dims=[3])
-            if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            logits = upsample_to(logits, (h, w), aligns_corners(model))
             p = torch.softmax(logits.float(), dim=1)
             del logits  # at most two full-resolution maps alive at a time
             total = p if total is None else total.add_(p)

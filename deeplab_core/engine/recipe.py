@@ -131,23 +131,40 @@ def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
             m.momentum = momentum
 
 
-def _loss_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Labels nearest-downsampled to the logits' size (v1/v2 score-map training)."""
-    if logits.shape[-2:] == target.shape[-2:]:
+def score_map_positions(size: int, cells: int) -> torch.Tensor:
+    """Input rows (or columns) the ``cells`` score-map cells of a ``size``-pixel side sit over:
+    cell i at stride * i (Caffe's label shrinking), the stride being the power of two nearest
+    size / cells, clipped to the last pixel. For the papers' stride * k + 1 crops (321 and 513:
+    41 cells at stride 8, 33 at stride 16) that is exactly i * (size - 1) / (cells - 1), the
+    positions align_corners=True upsampling maps the cells back to; for other sizes (v1's 306:
+    39 cells, the last one at 304) it is the cell's position in the network, at most one
+    pixel from where Caffe's interpolating label shrink would read."""
+    if not 1 <= cells <= size:
+        raise ValueError(f"a score map of {cells} cells cannot sit over {size} pixels "
+                         f"(expected 1 <= cells <= {size})")
+    stride = 2 ** round(math.log2(size / cells))
+    return torch.clamp(torch.arange(cells) * stride, max=size - 1)
+
+
+def score_map_labels(target: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Labels (N, H, W) subsampled to a score map of ``size`` (h, w) at the pixels the cells sit
+    over (``score_map_positions``): v1/v2's training against the score map."""
+    if tuple(target.shape[-2:]) == tuple(size):
         return target
-    small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
-    return small[:, 0].long()
+    rows = score_map_positions(target.shape[-2], size[0]).to(target.device)
+    cols = score_map_positions(target.shape[-1], size[1]).to(target.device)
+    return target.index_select(-2, rows).index_select(-1, cols)
 
 
 def loss_sum(outputs: torch.Tensor | list | tuple, target: torch.Tensor
              ) -> tuple[torch.Tensor, int]:
     """(sum of per-pixel cross-entropies, number of labelled pixels), ignoring label 255, with
-    the labels downsampled to each output's size. A list of outputs (multi-scale training) sums
+    the labels subsampled to each output's size (``score_map_labels``). A list of outputs (multi-scale training) sums
     the losses; the count is that of the first output."""
     if isinstance(outputs, (list, tuple)):
         parts = [loss_sum(o, target) for o in outputs]
         return sum(p[0] for p in parts), parts[0][1]
-    y = _loss_target(outputs, target)
+    y = score_map_labels(target, outputs.shape[-2:])
     total = F.cross_entropy(outputs.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, int((y != IGNORE_INDEX).sum())
 
