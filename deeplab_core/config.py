@@ -177,7 +177,9 @@ class TrainConfig(Strict):
     sync_batch_norm: bool = Field(True, description="SyncBatchNorm across processes under DDP "
                                   "on CUDA (batch_norm finetune)")
     accumulate_steps: int = Field(1, ge=1, description="micro-batches per optimizer step "
-                                  "(gradient accumulation); batch_size is split among them")
+                                  "(gradient accumulation) of each process; batch_size is split among processes x "
+                                  "micro-batches in shares differing by at most one sample "
+                                  "(fewer micro-batches when the batch is too small for them)")
     loss_at: Literal["input", "score_map"] = Field(
         "input", description="input: logits upsampled to the label size; score_map: logits at "
         "the score-map resolution against the labels at the pixels the cells sit over (v1/v2: "
@@ -187,9 +189,9 @@ class TrainConfig(Strict):
     def _scales(self) -> "TrainConfig":
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min {self.scale_min} > scale_max {self.scale_max}")
-        if self.batch_size % self.accumulate_steps:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by accumulate_steps "
-                             f"{self.accumulate_steps}")
+        if self.batch_size < self.accumulate_steps:
+            raise ValueError(f"batch_size {self.batch_size} is smaller than accumulate_steps "
+                             f"{self.accumulate_steps}: every micro-batch needs a sample")
         return self
 
 

@@ -80,6 +80,17 @@ def test_two_processes_take_the_single_process_steps(reference):
     _assert_close(_weights(reference["one"]), _weights(reference["two"]), atol=1e-5)
 
 
+def test_uneven_shares_on_two_processes_take_the_single_process_steps(tiny_list, tmp_path):
+    """A global batch of 5 in 2 micro-batches on 2 processes: shares 2 + 1 (rank 0) and 1 + 1
+    (rank 1), the same steps as 5 at once in one process."""
+    cfg = {**CFG, "iterations": 3, "batch_size": 5, "checkpoint_every": 10}
+    _ok(_run(tiny_list, tmp_path / "one", 1, cfg))
+    _ok(_run(tiny_list, tmp_path / "two", 2, {**cfg, "accumulate_steps": 2}))
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == 3 and two == pytest.approx(one, rel=1e-5)
+    _assert_close(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-5)
+
+
 def test_interrupted_two_process_run_resumes_exactly(reference, tiny_list, tmp_path):
     ckpt = tmp_path / "resume.pt"
     # each rank reads 2 samples a step: failing on the 9th read stops both ranks in step 5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -355,8 +356,14 @@ def test_accumulated_micro_batches_take_the_same_steps(tiny_list):
     assert [r["loss"] for r in rb.history] == pytest.approx([r["loss"] for r in ra.history],
                                                             rel=1e-5)
     _assert_same_weights(a, b)
-    with pytest.raises(ValueError, match="not divisible by accumulate_steps 3"):
-        TrainConfig(iterations=1, batch_size=4, accumulate_steps=3)
+    # uneven micro-batches (2 + 1 + 1) take the same steps too
+    c = _micro()
+    rc = _fit(c, _dataset(tiny_list), cfg.model_copy(update={"accumulate_steps": 3}))
+    assert [r["loss"] for r in rc.history] == pytest.approx([r["loss"] for r in ra.history],
+                                                            rel=1e-5)
+    _assert_same_weights(a, c)
+    with pytest.raises(ValueError, match="batch_size 4 is smaller than accumulate_steps 5"):
+        TrainConfig(iterations=1, batch_size=4, accumulate_steps=5)
 
 
 def test_bf16_autocast_on_cpu_and_channels_last_train(tiny_list):
@@ -403,9 +410,52 @@ def test_step_batches_split_each_global_batch_among_ranks_and_micro_batches():
         got = sorted(k for r in (0, 1) for b in parts[r][2 * step:2 * step + 2] for k in b)
         assert got == sorted(whole[step])
     assert [k[2] for k in parts[1][0]] == [2, 3] and [k[2] for k in parts[1][1]] == [6, 7]
-    with pytest.raises(ValueError, match=r"batch_size 6 must be divisible by accumulate_steps x "
-                                         r"processes = 2 x 2"):
-        _StepBatches(50, 6, 5, 0, 1, micro=2, ctx=DistContext(0, 2))
+    # 6 over 2 processes x 2 micro-batches: shares 2, 2, 1, 1 covering the batch once
+    uneven = {r: list(_StepBatches(50, 6, 5, 0, 1, micro=2, ctx=DistContext(r, 2)))
+              for r in (0, 1)}
+    assert [[k[2] for k in b] for b in uneven[0]] == [[0, 1], [4]]
+    assert [[k[2] for k in b] for b in uneven[1]] == [[2, 3], [5]]
+    with pytest.raises(ValueError, match="batch_size 2 is smaller than the 4 training processes"):
+        _StepBatches(50, 2, 5, 0, 1, micro=1, ctx=DistContext(0, 4))
+
+
+PRESET_BATCHES = sorted((Path(__file__).resolve().parents[1] / "presets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize("batch,accumulate", [(20, 1), (10, 2), (16, 1), (8, 1), (10, 1),
+                                              (5, 2), (9, 4)])
+def test_batch_shares_cover_the_global_batch_once_on_1_2_4_8_processes(world, batch, accumulate):
+    from deeplab_core.engine.train import batch_shares, micro_steps
+
+    if batch < world:
+        with pytest.raises(ValueError, match=f"batch_size {batch} is smaller than the {world}"):
+            batch_shares(batch, accumulate, world)
+        return
+    shares = batch_shares(batch, accumulate, world)
+    micro = micro_steps(batch, accumulate, world)
+    assert len(shares) == micro and all(len(row) == world for row in shares)
+    assert micro == min(accumulate, batch // world)
+    slots = sorted(s for row in shares for lo, n in row for s in range(lo, lo + n))
+    assert slots == list(range(batch))  # every sample of the step once, none twice
+    sizes = [n for row in shares for _, n in row]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    if batch % (world * accumulate) == 0:  # even split: the layout as before
+        m = batch // (world * accumulate)
+        assert shares == [[((j * world + r) * m, m) for r in range(world)]
+                          for j in range(accumulate)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize("preset", PRESET_BATCHES, ids=lambda p: p.stem)
+def test_every_preset_batch_divides_on_1_2_4_8_processes(preset, world):
+    from deeplab_core.config import load_params
+    from deeplab_core.engine.train import batch_shares
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", [preset])
+    for cfg in (params.pretrain, params.finetune):
+        shares = batch_shares(cfg.batch_size, cfg.accumulate_steps, world)
+        assert sum(n for row in shares for _, n in row) == cfg.batch_size
 
 
 def test_bad_recipe_values_name_the_key():

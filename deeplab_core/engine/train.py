@@ -51,21 +51,43 @@ class TrainResult:
     final_loss: float = math.nan
 
 
+def micro_steps(batch_size: int, accumulate_steps: int, world_size: int) -> int:
+    """Micro-batches each process runs per optimizer step: ``accumulate_steps``, or fewer when
+    the global batch has fewer samples than processes x accumulate_steps (v2's batch 10 in 2
+    micro-batches is 1 micro-batch a process on 8 processes). ValueError when the batch has
+    fewer samples than processes."""
+    if batch_size < world_size:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {world_size} training "
+                         f"processes: every process needs at least one sample a step")
+    return max(1, min(accumulate_steps, batch_size // world_size))
+
+
+def batch_shares(batch_size: int, accumulate_steps: int, world_size: int
+                 ) -> list[list[tuple[int, int]]]:
+    """[micro-batch j][rank r] -> (first slot, number of slots) of the global batch: the batch is
+    cut into micro_steps x world_size parts in the order (j, r), their sizes differing by at most
+    one (the first batch_size % parts parts one larger). Any partition takes the same optimizer
+    step, since the loss is normalised by the global batch's labelled pixels."""
+    micro = micro_steps(batch_size, accumulate_steps, world_size)
+    parts = micro * world_size
+    base, extra = divmod(batch_size, parts)
+    sizes = [base + (k < extra) for k in range(parts)]
+    starts = [sum(sizes[:k]) for k in range(parts)]
+    return [[(starts[j * world_size + r], sizes[j * world_size + r]) for r in range(world_size)]
+            for j in range(micro)]
+
+
 class _StepBatches(Sampler):
     """Micro-batches of (sample index, step, slot) for steps start..stop-1. Step t's global batch
     comes from a generator seeded by (seed, t) alone, so a resumed run draws exactly the batches
-    that the uninterrupted run would have drawn. Each step yields ``micro`` micro-batches; process
-    ``rank`` of ``world`` takes slots [(j * world + rank) * m, ... + m) of micro-batch j, where
-    m = batch_size / (micro * world)."""
+    that the uninterrupted run would have drawn. Each step yields this process's micro-batches,
+    its shares of the global batch (``batch_shares``; equal shares when the batch divides)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int,
                  micro: int = 1, ctx: DistContext = DistContext()) -> None:
-        parts = micro * ctx.world_size
-        if batch_size % parts:
-            raise ValueError(f"batch_size {batch_size} must be divisible by accumulate_steps x "
-                             f"processes = {micro} x {ctx.world_size}")
         self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
-        self.micro, self.ctx, self.m = micro, ctx, batch_size // parts
+        self.shares = [row[ctx.rank] for row in batch_shares(batch_size, micro, ctx.world_size)]
+        self.micro = len(self.shares)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start) * self.micro
@@ -74,9 +96,8 @@ class _StepBatches(Sampler):
         for step in range(self.start, self.stop):
             idx = np.random.default_rng([self.seed & 0xFFFFFFFF, step]).integers(
                 0, self.n, self.batch_size)
-            for j in range(self.micro):
-                lo = (j * self.ctx.world_size + self.ctx.rank) * self.m
-                yield [(int(idx[s]), step, s) for s in range(lo, lo + self.m)]
+            for lo, size in self.shares:
+                yield [(int(idx[s]), step, s) for s in range(lo, lo + size)]
 
 
 class _StepSamples(Dataset):
@@ -177,15 +198,17 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool):
 def _optimizer_step(net: nn.Module, opt, micro_batches: list[dict], cfg: TrainConfig,
                     prec: _Precision, device: torch.device, it: int) -> float:
     """One optimizer step over this process's micro-batches; returns the global batch's loss.
-    Each micro-batch back-propagates its loss sum over P label positions (a mean-sized value,
-    safe for float16); once the gradients are summed (and averaged over the processes by DDP)
-    they are rescaled by world_size * P / (labelled pixels of the global batch), which makes
-    them the gradient of the global batch's mean loss, whatever the split (exactly so when every
-    micro-batch has the same shape, as fixed-size training crops do)."""
+    Each micro-batch back-propagates its loss sum over C = (label positions of one sample) x
+    batch_size / (processes x micro-batches), a mean-sized value (safe for float16) that is the
+    same constant on every process and micro-batch, uneven shares included. Once the gradients
+    are summed (and averaged over the processes by DDP) they are rescaled by world_size * C /
+    (labelled pixels of the global batch), which makes them the gradient of the global batch's
+    mean loss whatever the split (exactly so when every sample has the same shape, as
+    fixed-size training crops do)."""
     ctx = distributed.current()
     opt.zero_grad(set_to_none=True)
     stats = torch.zeros(2, dtype=torch.float64)
-    positions = 1
+    norm = 1.0
     for j, batch in enumerate(micro_batches):
         x, y = _to_device(batch, device, cfg.channels_last)
         last = j == len(micro_batches) - 1
@@ -195,8 +218,9 @@ def _optimizer_step(net: nn.Module, opt, micro_batches: list[dict], cfg: TrainCo
                 out = net(x) if cfg.loss_at == "input" else net(x, upsample=False)
             total, count = loss_sum(out, y)
             first = out[0] if isinstance(out, (list, tuple)) else out
-            positions = first.shape[0] * first.shape[-2] * first.shape[-1]
-            prec.scaler.scale(total / positions).backward()
+            norm = first.shape[-2] * first.shape[-1] * cfg.batch_size / (
+                ctx.world_size * len(micro_batches))
+            prec.scaler.scale(total / norm).backward()
         stats += torch.tensor([float(total.detach()), count], dtype=torch.float64)
     total_sum, total_count = distributed.all_reduce_sum(stats).tolist()
     loss = total_sum / max(total_count, 1.0)
@@ -204,7 +228,7 @@ def _optimizer_step(net: nn.Module, opt, micro_batches: list[dict], cfg: TrainCo
         raise FloatingPointError(f"loss became {loss} at iteration {it} (lr "
                                  f"{opt.param_groups[0]['lr']:.3g}); lower the learning rate")
     prec.scaler.unscale_(opt)
-    factor = ctx.world_size * positions / max(total_count, 1.0)
+    factor = ctx.world_size * norm / max(total_count, 1.0)
     for g in opt.param_groups:
         for p in g["params"]:
             if p.grad is not None:
@@ -280,6 +304,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
 def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: DistContext,
               result: TrainResult, run: dict) -> None:
     start = result.resumed_from
+    micro = micro_steps(cfg.batch_size, cfg.accumulate_steps, ctx.world_size)
     micro_batches = iter(_loader(dataset, cfg, run["seed"], start, run["num_workers"], ctx))
     bar = None
     if run["progress"]:
@@ -290,7 +315,7 @@ def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: Dis
     for it in range(start, cfg.iterations):
         lr = lr_at(cfg, it)
         set_group_lrs(opt, lr)
-        batches = [next(micro_batches) for _ in range(cfg.accumulate_steps)]
+        batches = [next(micro_batches) for _ in range(micro)]
         loss = _optimizer_step(net, opt, batches, cfg, prec, device, it)
         running, n_running, step = running + loss, n_running + 1, it + 1
         if step % cfg.log_every == 0 or step == cfg.iterations:
