@@ -180,6 +180,10 @@ class TrainConfig(Strict):
                                   "(gradient accumulation) of each process; batch_size is split among processes x "
                                   "micro-batches in shares differing by at most one sample "
                                   "(fewer micro-batches when the batch is too small for them)")
+    deterministic: bool = Field(False, description="deterministic kernels (torch."
+                                "use_deterministic_algorithms, cuDNN deterministic, no "
+                                "benchmarking): a resumed CUDA run is then bit-exact; slower. "
+                                "false: cudnn.benchmark on CUDA")
     loss_at: Literal["input", "score_map"] = Field(
         "input", description="input: logits upsampled to the label size; score_map: logits at "
         "the score-map resolution against the labels at the pixels the cells sit over (v1/v2: "

@@ -518,3 +518,105 @@ def test_paper_models_upsample_with_aligned_corners():
         up = m(x)
     assert s.shape[-2:] == (41, 41)
     torch.testing.assert_close(up[..., ::8, ::8], s)  # cell i lands on pixel 8i exactly
+
+
+# ----------------------------------------------------------------------------- resume robustness
+def _interrupted_checkpoint(list_file, tmp_path, settings):
+    ckpt = tmp_path / "resume.pt"
+    with pytest.raises(Interrupt):
+        _fit(_micro(), _dataset(list_file), settings, checkpoint_path=ckpt,
+             log_metrics=_interrupt_at(settings.checkpoint_every + 1))
+    return ckpt
+
+
+def test_checkpoint_records_the_resolved_precision_and_device(tiny_list, tmp_path):
+    from deeplab_core.engine.train import ResumeMismatch
+
+    settings = _settings(iterations=6, checkpoint_every=3)
+    ckpt = _interrupted_checkpoint(tiny_list, tmp_path, settings)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["runtime"] == {"dtype": "float32", "device": "cpu"}
+    # the same run written where `auto` resolved to bf16 on a GPU: resuming here must refuse
+    state["runtime"] = {"dtype": "bfloat16", "device": "cuda"}
+    torch.save(state, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(ResumeMismatch, match=r"resume\.pt: this run's checkpoint \(iteration 3\) "
+                                             r"was written with bfloat16 on cuda, but this "
+                                             r"process would continue with float32 on cpu"):
+        _fit(_micro(), _dataset(tiny_list), settings, checkpoint_path=ckpt)
+    assert ckpt.read_bytes() == before  # nothing lost
+    import pickle
+    err = ResumeMismatch("x")
+    assert str(pickle.loads(pickle.dumps(err))) == "x"
+
+
+def test_resume_under_another_world_size_warns_that_rng_is_not_restored(tiny_list, tmp_path):
+    settings = _settings(iterations=6, checkpoint_every=3)
+    ckpt = _interrupted_checkpoint(tiny_list, tmp_path, settings)
+    state = torch.load(ckpt, weights_only=False)
+    state["torch_rng"] = state["torch_rng"] * 2  # as two processes write it
+    torch.save(state, ckpt)
+    with pytest.warns(RuntimeWarning, match=r"written by 2 process\(es\) and is resumed by 1: "
+                                            r"random states not restored"):
+        res = _fit(_micro(), _dataset(tiny_list), settings, checkpoint_path=ckpt)
+    assert res.resumed_from == 3
+
+
+def test_bn_momentum_is_per_optimizer_step_under_accumulation():
+    from deeplab_core.engine.recipe import bn_momentum_per_step, per_micro_batch_momentum
+
+    assert (1 - per_micro_batch_momentum(0.0003, 2)) ** 2 == pytest.approx(0.9997, abs=1e-15)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5) + 2.0
+    one = torch.nn.BatchNorm2d(3, momentum=0.0003)
+    two = torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.0003))
+    one(x)  # one update with the recipe's momentum
+    with bn_momentum_per_step(two, 2):
+        assert two[0].momentum == pytest.approx(per_micro_batch_momentum(0.0003, 2))
+        two(x)
+        two(x)  # two micro-batches with the same statistics
+    assert two[0].momentum == 0.0003  # restored
+    torch.testing.assert_close(two[0].running_mean, one.running_mean, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(two[0].running_var, one.running_var, rtol=1e-6, atol=1e-9)
+    plain = torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.0003))
+    plain(x)
+    plain(x)  # what happened before: the decay applied twice per step
+    assert not torch.allclose(plain[0].running_mean, one.running_mean, rtol=1e-6, atol=1e-9)
+
+
+def test_training_with_accumulation_leaves_the_bn_momentum_as_set(tiny_list):
+    model = _micro()
+    _fit(model, _dataset(tiny_list), _settings(iterations=2, accumulate_steps=2,
+                                               bn_momentum=0.25))
+    assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.25}
+
+
+def test_deterministic_switch_trains_alike_on_cpu_and_restores_the_flags(tiny_list):
+    cfg = _settings(iterations=3)
+    ref = _fit(_micro(), _dataset(tiny_list), cfg)
+    det = _fit(_micro(), _dataset(tiny_list), cfg.model_copy(update={"deterministic": True}))
+    assert [r["loss"] for r in det.history] == [r["loss"] for r in ref.history]
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert run_fingerprint(cfg, SEED) == run_fingerprint(
+        cfg.model_copy(update={"deterministic": True}), SEED)  # a kernel choice: resumable
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_deterministic_bilinear_and_loss_paths_match_the_usual_kernels(align):
+    from deeplab_core.engine.recipe import _gathered_loss_sum
+    from deeplab_core.models.layers import resize_bilinear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 17, 13, requires_grad=True)
+    ref = F.interpolate(x, size=(65, 49), mode="bilinear", align_corners=align)
+    mm = resize_bilinear(x, (65, 49), align, separable=True)
+    torch.testing.assert_close(mm, ref, rtol=1e-5, atol=1e-6)
+    g_ref, = torch.autograd.grad(ref.square().sum(), x)
+    g_mm, = torch.autograd.grad(mm.square().sum(), x)
+    torch.testing.assert_close(g_mm, g_ref, rtol=1e-5, atol=1e-5)
+    y = torch.randint(0, 3, (2, 17, 13))
+    y[0, :3] = 255
+    total, count = _gathered_loss_sum(x.detach(), y)
+    assert count == int((y != 255).sum())
+    assert total.item() == pytest.approx(F.cross_entropy(x.detach(), y, ignore_index=255,
+                                                         reduction="sum").item(), rel=1e-6)

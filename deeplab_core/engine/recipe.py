@@ -5,7 +5,9 @@ loss at the input or at the score-map resolution."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +127,33 @@ def freeze_batch_norm(model: nn.Module) -> list[nn.Parameter]:
     return frozen
 
 
+def per_micro_batch_momentum(momentum: float, micro: int) -> float:
+    """The running-statistics momentum m' whose ``micro`` updates decay the old statistics as
+    one update of ``momentum`` does: (1 - m')^micro = 1 - momentum."""
+    return 1.0 - (1.0 - momentum) ** (1.0 / micro)
+
+
+@contextlib.contextmanager
+def bn_momentum_per_step(model: nn.Module, micro: int) -> Iterator[None]:
+    """Batch norms updated once per micro-batch keep the recipe's decay per optimizer step:
+    v3's 0.9997 stays 0.9997 per step with 2 micro-batches (not 0.9997^2). Each micro-batch
+    moves the statistics by per_micro_batch_momentum towards its own batch statistics (with
+    equal micro-batch statistics, exactly one update of the recipe's momentum). Momenta are
+    restored by module name afterwards (the modules may have been swapped meanwhile)."""
+    saved = {name: m.momentum for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if micro > 1:
+        for m in batch_norms(model):
+            if m.momentum is not None:  # None: cumulative average, no decay to keep
+                m.momentum = per_micro_batch_momentum(m.momentum, micro)
+    try:
+        yield
+    finally:
+        for name, m in model.named_modules():
+            if name in saved:
+                m.momentum = saved[name]
+
+
 def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
     if momentum is not None:
         for m in batch_norms(model):
@@ -165,8 +194,19 @@ def loss_sum(outputs: torch.Tensor | list | tuple, target: torch.Tensor
         parts = [loss_sum(o, target) for o in outputs]
         return sum(p[0] for p in parts), parts[0][1]
     y = score_map_labels(target, outputs.shape[-2:])
+    if outputs.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return _gathered_loss_sum(outputs.float(), y)
     total = F.cross_entropy(outputs.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, int((y != IGNORE_INDEX).sum())
+
+
+def _gathered_loss_sum(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """loss_sum's cross-entropy from log_softmax and gather, whose CUDA kernels are
+    deterministic (nll_loss's CUDA sum is refused under torch.use_deterministic_algorithms)."""
+    keep = y != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=1)
+    picked = logp.gather(1, y.masked_fill(~keep, 0)[:, None])[:, 0]
+    return -(picked * keep).sum(), int(keep.sum())
 
 
 def segmentation_loss(outputs: torch.Tensor | list | tuple, target: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,14 +25,19 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from deeplab_core.config import TrainConfig
 from deeplab_core.engine import distributed
 from deeplab_core.engine.distributed import DistContext
-from deeplab_core.engine.recipe import (freeze_batch_norm, loss_sum, lr_at, make_optimizer,
-                                        set_bn_momentum, set_group_lrs)
+from deeplab_core.engine.recipe import (bn_momentum_per_step, freeze_batch_norm, loss_sum,
+                                        lr_at, make_optimizer, set_bn_momentum, set_group_lrs)
 from deeplab_core.fileio import atomic_torch_save
-from deeplab_core.runtime import seed_everything
+from deeplab_core.runtime import kernel_settings, seed_everything
 
 MetricLogger = Callable[[int, dict], None]
 # Settings that change nothing computed: a checkpoint written under other values still resumes.
-_NOT_RUN_DEFINING = {"enabled", "log_every", "checkpoint_every"}
+# ``deterministic`` picks kernels, not the computation: a run may be resumed with it switched.
+_NOT_RUN_DEFINING = {"enabled", "log_every", "checkpoint_every", "deterministic"}
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint of this run was written under another precision or device."""
 
 
 def run_fingerprint(cfg: TrainConfig, seed: int, run_key: str = "") -> str:
@@ -132,6 +138,12 @@ class _Precision:
         return torch.autocast(device.type, dtype=self.dtype or torch.bfloat16,
                               enabled=self.dtype is not None)
 
+    def runtime(self, device: torch.device) -> dict:
+        """What ``amp``/``amp_dtype: auto`` and ``device: auto`` resolved to: part of the run's
+        identity (a checkpoint resumes only under the same)."""
+        return {"dtype": str(self.dtype or torch.float32).removeprefix("torch."),
+                "device": device.type}
+
 
 def _precision(cfg: TrainConfig, device: torch.device) -> _Precision:
     """bfloat16 autocast on CPU; on CUDA bfloat16 where supported (auto) or float16 with a
@@ -151,23 +163,42 @@ def _precision(cfg: TrainConfig, device: torch.device) -> _Precision:
     return _Precision(dtype, scaler)
 
 
-def _read_resume(path: Path | None, fingerprint: str, iterations: int) -> dict | None:
-    """The checkpoint at ``path`` when it continues this run (same fingerprint, unfinished)."""
+def _read_resume(path: Path | None, fingerprint: str, iterations: int,
+                 runtime: dict | None = None) -> dict | None:
+    """The checkpoint at ``path`` when it continues this run (same fingerprint, unfinished).
+    ResumeMismatch when it does but was written under another resolved precision or device
+    (an fp16 run's scaler cannot continue in bf16, nor a bf16 run as fp16)."""
     if path is None or not path.is_file():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if (ckpt.get("fingerprint") != fingerprint or "model" not in ckpt
             or ckpt.get("iteration", 0) >= iterations):
         return None
+    saved = ckpt.get("runtime")
+    if runtime is not None and saved is not None and saved != runtime:
+        raise ResumeMismatch(
+            f"{path}: this run's checkpoint (iteration {ckpt['iteration']}) was written with "
+            f"{saved['dtype']} on {saved['device']}, but this process would continue with "
+            f"{runtime['dtype']} on {runtime['device']}; set amp / amp_dtype / base.device so "
+            f"they resolve as before, or delete {path} to start the run afresh")
     return ckpt
 
 
 def _restore_rng(ckpt: dict, ctx: DistContext) -> None:
-    """This process's CPU (and CUDA) RNG state, when the checkpoint has one per process."""
+    """This process's CPU (and CUDA) RNG state, when the checkpoint has one per process; a
+    warning when it was written by another number of processes (the run then continues with
+    this process's freshly seeded generators: data order and augmentations are unaffected,
+    being seeded by step, but dropout masks differ from the uninterrupted run's)."""
     cpu, cuda = ckpt.get("torch_rng"), ckpt.get("cuda_rng")
     if isinstance(cpu, torch.Tensor):  # written by a single process
         cpu = [cpu]
-    if cpu and len(cpu) == ctx.world_size:
+    if cpu and len(cpu) != ctx.world_size:
+        warnings.warn(f"checkpoint of iteration {ckpt.get('iteration')} was written by "
+                      f"{len(cpu)} process(es) and is resumed by {ctx.world_size}: random states "
+                      f"not restored, so dropout masks differ from the uninterrupted run's",
+                      RuntimeWarning, stacklevel=2)
+        return
+    if cpu:
         torch.set_rng_state(cpu[ctx.rank])
     if cuda and len(cuda) == ctx.world_size and cuda[ctx.rank] is not None \
             and torch.cuda.is_available():
@@ -175,7 +206,8 @@ def _restore_rng(ckpt: dict, ctx: DistContext) -> None:
 
 
 def _save_resume(path: Path, model: nn.Module, opt, prec: _Precision, step: int,
-                 batch_size: int, fingerprint: str, history: list, ctx: DistContext) -> None:
+                 batch_size: int, fingerprint: str, history: list, ctx: DistContext,
+                 runtime: dict) -> None:
     """Collective under DDP (every process hands over its RNG states); rank 0 writes."""
     cpu_rng = distributed.all_gather_objects(torch.get_rng_state())
     cuda_rng = distributed.all_gather_objects(
@@ -185,7 +217,8 @@ def _save_resume(path: Path, model: nn.Module, opt, prec: _Precision, step: int,
                            "scaler": prec.scaler.state_dict(), "iteration": step,
                            "fingerprint": fingerprint, "torch_rng": cpu_rng, "cuda_rng": cuda_rng,
                            "data_position": {"step": step, "samples_seen": step * batch_size},
-                           "world_size": ctx.world_size, "history": history}, path)
+                           "world_size": ctx.world_size, "history": history,
+                           "runtime": runtime}, path)
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool):
@@ -277,10 +310,10 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
         raise ValueError("training dataset is empty")
     ctx, device = distributed.setup(device)
     seed_everything(seed + ctx.rank)  # dropout masks differ between ranks, rank 0 as one process
-    fp = run_fingerprint(cfg, seed, run_key)
-    resume = _read_resume(checkpoint_path, fp, cfg.iterations)
+    fp, prec = run_fingerprint(cfg, seed, run_key), _precision(cfg, device)
+    resume = _read_resume(checkpoint_path, fp, cfg.iterations, prec.runtime(device))
     net, frozen = _prepare_model(model, cfg, device, resume)
-    opt, prec = make_optimizer(model, cfg), _precision(cfg, device)
+    opt = make_optimizer(model, cfg)
     result = TrainResult()
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
@@ -288,11 +321,13 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
             prec.scaler.load_state_dict(resume["scaler"])
         _restore_rng(resume, ctx)
         result.resumed_from, result.history = resume["iteration"], resume["history"]
+    micro = micro_steps(cfg.batch_size, cfg.accumulate_steps, ctx.world_size)
     try:
-        _run_loop(net, model, opt, prec, dataset, cfg, device, ctx, result,
-                  dict(seed=seed, fp=fp, num_workers=num_workers, ckpt=checkpoint_path,
-                       log=log_metrics if ctx.is_main else None,
-                       progress=progress and ctx.is_main))
+        with kernel_settings(device, cfg.deterministic), bn_momentum_per_step(model, micro):
+            _run_loop(net, model, opt, prec, dataset, cfg, device, ctx, result,
+                      dict(seed=seed, fp=fp, num_workers=num_workers, ckpt=checkpoint_path,
+                           log=log_metrics if ctx.is_main else None,
+                           progress=progress and ctx.is_main, micro=micro))
     finally:
         distributed.unwrap_model(net)
         for p in frozen:
@@ -304,7 +339,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
 def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: DistContext,
               result: TrainResult, run: dict) -> None:
     start = result.resumed_from
-    micro = micro_steps(cfg.batch_size, cfg.accumulate_steps, ctx.world_size)
+    micro = run["micro"]
     micro_batches = iter(_loader(dataset, cfg, run["seed"], start, run["num_workers"], ctx))
     bar = None
     if run["progress"]:
@@ -326,7 +361,7 @@ def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: Dis
                 run["log"](step, {"train_loss": row["loss"], "lr": lr})
         if run["ckpt"] is not None and step % cfg.checkpoint_every == 0 and step < cfg.iterations:
             _save_resume(run["ckpt"], model, opt, prec, step, cfg.batch_size, run["fp"],
-                         result.history, ctx)
+                         result.history, ctx, prec.runtime(device))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)

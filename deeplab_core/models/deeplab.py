@@ -6,10 +6,9 @@ from fractions import Fraction
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import RFLayer
+from .layers import RFLayer, resize_bilinear
 
 
 def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size,
@@ -18,7 +17,7 @@ def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size,
     model's convention (``ArchSpec.align_corners``; True for the papers' models)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
+    return resize_bilinear(x, size, align_corners)
 
 
 def aligns_corners(model: nn.Module) -> bool:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (ConvBNReLU, PooledBatchNorm2d, RFLayer, conv3x3_block, init_classifier,
-                     init_weights, set_conv_geometry)
+from .layers import (ConvBNReLU, PooledBatchNorm2d, RFLayer, conv3x3_block, global_avg_pool,
+                     init_classifier, init_weights, resize_bilinear, set_conv_geometry)
 
 
 def _scaled_rate(rate: int, scale: float) -> int:
@@ -120,8 +120,8 @@ class ImagePooling(nn.Module):
         self.bn = PooledBatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn(self.conv(F.adaptive_avg_pool2d(x, 1))), inplace=True)
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        y = F.relu(self.bn(self.conv(global_avg_pool(x))), inplace=True)
+        return resize_bilinear(y, x.shape[-2:])
 
 
 class ASPP(nn.Module):
@@ -213,8 +213,7 @@ class Decoder(nn.Module):
         init_classifier(self.classifier)
 
     def forward(self, enc: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        enc = F.interpolate(enc, size=low.shape[-2:], mode="bilinear",
-                            align_corners=self.align_corners)
+        enc = resize_bilinear(enc, low.shape[-2:], self.align_corners)
         return self.classifier(self.fuse(torch.cat([enc, self.project(low)], 1)))
 
     def rf_layers(self) -> list[RFLayer]:
@@ -251,7 +250,6 @@ class MSCFeatureBranches(nn.Module):
         for branch, t in zip(self.branches, taps):
             y = branch(t)
             if y.shape[-2:] != tuple(size):
-                y = F.interpolate(y, size=size, mode="bilinear",
-                                  align_corners=self.align_corners)
+                y = resize_bilinear(y, size, self.align_corners)
             out = y if out is None else out + y
         return out
