@@ -24,12 +24,12 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 	cd / && $(CURDIR)/$(BIN)/deeplab-predict --help > /dev/null
 	@touch $(STAMP)
 
-# One Prefect server and one MLflow parent run for the whole `dvc repro` (pipelines/repro.py).
+# One Prefect server and one MLflow parent run for the whole `dvc repro` (pipelines/ops/repro.py).
 repro: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pipelines.ops.repro
 
 report: setup
-	$(BIN)/python -m pipelines.report
+	$(BIN)/python -m pipelines.tools.report
 
 run: repro report
 

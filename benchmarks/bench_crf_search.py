@@ -42,8 +42,8 @@ def build_cache(model: Path, val_list: Path, out: Path) -> Path:
     """Cache the model's probabilities on every image of ``val_list`` (the crf_search stage's own
     cache builder, over all ids instead of the CV subset, at single scale without flip and at
     the model's own output stride)."""
-    from pipelines.crf_search import build_cache as stage_cache
-    from pipelines.eval_data import read_list_ids
+    from pipelines.stages.crf_search import build_cache as stage_cache
+    from pipelines.stages.eval_data import read_list_ids
 
     ids = read_list_ids(val_list)
     single_scale = {"scales": [1.0], "flip": False, "eval_output_stride": None}

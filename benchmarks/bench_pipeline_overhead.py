@@ -1,4 +1,4 @@
-"""The pipeline's own overhead: a whole `python -m pipelines.repro` (as `make run` calls it) in a
+"""The pipeline's own overhead: a whole `python -m pipelines.ops.repro` (as `make run` calls it) in a
 scratch copy of the project, split per stage into the wall time DVC took, the stage's compute
 (training, CRF search, evaluation), its data work (generating, converting, validating the
 datasets) and the rest: the pipeline's own overhead (start-up, imports, Prefect, MLflow, DVC).
@@ -57,7 +57,7 @@ def main() -> None:
                     ["dvc", "config", "core.analytics", "false"]):
             subprocess.run(cmd, cwd=root, env=env, check=True)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pipelines.repro"], cwd=root, env=env,
+        proc = subprocess.run([sys.executable, "-m", "pipelines.ops.repro"], cwd=root, env=env,
                               capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode:

@@ -1,4 +1,4 @@
-"""Time of one locked promotion decision (`pipelines.registry.promote_if_better`: take the lock,
+"""Time of one locked promotion decision (`pipelines.ops.registry.promote_if_better`: take the lock,
 read the candidate and the champion, decide, and when promoting set the alias, re-read it and
 record the event) against a scratch MLflow sqlite store. Prints one JSON line of figures.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import registry  # noqa: E402
+from pipelines.ops import registry  # noqa: E402
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def register_micro(root: Path) -> str:
     from deeplab_core.crf.densecrf import CRFParams
     from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
     from deeplab_core.models import build_model
-    from pipelines.serving import log_pyfunc_model
+    from pipelines.ops.serving import log_pyfunc_model
 
     torch.manual_seed(0)
     ckpt, crf = root / "model.pt", root / "best_params.json"
@@ -93,7 +93,7 @@ def main() -> None:
     import torch
 
     from deeplab_core.data.synthetic.scenes import render_scene
-    from pipelines.serving import encode_image_b64, mlflow_serve
+    from pipelines.ops.serving import encode_image_b64, mlflow_serve
 
     scratch = tempfile.TemporaryDirectory(prefix="bench_serving_")
     env = dict(os.environ)

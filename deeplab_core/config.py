@@ -13,8 +13,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deeplab_core.classes import HARD_CLASSES, VOC_CLASSES
-from deeplab_core.crf.grid import (PAPER_ITERATIONS, PAPER_SIGMA_ALPHA_GRID, PAPER_SIGMA_BETA_GRID,
-                                   PAPER_SIGMA_GAMMA, PAPER_W1_GRID, PAPER_W2)
+
+
+# The papers' coarse grid of CRF parameters (DeepLab v1 Sec. 4, v2 Sec. 4.1): w1 in {3..6},
+# sigma_alpha in {30, 40, ..., 100}, sigma_beta in {3..6}, with w2 = 3 and sigma_gamma = 3 fixed.
+# The one source of these defaults: the ``crf_search`` section below and deeplab_core.crf.search.
+PAPER_W1_GRID: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0)
+PAPER_SIGMA_ALPHA_GRID: tuple[float, ...] = tuple(float(v) for v in range(30, 101, 10))
+PAPER_SIGMA_BETA_GRID: tuple[float, ...] = (3.0, 4.0, 5.0, 6.0)
+PAPER_W2: float = 3.0
+PAPER_SIGMA_GAMMA: float = 3.0
+PAPER_ITERATIONS: int = 10
 
 
 class Strict(BaseModel):

@@ -10,6 +10,6 @@ _os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 _os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 _os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # A stage started by hand (no PREFECT_API_URL) runs Prefect's temporary server of its own; its
-# default 20 s start-up limit is missed on a busy machine. `python -m pipelines.repro` avoids the
-# per-stage server altogether (see pipelines/prefect_server.py).
+# default 20 s start-up limit is missed on a busy machine. `python -m pipelines.ops.repro` avoids the
+# per-stage server altogether (see pipelines/ops/prefect_server.py).
 _os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")

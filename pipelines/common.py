@@ -1,5 +1,6 @@
-"""What every stage shares: repo paths, params loading with clear errors, atomic outputs, the hash
-of a stage's DVC inputs, and the `main()` wrapper that turns errors into one readable message."""
+"""The pipeline layer's ground floor, shared by the stages, the operations and the tools: repo
+paths, params loading with clear errors, the DVC hash of a stage's inputs, and the `main()` wrapper
+that turns errors into one readable message. It imports nothing else from `pipelines`."""
 
 from __future__ import annotations
 
@@ -16,10 +17,9 @@ from typing import Callable
 import yaml
 
 from deeplab_core.config import ConfigError, Params, load_params
-from deeplab_core.fileio import atomic_directory, atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
-# Set by pipelines.repro for the stages of one pipeline run: the MLflow parent run's id.
+# Set by pipelines.ops.repro for the stages of one pipeline run: the MLflow parent run's id.
 PIPELINE_RUN_ENV = "DEEPLAB_PIPELINE_RUN"
 
 
@@ -133,34 +133,8 @@ def stage_inputs_hash(stage: str) -> str:
     return hashlib.md5(json.dumps(stage_lineage(stage), sort_keys=True).encode()).hexdigest()
 
 
-# Stage outputs are written through the library's atomic helpers: a failed or killed stage never
-# leaves a half-written output in place (directories are built aside and swapped in whole).
-atomic_dir = atomic_directory
-write_json = atomic_write_json
-
-
 class StageError(RuntimeError):
     """A stage cannot run with what it was given; the message says what to fix."""
-
-
-def dataset_classes(params: Params):
-    """The class list prepare wrote (data/prepared/classes.json), checked against
-    base.num_classes."""
-    from deeplab_core.classes import load_class_list
-    from pipelines.paths import StagePaths
-
-    try:
-        return load_class_list(StagePaths.of(params).classes_file, params.base.num_classes)
-    except (FileNotFoundError, ValueError) as exc:
-        raise StageError(str(exc)) from None
-
-
-def require_inputs(stage: str, *paths: Path) -> None:
-    """Fail with one message naming every missing input and the stage that writes them."""
-    missing = [str(p) for p in paths if not Path(p).is_file()]
-    if missing:
-        raise StageError(f"{stage} needs {', '.join(missing)}; run the stages before it "
-                         "(dvc repro)")
 
 
 def run_stage(flow: Callable[[], object]) -> None:
@@ -171,7 +145,7 @@ def run_stage(flow: Callable[[], object]) -> None:
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
         run_id = os.environ.get(PIPELINE_RUN_ENV)
-        # Inside pipelines.repro the flow run is tagged, so the UI can filter one repro.
+        # Inside pipelines.ops.repro the flow run is tagged, so the UI can filter one repro.
         # Heartbeats (crash detection for deployments) are off: DVC supervises a stage, and the
         # heartbeat thread holds each flow's exit for up to a second.
         with tags(*([f"pipeline_run:{run_id}"] if run_id else [])), \

@@ -8,7 +8,7 @@ relative to the project root, so the store keeps working after the project direc
 
 Lineage on every stage run: the git commit, DVC's own md5 of each dep (`dvc.dep.<path>`) and of
 each out the stage wrote (`dvc.out.<path>`), the md5 of its params values (`dvc.params_md5`), and,
-when the stage runs inside `python -m pipelines.repro`, the pipeline run it belongs to
+when the stage runs inside `python -m pipelines.ops.repro`, the pipeline run it belongs to
 (`pipeline_run`, also the MLflow parent run).
 """
 
@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipelines.common import (PIPELINE_RUN_ENV, REPO, dvc_md5, git_commit, stage_lineage,
-                              stage_outs, write_json)
+from pipelines.common import PIPELINE_RUN_ENV, REPO, dvc_md5, git_commit, stage_lineage, stage_outs
+from deeplab_core.fileio import atomic_write_json as write_json
 
 EXPERIMENT = os.environ.get("DEEPLAB_EXPERIMENT", "deeplab")
 STORE = REPO / "mlflow.db"

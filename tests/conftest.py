@@ -104,7 +104,7 @@ def prefect_api_url(tmp_path_factory):
     """One real `prefect server` on 127.0.0.1 for the whole session (or PREFECT_API_URL when
     set), exported as PREFECT_API_URL so stage subprocesses use it instead of starting
     Prefect's temporary server each."""
-    from pipelines.prefect_server import prefect_api
+    from pipelines.ops.prefect_server import prefect_api
 
     with prefect_api(home=tmp_path_factory.mktemp("prefect_home")) as url:
         yield url

@@ -1,4 +1,4 @@
-"""Ablation grids (pipelines.ablate): one MLflow parent run with a child run per configuration,
+"""Ablation grids (pipelines.tools.ablate): one MLflow parent run with a child run per configuration,
 each with its settings and metrics, the comparison table as Markdown and CSV, and one-line errors
 for bad grid files. Runs on a tiny synthetic dataset with the micro preset."""
 
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from deeplab_core.config import deep_merge
-from pipelines import ablate, tracking
+from pipelines.tools import ablate, tracking
 from pipelines.common import REPO
 
 
@@ -191,7 +191,7 @@ def test_train_grid_trains_each_config_and_logs_its_model(project, tmp_path):
 
 
 def test_cli_runs_the_grid_as_a_prefect_flow_with_nested_runs(project, prefect_api_url):
-    """`python -m pipelines.ablate GRID --out DIR --model FILE`: each configuration a Prefect
+    """`python -m pipelines.tools.ablate GRID --out DIR --model FILE`: each configuration a Prefect
     task of the `ablate` flow, its MLflow run a child of the flow's parent run."""
     root = project["root"]
     (root / "params.yaml").write_text(yaml.safe_dump(project["params"]))
@@ -200,7 +200,7 @@ def test_cli_runs_the_grid_as_a_prefect_flow_with_nested_runs(project, prefect_a
         {"name": "OS16"}, {"name": "OS8", "model": {"eval_output_stride": 8}}]})
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO),
            "DEEPLAB_PARAMS": str(root / "params.yaml")}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.ablate", "cli.yaml", "--out",
+    proc = subprocess.run([sys.executable, "-m", "pipelines.tools.ablate", "cli.yaml", "--out",
                            "tables", "--model", "model.pt"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -47,7 +47,7 @@ def test_project_params_validate_and_keep_every_value():
 def test_params_yaml_crf_grid_is_the_library_default():
     """params.yaml spells the CRF grid for DVC; it must stay the library's one default."""
     from deeplab_core.config import CRFSearchConfig
-    from deeplab_core.crf import grid
+    from deeplab_core import config as grid
 
     raw = yaml.safe_load(PARAMS.read_text())["crf_search"]
     assert tuple(float(v) for v in raw["w1_grid"]) == grid.PAPER_W1_GRID

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from deeplab_core.crf import cache as crf_cache, evaluator, search
+from deeplab_core.engine import probability_cache
 from deeplab_core.crf.densecrf import CRFParams, dense_crf
 from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
 from deeplab_core.metrics import confusion_matrix, summarize
@@ -89,7 +90,7 @@ def test_probability_cache_is_reused_for_its_key_and_rebuilt_for_another(tmp_pat
     root = tmp_path / "cache"
     key = {"model_md5": "m1", "cv_ids": ids, "flip": True}
     assert not crf_cache.cache_is_current(root, key, ids)
-    files = crf_cache.build_probability_cache(model, dataset, root, key, "cpu", scales=(1.0, 0.5),
+    files = probability_cache.build_probability_cache(model, dataset, root, key, "cpu", scales=(1.0, 0.5),
                                               flip=True, progress=False)
     assert files == crf_cache.probability_cache_files(root, ids) == [root / "probs" / "a.npz",
                                                                        root / "probs" / "b.npz"]
@@ -108,7 +109,7 @@ def test_probability_cache_is_reused_for_its_key_and_rebuilt_for_another(tmp_pat
     assert not crf_cache.cache_is_current(root, key, ids)
 
     new_key = {**key, "model_md5": "m2"}
-    files = crf_cache.build_probability_cache(model, dataset[:1], root, new_key, "cpu",
+    files = probability_cache.build_probability_cache(model, dataset[:1], root, new_key, "cpu",
                                               progress=False)
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
         "meta.json", "probs", "probs/a.npz"]  # journal and old items wiped

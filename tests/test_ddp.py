@@ -155,7 +155,7 @@ def test_sync_batch_norm_swap_round_trips_classes_and_state():
 
 @pytest.mark.e2e
 def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_url):
-    """`python -m pipelines.finetune` (the DVC stage's command) with base.nproc 2 relaunches
+    """`python -m pipelines.stages.finetune` (the DVC stage's command) with base.nproc 2 relaunches
     itself under torchrun; rank 0 alone writes the outputs and the one MLflow run."""
     import mlflow
     import yaml
@@ -171,10 +171,10 @@ def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_u
     for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI"):
         env.pop(key, None)
     for stage in ("prepare", "validate", "finetune"):
-        proc = subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env,
+        proc = subprocess.run([sys.executable, "-m", f"pipelines.stages.{stage}"], cwd=root, env=env,
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "--nproc_per_node=2 -m pipelines.finetune" in proc.stdout
+    assert "--nproc_per_node=2 -m pipelines.stages.finetune" in proc.stdout
     metrics = json.loads((root / "data" / "metrics" / "finetune.json").read_text())
     assert metrics["iterations"] == 4 and metrics["resumed_from"] == 0
     assert (root / "data" / "models" / "finetune" / "model.pt").is_file()

@@ -9,14 +9,14 @@ import pytest
 import yaml
 
 from pipelines.paths import stage_io, stages
-from pipelines.stage_deps import (REPO, code_deps, expected_deps, imported_modules, is_code_dep,
+from pipelines.tools.stage_deps import (REPO, code_deps, expected_deps, imported_modules, is_code_dep,
                                   listed_paths, stage_code, written_paths_off)
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
 def test_import_walk_sees_function_level_relative_and_package_imports():
-    files = {p.relative_to(REPO).as_posix() for p in stage_code("pipelines.crf_search")}
+    files = {p.relative_to(REPO).as_posix() for p in stage_code("pipelines.stages.crf_search")}
     # imported inside function bodies of the stage
     assert "deeplab_core/crf/search.py" in files and "deeplab_core/crf/plots.py" in files
     # package initialisers run on import, and the closure reaches the model zoo through the
@@ -25,7 +25,7 @@ def test_import_walk_sees_function_level_relative_and_package_imports():
     assert "deeplab_core/models/deeplab.py" in files
     # what the stage never imports is not in it
     assert "deeplab_core/data/synthetic/writers.py" not in files
-    assert "pipelines/prefect_server.py" not in files
+    assert "pipelines/ops/prefect_server.py" not in files
     # relative imports resolve against the importing module's package
     assert "deeplab_core.models.layers.BlockTrunk" in imported_modules(
         REPO / "deeplab_core" / "models" / "backbones" / "basicnet.py")
@@ -40,7 +40,7 @@ def test_dvc_yaml_deps_are_exactly_the_stage_imports(stage):
     missing = sorted(set(want) - set(listed))
     extra = sorted(set(listed) - set(want))
     assert not missing, (f"dvc.yaml stage {stage!r} imports these but does not list them: "
-                         f"{missing} (python -m pipelines.stage_deps --write)")
+                         f"{missing} (python -m pipelines.tools.stage_deps --write)")
     assert not extra, f"dvc.yaml stage {stage!r} lists code it never imports: {extra}"
     assert spec["deps"] == expected_deps(spec)
     for dep in listed:
@@ -49,11 +49,11 @@ def test_dvc_yaml_deps_are_exactly_the_stage_imports(stage):
 
 def test_paths_module_declares_every_dvc_stage():
     """Every stage of the pipeline (an ablation grid added as a stage by hand aside)."""
-    assert stages() == [s for s, spec in STAGES.items() if "pipelines.ablate" not in spec["cmd"]]
+    assert stages() == [s for s, spec in STAGES.items() if "pipelines.tools.ablate" not in spec["cmd"]]
 
 
 def test_a_stage_the_paths_module_does_not_declare_keeps_its_listed_data():
-    spec = {"cmd": "python -m pipelines.ablate v3_inference",
+    spec = {"cmd": "python -m pipelines.tools.ablate v3_inference",
             "deps": ["ablations/v3_inference.yaml", "data/prepared"],
             "outs": ["data/ablations/v3_inference"]}
     assert expected_deps(spec, "ablate_inference")[-2:] == spec["deps"]

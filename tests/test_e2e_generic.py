@@ -53,5 +53,5 @@ def test_generic_example_runs_every_stage_with_its_class_names(tmp_path, prefect
     assert hard["hard_classes"] == ["bar"] and hard["count"] > 0
     freq = json.loads((d / "validation" / "class_frequencies.json").read_text())
     assert list(freq["train_aug"]["classes"]) == NAMES
-    report = _run([sys.executable, "-m", "pipelines.report"], root, env).stdout
+    report = _run([sys.executable, "-m", "pipelines.tools.report"], root, env).stdout
     assert all(f"  {n}" in report for n in NAMES) and "aeroplane" not in report

@@ -1,6 +1,6 @@
 """End to end: the real DVC pipeline (every stage a Prefect flow against one real Prefect server,
 MLflow tracking, GX validation, registry) on a micro synthetic config, in a scratch copy of the
-project: `python -m pipelines.repro` as `make run` calls it, then plain `dvc repro` and stages
+project: `python -m pipelines.ops.repro` as `make run` calls it, then plain `dvc repro` and stages
 started by hand."""
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ def _git_project(root: Path, env: dict) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_api_url):
-    """The micro project after its first `python -m pipelines.repro` (which starts and stops
+    """The micro project after its first `python -m pipelines.ops.repro` (which starts and stops
     a Prefect server of its own), with dvc.lock committed. Later runs use the session's server."""
     root = scratch_project(tmp_path_factory.mktemp("proj"))
     env = _clean_env()
     _git_project(root, env)
-    first = _run([sys.executable, "-m", "pipelines.repro"], root, env)
+    first = _run([sys.executable, "-m", "pipelines.ops.repro"], root, env)
     _run(GIT + ["add", "dvc.lock"], root, env)
     _run(GIT + ["commit", "-qm", "first run"], root, env)
     return root, dict(env, PREFECT_API_URL=prefect_api_url), first
@@ -79,7 +79,7 @@ def test_first_repro_runs_every_stage_in_order_on_one_server(project):
     api = [line for line in first.stdout.splitlines() if line.startswith("Prefect API: ")]
     assert len(api) == 1 and api[0].startswith("Prefect API: http://127.0.0.1:")
     assert "Starting temporary server" not in first.stdout + first.stderr
-    from pipelines.prefect_server import api_healthy
+    from pipelines.ops.prefect_server import api_healthy
     assert not api_healthy(api[0].split(": ", 1)[1])
     assert (root / ".prefect" / "server.log").is_file()
     # the timing table: every stage with wall, compute, data and overhead seconds
@@ -189,7 +189,7 @@ def test_fresh_clone_elsewhere_reproduces_byte_identical_outputs_and_moves(proje
     root, env, _ = project
     clone = tmp_path / "clone"
     _run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
-    out = _run([sys.executable, "-m", "pipelines.repro"], clone, env).stdout
+    out = _run([sys.executable, "-m", "pipelines.ops.repro"], clone, env).stdout
     assert [line.split("'")[1] for line in out.splitlines()
             if line.startswith("Running stage")] == STAGES
     status = _run(["git", "status", "--porcelain"], clone, env).stdout
@@ -234,7 +234,7 @@ def test_params_typo_fails_before_any_work(project):
     bad.write_text(yaml.safe_dump(params))
     env2 = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     env2["DEEPLAB_PARAMS"] = str(bad)
-    proc = _run([sys.executable, "-m", "pipelines.finetune"], root, env2, check=False)
+    proc = _run([sys.executable, "-m", "pipelines.stages.finetune"], root, env2, check=False)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "finetune.learning_rate: unknown key" in proc.stderr
 
@@ -246,7 +246,7 @@ def test_missing_dataset_directory_is_named(project, tmp_path):
     bad = tmp_path / "params_real.yaml"
     bad.write_text(yaml.safe_dump(params))
     before = sorted(p.name for p in (root / "data" / "prepared").iterdir())
-    proc = _run([sys.executable, "-m", "pipelines.prepare"], root,
+    proc = _run([sys.executable, "-m", "pipelines.stages.prepare"], root,
                 dict(env, DEEPLAB_PARAMS=str(bad)), check=False)
     assert proc.returncode == 2
     assert str(tmp_path / "no" / "VOC2012") in proc.stderr and "does not exist" in proc.stderr
@@ -263,7 +263,7 @@ def test_unreadable_image_fails_validation_and_keeps_previous_outputs(project):
     original = image.read_bytes()
     image.write_bytes(b"this is not a jpeg")
     try:
-        proc = _run([sys.executable, "-m", "pipelines.validate"], root, env, check=False)
+        proc = _run([sys.executable, "-m", "pipelines.stages.validate"], root, env, check=False)
     finally:
         image.write_bytes(original)
     assert proc.returncode == 2
@@ -290,7 +290,7 @@ def test_killed_training_leaves_outputs_intact_and_resumes(project, tmp_path):
     model = root / "data" / "models" / "finetune" / "model.pt"
     before = hashlib.md5(model.read_bytes()).hexdigest()
     ckpt = root / "data" / "checkpoints" / "finetune.pt"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.finetune"], cwd=root, env=env2,
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.stages.finetune"], cwd=root, env=env2,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 240
@@ -312,7 +312,7 @@ def test_killed_training_leaves_outputs_intact_and_resumes(project, tmp_path):
     assert hashlib.md5(model.read_bytes()).hexdigest() == before
     killed_at = torch.load(ckpt, weights_only=False)["iteration"]
     assert killed_at >= 20
-    _run([sys.executable, "-m", "pipelines.finetune"], root, env2)
+    _run([sys.executable, "-m", "pipelines.stages.finetune"], root, env2)
     metrics = json.loads((root / "data" / "metrics" / "finetune.json").read_text())
     assert metrics["resumed_from"] >= killed_at and metrics["iterations"] == 1000
     assert torch.load(ckpt, weights_only=False)["complete"] is True

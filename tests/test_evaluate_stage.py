@@ -15,8 +15,8 @@ import pytest
 from conftest import TINY_NUM_CLASSES, confident_micro_model, scratch_project
 from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
 from deeplab_core.engine.evaluate import EvalAccumulator
-from pipelines import evaluate as ev
-from pipelines.report import format_report
+from pipelines.stages import evaluate as ev
+from pipelines.tools.report import format_report
 
 NAMES = ("bg", "a", "b")
 
@@ -91,8 +91,8 @@ def test_crf_cache_holds_probabilities_of_evaluates_inference_setting(tiny_list,
                                                                       micro_checkpoint):
     from deeplab_core.engine.checkpoint import load_checkpoint
     from deeplab_core.engine.evaluate import predict_probs
-    from pipelines.crf_search import build_cache
-    from pipelines.eval_data import eval_dataset
+    from pipelines.stages.crf_search import build_cache
+    from pipelines.stages.eval_data import eval_dataset
 
     ids = ["s1", "s3"]
     cache = tmp_path / "cache"

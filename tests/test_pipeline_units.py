@@ -12,9 +12,9 @@ import pytest
 
 from conftest import tiny_sample
 from deeplab_core.config import ConfigError, ValidateConfig, parse_params
-from pipelines.common import (REPO, StageError, atomic_dir, data_dir, params_path, run_stage,
-                              write_json)
-from pipelines.register import decide_promotion
+from pipelines.common import REPO, StageError, data_dir, params_path, run_stage
+from pipelines.stages.shared import atomic_dir, write_json
+from pipelines.stages.register import decide_promotion
 from pipelines.tracking import flatten
 
 
@@ -176,7 +176,7 @@ CFG = ValidateConfig(max_ignore_fraction=0.3, min_side=16, max_side=256)
 
 @pytest.fixture(scope="module")
 def run_suite():
-    from pipelines.expectations import run_suite as fn
+    from pipelines.stages.expectations import run_suite as fn
     return fn
 
 
@@ -251,7 +251,7 @@ def test_manifest_of_corrupt_jpeg_fails_the_suite(run_suite, tmp_path):
 def test_heatmap_draws_the_full_grid_or_else_the_screen_estimates():
     from types import SimpleNamespace
 
-    from pipelines.crf_search import grid_rows_for_heatmap
+    from pipelines.stages.crf_search import grid_rows_for_heatmap
 
     cfg = SimpleNamespace(w1_grid=(3.0, 4.0), sigma_alpha_grid=(30.0, 40.0), sigma_beta_grid=(3.0,))
     grid = [(w, a, 3.0) for w in (3.0, 4.0) for a in (30.0, 40.0)]
@@ -276,7 +276,7 @@ def test_heatmap_draws_the_full_grid_or_else_the_screen_estimates():
 def test_crf_table_lists_full_rows_then_screen_rows(tmp_path):
     import csv
 
-    from pipelines.crf_search import write_table
+    from pipelines.stages.crf_search import write_table
 
     full = [{"w1": 5.0, "miou_gt": 0.4, "n_images": 50}, {"w1": 4.0, "miou_gt": 0.3, "n_images": 50}]
     screen = [{"w1": 3.0, "miou_gt": 0.9, "n_images": 4, "estimate": 0.2},

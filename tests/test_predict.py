@@ -20,7 +20,7 @@ from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
 from deeplab_core.engine.infer import Segmenter
 from deeplab_core.engine.tiling import predict_probs_tiled, tile_starts
 from deeplab_core.predict import find_inputs, output_names
-from pipelines import predict as cli
+from pipelines.tools import predict as cli
 from tests.conftest import REPO, confident_micro_model, tiny_sample
 
 NUM_CLASSES = 4
@@ -69,7 +69,7 @@ def test_module_cli_segments_a_folder_and_names_the_unreadable_file(checkpoint, 
                                                                     tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "pipelines.predict", "--model", str(checkpoint),
+    proc = subprocess.run([sys.executable, "-m", "pipelines.tools.predict", "--model", str(checkpoint),
                            "--input", str(photos), "--output", str(out), "--crf",
                            "--save-probs"], capture_output=True, text=True, cwd=tmp_path,
                           env=env, timeout=300)
@@ -100,7 +100,7 @@ def test_console_script_is_declared():
     import tomllib
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["deeplab-predict"] == "pipelines.predict:main"
+    assert project["scripts"]["deeplab-predict"] == "pipelines.tools.predict:main"
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -256,7 +256,7 @@ def test_registered_model_is_loaded_from_a_local_mlflow_registry(checkpoint, pho
     import mlflow
     from mlflow import MlflowClient
 
-    from pipelines.serving import log_pyfunc_model
+    from pipelines.ops.serving import log_pyfunc_model
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

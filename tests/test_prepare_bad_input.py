@@ -302,7 +302,7 @@ def _stage_fails(root: Path, env: dict, *parts: str) -> str:
     data = root / "data"
     outs = (data / "raw", data / "prepared", data / "metrics" / "prepare.json")
     before = _snapshot(*outs)
-    proc = subprocess.run([sys.executable, "-m", "pipelines.prepare"], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pipelines.stages.prepare"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-4000:]
     line = [x for x in proc.stderr.splitlines() if x.startswith("ERROR [prepare]: ")]

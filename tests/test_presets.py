@@ -7,7 +7,7 @@ import yaml
 
 from deeplab_core.config import ConfigError, parse_params
 from deeplab_core.models import list_presets
-from pipelines.use_preset import apply_preset
+from pipelines.tools.use_preset import apply_preset
 
 REPO = Path(__file__).resolve().parents[1]
 PRESET_FILES = sorted((REPO / "presets").glob("*.yaml"))
@@ -69,7 +69,7 @@ def test_preset_carries_the_papers_schedule(name, tmp_path):
 
 
 def test_list_shows_each_preset_whole_with_the_papers_figures(capsys):
-    from pipelines.use_preset import main
+    from pipelines.tools.use_preset import main
 
     main(["--list"])
     out = capsys.readouterr().out
@@ -143,7 +143,7 @@ def test_composed_presets_keep_their_own_lines_over_the_bases(tmp_path):
 
 
 def test_list_leaves_out_the_base_files(capsys):
-    from pipelines.use_preset import main
+    from pipelines.tools.use_preset import main
 
     main(["--list"])
     names = {b.splitlines()[0] for b in capsys.readouterr().out.strip().split("\n\n")}
@@ -151,7 +151,7 @@ def test_list_leaves_out_the_base_files(capsys):
 
 
 def test_missing_base_is_refused_with_its_name(tmp_path, capsys):
-    from pipelines.use_preset import main
+    from pipelines.tools.use_preset import main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("_base_: [_base_/nowhere.yaml]\nmodel:\n  preset: micro\n")

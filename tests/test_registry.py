@@ -1,6 +1,6 @@
 """The registry's champion against a real MLflow sqlite store: concurrent promotions from two
 processes, a switched metric, the eval-set identity, the register stage's use of the locked
-promotion, and the `python -m pipelines.registry` CLI."""
+promotion, and the `python -m pipelines.ops.registry` CLI."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import registry
+from pipelines.ops import registry
 from pipelines.common import REPO
-from pipelines.registry import (CHAMPION, PREVIOUS_TAG, RegistryError, decide_promotion,
+from pipelines.ops.registry import (CHAMPION, PREVIOUS_TAG, RegistryError, decide_promotion,
                                 lock_path, registry_lock)
 
 METRIC = "miou_crf"
@@ -226,7 +226,7 @@ def _flip_byte(path: Path, offset: int = -1) -> None:
 
 
 def test_changed_eval_image_blocks_the_comparison(client, tiny_list, tmp_path):
-    from pipelines.evaluate import eval_set_md5
+    from pipelines.stages.evaluate import eval_set_md5
 
     lst = _copy_list(tiny_list, tmp_path / "val")
     ids = ["s1", "s2", "s3"]
@@ -245,7 +245,7 @@ def test_changed_eval_image_blocks_the_comparison(client, tiny_list, tmp_path):
 
 
 def test_eval_set_md5_covers_ids_content_and_settings(tiny_list, tmp_path):
-    from pipelines.evaluate import eval_set_md5
+    from pipelines.stages.evaluate import eval_set_md5
 
     lst = _copy_list(tiny_list, tmp_path / "val")
     ids = ["s0", "s1", "s2", "s3"]
@@ -270,7 +270,7 @@ def test_eval_set_md5_covers_ids_content_and_settings(tiny_list, tmp_path):
 
 def test_eval_settings_from_params():
     from pipelines.common import get_params
-    from pipelines.evaluate import eval_settings
+    from pipelines.stages.evaluate import eval_settings
 
     params = get_params()
     s = eval_settings(params)
@@ -293,7 +293,7 @@ def stage_env(client, store, tmp_path, monkeypatch):
     import mlflow
     import mlflow.pyfunc
 
-    import pipelines.serving
+    import pipelines.ops.serving
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["base"]["data_dir"] = str(tmp_path / "data")
@@ -313,7 +313,7 @@ def stage_env(client, store, tmp_path, monkeypatch):
         return mlflow.pyfunc.log_model(name="model", python_model=Tiny(), pip_requirements=[],
                                        registered_model_name=registered_name)
 
-    monkeypatch.setattr(pipelines.serving, "log_pyfunc_model", tiny_log)
+    monkeypatch.setattr(pipelines.ops.serving, "log_pyfunc_model", tiny_log)
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store)
     exp = f"register-{uuid.uuid4().hex[:8]}"
@@ -326,7 +326,7 @@ def stage_env(client, store, tmp_path, monkeypatch):
 def test_register_stage_promotes_through_the_lock(client, stage_env, monkeypatch):
     import mlflow
 
-    from pipelines.register import register_model
+    from pipelines.stages.register import register_model
 
     name = new_model(client)
     outs = []
@@ -409,7 +409,7 @@ def test_cli_module_entry_point(client, store, tmp_path):
     name = new_model(client)
     add_version(client, name, 0.3)
     env = {"MLFLOW_TRACKING_URI": store, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    run = subprocess.run([sys.executable, "-m", "pipelines.registry", "rollback", "--model", name],
+    run = subprocess.run([sys.executable, "-m", "pipelines.ops.registry", "rollback", "--model", name],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr == (f"ERROR [registry]: model {name!r} has no champion; nothing to roll "

@@ -79,7 +79,7 @@ def _stop(proc: subprocess.Popen, timeout_s: float = 60) -> float:
 
 
 def test_scheduled_deployment_worker_and_honest_reports(tmp_path):
-    from pipelines.prefect_server import prefect_api
+    from pipelines.ops.prefect_server import prefect_api
 
     root = scratch_project(tmp_path / "proj")
     shutil.copy(REPO / "prefect.yaml", root / "prefect.yaml")
@@ -134,7 +134,7 @@ def test_scheduled_deployment_worker_and_honest_reports(tmp_path):
             took = _stop(worker)
         assert took < 60
 
-        serve = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "serve",
+        serve = subprocess.Popen([sys.executable, "-m", "pipelines.ops.retrain", "serve",
                                   "--allow-cpu", "--name", "serve-test"], cwd=root, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 120

@@ -18,7 +18,7 @@ from deeplab_core.crf.densecrf import CRFParams, check_image, dense_crf
 from deeplab_core.data.io import encode_jpeg, encode_label_png
 from deeplab_core.engine.infer import Segmenter
 from deeplab_core.models import build_model
-from pipelines.serving import (DeepLabPyfunc, ServingError, decode_mask_png_b64,
+from pipelines.ops.serving import (DeepLabPyfunc, ServingError, decode_mask_png_b64,
                                encode_image_b64, parse_input)
 
 RNG = np.random.default_rng(0)
@@ -120,7 +120,7 @@ def test_bad_input_one_line_naming_got_and_expected(pyfunc, model_input, start):
 
 
 def test_too_many_pixels_refused_before_decoding(monkeypatch):
-    monkeypatch.setattr("pipelines.serving.MAX_PIXELS", 100)
+    monkeypatch.setattr("pipelines.ops.serving.MAX_PIXELS", 100)
     with pytest.raises(ServingError, match=r"image: got 24x32 pixels; at most 100"):
         parse_input(IMG)
     with pytest.raises(ServingError, match=r"image_b64: got 24x32 pixels; at most 100"):

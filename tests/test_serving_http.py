@@ -18,7 +18,7 @@ from deeplab_core.data.io import encode_jpeg
 from deeplab_core.data.synthetic.scenes import render_scene
 from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
 from deeplab_core.models import build_model
-from pipelines.serving import (decode_mask_png_b64, encode_image_b64, mlflow_serve,
+from pipelines.ops.serving import (decode_mask_png_b64, encode_image_b64, mlflow_serve,
                                log_pyfunc_model)
 
 NUM_CLASSES = 21

@@ -50,7 +50,7 @@ def _run(root: Path, stage: str, params: dict | None = None) -> subprocess.Compl
         env["DEEPLAB_PARAMS"] = str(path)
     else:
         env.pop("DEEPLAB_PARAMS", None)
-    return subprocess.run([sys.executable, "-m", f"pipelines.{stage}"], cwd=root, env=env,
+    return subprocess.run([sys.executable, "-m", f"pipelines.stages.{stage}"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

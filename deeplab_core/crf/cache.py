@@ -4,7 +4,7 @@ A cache is a directory of ``<image_id>.npz`` files, each holding ``image`` (uint
 ``probs`` (float16 C x H x W softmax at full image resolution) and ``label`` (uint8 H x W,
 255 = ignore).
 
-A probability cache built from a model (``build_probability_cache``) is a folder with those items
+A probability cache built from a model (``deeplab_core.engine.probability_cache``) is a folder with those items
 in ``probs/`` and a ``meta.json`` holding the key they were computed for (e.g. the model's md5, the
 image ids and the inference setting). Everything else kept in that folder, such as a search's
 results journal, belongs to the same key: a rebuild for another key wipes it all.
@@ -16,14 +16,13 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from deeplab_core.crf.densecrf import check_image, check_probs
-from deeplab_core.fileio import atomic_write_bytes, atomic_write_json
+from deeplab_core.fileio import atomic_write_bytes
 
 CACHE_KEYS = frozenset({"image", "probs", "label"})
 
@@ -110,39 +109,3 @@ def cache_is_current(cache_dir: str | os.PathLike, key, ids: Sequence[str]) -> b
     if not meta_path.is_file() or json.loads(meta_path.read_text()).get("key") != key:
         return False
     return all(f.is_file() for f in probability_cache_files(cache_dir, ids))
-
-
-def build_probability_cache(model, dataset, cache_dir: str | os.PathLike, key, device,
-                            scales: Iterable[float] = (1.0,), flip: bool = False,
-                            progress: bool = True) -> list[Path]:
-    """Rebuild the probability cache in ``cache_dir`` for ``key`` and return its item files.
-
-    The folder is wiped first (old probabilities and any results kept beside them belong to an
-    old key), then each sample of ``dataset`` (a dict with ``id``, ``image`` normalised C x H x W
-    tensor, ``raw_image`` H x W x 3 RGB, ``label`` H x W) is written as one item holding the
-    model's softmax probabilities, averaged over ``scales`` and horizontal ``flip``, at full
-    image resolution. ``meta.json`` with ``key`` (JSON-serialisable) is written last, so an
-    interrupted build is never taken for a current one. Check ``cache_is_current`` first to
-    reuse a cache already built for the same key.
-    """
-    from deeplab_core.engine.evaluate import predict_probs
-
-    cache_dir = Path(cache_dir)
-    if cache_dir.exists():
-        shutil.rmtree(cache_dir)
-    (cache_dir / "probs").mkdir(parents=True)
-    model.to(device)
-    indices = range(len(dataset))
-    if progress:
-        from tqdm.auto import tqdm
-        indices = tqdm(indices, desc="cache probabilities", unit="img", mininterval=2.0)
-    files = []
-    for i in indices:
-        item = dataset[i]
-        probs_chw = predict_probs(model, item["image"].unsqueeze(0).to(device), scales,
-                                  flip)[0].cpu().numpy()
-        label = item["label"].numpy().astype("uint8")
-        raw = np.asarray(item["raw_image"], dtype=np.uint8)
-        files.append(write_cache_item(cache_dir / "probs", item["id"], raw, probs_chw, label))
-    atomic_write_json(cache_dir / "meta.json", {"key": key})
-    return files

@@ -23,8 +23,8 @@ from deeplab_core.crf.cache import cache_paths
 from deeplab_core.crf.densecrf import CRFParams
 from deeplab_core.crf.evaluator import (Evaluator, check_objective, evaluate_jobs, miou_gt,
                                         objective_value, public, read_rows)
-from deeplab_core.crf.grid import (PAPER_ITERATIONS, PAPER_SIGMA_ALPHA_GRID, PAPER_SIGMA_BETA_GRID,
-                                   PAPER_SIGMA_GAMMA, PAPER_W1_GRID, PAPER_W2)
+from deeplab_core.config import (PAPER_ITERATIONS, PAPER_SIGMA_ALPHA_GRID, PAPER_SIGMA_BETA_GRID,
+                                PAPER_SIGMA_GAMMA, PAPER_W1_GRID, PAPER_W2)
 from deeplab_core.metrics import summarize
 
 PARAM_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CRFParams))

@@ -12,8 +12,6 @@ _EXPORTS = {
     # io
     "DataError": "io", "ImageReadError": "io", "read_image_rgb": "io", "read_label_png": "io",
     "read_list_file": "io", "write_list_file": "io", "write_label_png": "io",
-    "atomic_write_bytes": "io", "atomic_write_text": "io", "atomic_write_json": "io",
-    "atomic_directory": "io",
     # readers
     "read_split": "voc", "load_voc_image": "voc", "load_voc_label": "voc",
     "resolve_voc_root": "voc",

@@ -1,7 +1,7 @@
 """pretrain stage: train on COCO images mapped to the 20 VOC classes (DeepLab's MS-COCO
 pretraining, the clean list validate passed), starting from the ImageNet backbone when
 `model.pretrained_backbone` is set. Data-parallel with `base.nproc` > 1 or under torchrun
-(see pipelines.train_stage)."""
+(see pipelines.stages.training)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from prefect import flow
 from deeplab_core.config import Params
 from pipelines.common import get_params
 from pipelines.paths import clean_list
-from pipelines.train_stage import TrainingInputs, run_training, stage_main
+from pipelines.stages.training import TrainingInputs, run_training, stage_main
 
 
 def inputs(params: Params) -> TrainingInputs:

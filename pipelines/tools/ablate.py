@@ -1,8 +1,8 @@
 """Ablations: a grid of configurations run as MLflow child runs under one parent run, and a
 comparison table.
 
-    python -m pipelines.ablate v3_inference              # ablations/v3_inference.yaml
-    python -m pipelines.ablate path/to/grid.yaml --out DIR
+    python -m pipelines.tools.ablate v3_inference              # ablations/v3_inference.yaml
+    python -m pipelines.tools.ablate path/to/grid.yaml --out DIR
 
 A grid is a YAML file (the shipped ones are in `ablations/`):
 
@@ -61,7 +61,8 @@ from deeplab_core.config import ConfigError, Params, deep_merge, parse_params
 from deeplab_core.fileio import atomic_write_text
 from pipelines import tracking
 from pipelines.common import (PIPELINE_RUN_ENV, REPO, data_dir, dvc_stages, git_commit,
-                              params_path, require_inputs, run_stage)
+    params_path, run_stage)
+from pipelines.stages.shared import require_inputs
 from pipelines.paths import StagePaths
 
 if TYPE_CHECKING:
@@ -372,7 +373,7 @@ class Shared:
 def eval_ids(grid: Grid, val_list: Path) -> list[str]:
     """The eval set's ids, split from val as the evaluate stage does (grid-level seed)."""
     from deeplab_core.engine.evaluate import split_cv
-    from pipelines.eval_data import read_list_ids
+    from pipelines.stages.eval_data import read_list_ids
 
     ids = read_list_ids(val_list)
     if grid.eval_set == "val":
@@ -395,7 +396,7 @@ def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
     from deeplab_core.classes import VOC_CLASSES
     from deeplab_core.engine.evaluate import evaluate
     from deeplab_core.runtime import resolve_device
-    from pipelines.eval_data import eval_dataset
+    from pipelines.stages.eval_data import eval_dataset
 
     ev = params.evaluate
     ds = eval_dataset(shared.val_list, shared.eval_ids)
@@ -424,7 +425,7 @@ def _train(cfg: Config, grid: Grid, shared: Shared, workdir: Path) -> tuple[Any,
     from deeplab_core.engine.checkpoint import build_from_spec, model_spec, save_checkpoint
     from deeplab_core.engine.train import train
     from deeplab_core.runtime import resolve_device, seed_everything
-    from pipelines.train_stage import build_dataset, read_repeat_ids, train_options
+    from pipelines.stages.training import load_dataset, read_repeat_ids, train_options
 
     params = cfg.params
     ft = params.finetune
@@ -434,7 +435,7 @@ def _train(cfg: Config, grid: Grid, shared: Shared, workdir: Path) -> tuple[Any,
     spec = model_spec(m.preset, params.base.num_classes, m.output_stride, m.overrides)
     model = build_from_spec(spec, pretrained_backbone=m.pretrained_backbone)
     repeat = read_repeat_ids(p.hard_images) if ft.use_bootstrap else None
-    ds = build_dataset.fn(p.prepared_list("train_aug"), ft, repeat)
+    ds = load_dataset(p.prepared_list("train_aug"), ft, repeat)
     shared.n_train = len(ds)
     key = hashlib.md5(json.dumps([grid.name, cfg.name, cfg.settings], sort_keys=True,
                                  default=str).encode()).hexdigest()
@@ -729,7 +730,7 @@ def ablate_flow(grid: str, out: str | None = None, model: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.ablate", description=__doc__.split(
+    ap = argparse.ArgumentParser(prog="python -m pipelines.tools.ablate", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("grid", help="grid name in ablations/ (e.g. v3_inference) or a YAML file")
     ap.add_argument("--out", help="folder for table.md and table.csv "

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_registered(uri: str):
     """(network, CRFParams or None) of an MLflow pyfunc model logged by the register
-    stage (pipelines.serving.DeepLabPyfunc)."""
+    stage (pipelines.ops.serving.DeepLabPyfunc)."""
     import mlflow.pyfunc
 
     from pipelines import tracking

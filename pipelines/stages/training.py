@@ -23,8 +23,8 @@ from deeplab_core.engine.train import train
 from deeplab_core.fileio import atomic_torch_save
 from deeplab_core.runtime import resolve_device, seed_everything
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, get_params, run_stage, stage_inputs_hash,
-                              write_json)
+from pipelines.common import StageError, get_params, run_stage, stage_inputs_hash
+from pipelines.stages.shared import atomic_dir, write_json
 from pipelines.paths import StagePaths
 
 
@@ -43,8 +43,7 @@ def train_options(params: Params, run_key: str = "") -> dict:
     return {"seed": params.base.seed, "run_key": run_key, "num_workers": params.base.num_workers}
 
 
-@task
-def build_dataset(list_file: Path, cfg: TrainConfig, repeat_ids: list[str] | None = None):
+def load_dataset(list_file: Path, cfg: TrainConfig, repeat_ids: list[str] | None = None):
     from deeplab_core.data.dataset import SegmentationListDataset
     from deeplab_core.data.transforms import train_transform
 
@@ -58,8 +57,7 @@ def build_dataset(list_file: Path, cfg: TrainConfig, repeat_ids: list[str] | Non
     return ds
 
 
-@task
-def init_model(params: Params, init_checkpoint: Path | None):
+def make_model(params: Params, init_checkpoint: Path | None):
     m = params.model
     # Seeded before the weights are drawn: the same params give the same initial model, so the
     # stage's outputs are byte-identical from run to run.
@@ -73,6 +71,11 @@ def init_model(params: Params, init_checkpoint: Path | None):
                              f"with {spec['num_classes']}: re-run pretrain")
         return model, spec
     return build_from_spec(spec, pretrained_backbone=m.pretrained_backbone), spec
+
+
+# The flow's tasks; a non-zero rank (no flow run) calls the plain functions.
+build_dataset = task(load_dataset, name="build_dataset")
+init_model = task(make_model, name="init_model")
 
 
 @task
@@ -140,8 +143,8 @@ def train_worker(stage: str, params: Params, inputs: TrainingInputs) -> None:
     cfg = inputs.cfg
     if not cfg.enabled:
         return
-    model, _ = init_model.fn(params, inputs.init_checkpoint)
-    ds = build_dataset.fn(inputs.list_file, cfg, inputs.repeat_ids)
+    model, _ = make_model(params, inputs.init_checkpoint)
+    ds = load_dataset(inputs.list_file, cfg, inputs.repeat_ids)
     _fit(model, ds, cfg, params, StagePaths.of(params).checkpoint(stage), stage, progress=False)
 
 
@@ -161,7 +164,7 @@ def stage_main(stage: str, flow: Callable[[], dict],
     nproc = _requested_nproc() if distributed.launched_world_size() == 1 else 1
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", f"pipelines.{stage}"]
+               f"--nproc_per_node={nproc}", "-m", f"pipelines.stages.{stage}"]
         print(f"{stage}: {' '.join(cmd[2:])}", flush=True)
         sys.exit(subprocess.run(cmd).returncode)
     if rank == 0:

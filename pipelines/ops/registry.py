@@ -1,9 +1,9 @@
 """The registered model's `champion` alias: promotion that never picks a worse model, explicit
 promotion, rollback and history.
 
-    python -m pipelines.registry history  [--model NAME]
-    python -m pipelines.registry promote VERSION [--reason TEXT] [--model NAME]
-    python -m pipelines.registry rollback [--reason TEXT] [--model NAME]
+    python -m pipelines.ops.registry history  [--model NAME]
+    python -m pipelines.ops.registry promote VERSION [--reason TEXT] [--model NAME]
+    python -m pipelines.ops.registry rollback [--reason TEXT] [--model NAME]
 
 The model name defaults to params.yaml `register.model_name`; the store is the project's (see
 pipelines/tracking.py) or MLFLOW_TRACKING_URI.
@@ -377,7 +377,7 @@ def connect():
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.registry", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m pipelines.ops.registry", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     subs = {"history": sub.add_parser("history", help="versions, aliases, metrics, events"),

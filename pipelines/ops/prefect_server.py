@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipelines.common import REPO, StageError
-from pipelines.procs import background_service, free_port, url_ok
+from pipelines.ops.procs import background_service, free_port, url_ok
 
 START_TIMEOUT_S = float(os.environ.get("DEEPLAB_PREFECT_START_TIMEOUT", "300"))
 

@@ -314,7 +314,7 @@ def mlflow_serve(model_uri: str, cwd: Path, env: dict | None = None,
     """Run `mlflow models serve --env-manager local` for `model_uri` on a free 127.0.0.1 port
     from `cwd` (the project root, for the project's store), yield its base URL once `/health`
     answers, and stop it (its whole process group) on exit."""
-    from pipelines.procs import background_service, free_port
+    from pipelines.ops.procs import background_service, free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"

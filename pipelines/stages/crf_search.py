@@ -14,16 +14,16 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from deeplab_core.crf.cache import (build_probability_cache, cache_is_current,
-                                    probability_cache_files)
+from deeplab_core.crf.cache import cache_is_current, probability_cache_files
 from deeplab_core.crf.evaluator import sort_journal
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import split_cv
+from deeplab_core.engine.probability_cache import build_probability_cache
 from deeplab_core.runtime import resolve_device
 from pipelines import tracking
-from pipelines.common import (atomic_dir, get_params, require_inputs, run_stage, update_with_file,
-                              write_json)
-from pipelines.eval_data import eval_dataset, read_list_ids
+from pipelines.common import get_params, run_stage, update_with_file
+from pipelines.stages.shared import atomic_dir, require_inputs, write_json
+from pipelines.stages.eval_data import eval_dataset, read_list_ids
 from pipelines.paths import StagePaths
 
 

@@ -11,7 +11,8 @@ from collections import Counter
 from prefect import flow, task
 
 from pipelines import tracking
-from pipelines.common import StageError, atomic_dir, dataset_classes, get_params, run_stage
+from pipelines.common import StageError, get_params, run_stage
+from pipelines.stages.shared import atomic_dir, dataset_classes
 from pipelines.paths import StagePaths
 
 

@@ -1,6 +1,6 @@
 """finetune stage: train on VOC trainaug as validate passed it (with the bootstrap duplicates of
 hard images), initialised from the pretrain stage's COCO model. Data-parallel with `base.nproc` > 1
-or under torchrun (see pipelines.train_stage)."""
+or under torchrun (see pipelines.stages.training)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prefect import flow
 from deeplab_core.config import Params
 from pipelines.common import get_params
 from pipelines.paths import StagePaths
-from pipelines.train_stage import TrainingInputs, read_repeat_ids, run_training, stage_main
+from pipelines.stages.training import TrainingInputs, read_repeat_ids, run_training, stage_main
 
 
 def inputs(params: Params) -> TrainingInputs:

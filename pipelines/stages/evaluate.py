@@ -20,9 +20,9 @@ from deeplab_core.runtime import resolve_device
 from deeplab_core import viz
 from deeplab_core.data.io import read_list_file
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, dataset_classes, get_params, require_inputs,
-                              run_stage, update_with_file, write_json)
-from pipelines.eval_data import eval_dataset, read_list_ids
+from pipelines.common import StageError, get_params, run_stage, update_with_file
+from pipelines.stages.shared import atomic_dir, dataset_classes, require_inputs, write_json
+from pipelines.stages.eval_data import eval_dataset, read_list_ids
 from pipelines.paths import StagePaths
 
 
@@ -204,8 +204,9 @@ def evaluate_flow() -> dict:
         write_outputs(p, metrics, per_class_rows(res_hold["plain"], res_hold["crf"], names),
                       trimap_rows(res_hold["plain"], res_hold["crf"]), examples, crf_params,
                       classes.full_palette())
-    from pipelines.report import print_report
-    print_report(p.root)
+    crf_note = "" if metrics.get("miou_crf") is None else f", {100 * metrics['miou_crf']:.2f} % with CRF"
+    print(f"evaluate: {metrics['eval_set']} mIoU {100 * metrics['miou']:.2f} %{crf_note} "
+          "(full table: python -m pipelines.tools.report)")
     return metrics
 
 

@@ -7,8 +7,8 @@ editing any code a stage runs, and only such code, makes DVC re-run it. Its data
 metrics and plots are the ones pipelines.paths declares for the stage (the paths the stage's
 code uses); --write rewrites the deps, a difference in what a stage writes is reported.
 
-    python -m pipelines.stage_deps            # check dvc.yaml against the imports (exit 1 if off)
-    python -m pipelines.stage_deps --write    # rewrite the code deps in dvc.yaml, comments kept
+    python -m pipelines.tools.stage_deps            # check dvc.yaml against the imports (exit 1 if off)
+    python -m pipelines.tools.stage_deps --write    # rewrite the code deps in dvc.yaml, comments kept
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import ast
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from pipelines.common import REPO
+
 PACKAGES = ("deeplab_core", "pipelines")
 
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if outs_off else 0
     if off:
         print(f"dvc.yaml deps differ from the imports and pipelines/paths.py for: "
-              f"{', '.join(off)} (python -m pipelines.stage_deps --write)")
+              f"{', '.join(off)} (python -m pipelines.tools.stage_deps --write)")
         return 1
     if outs_off:
         return 1

@@ -1,6 +1,6 @@
 """Run the DVC pipeline as one tracked, orchestrated run.
 
-    python -m pipelines.repro [any `dvc repro` arguments]
+    python -m pipelines.ops.repro [any `dvc repro` arguments]
 
 - one Prefect API for every stage (a temporary local `prefect server`, or `PREFECT_API_URL`),
   so the flow runs of one repro appear together and no stage starts a server of its own;
@@ -106,7 +106,7 @@ def format_timings(rows: list[dict], total_s: float) -> str:
 
 def repro(args: list[str]) -> int:
     from pipelines import tracking
-    from pipelines.prefect_server import prefect_api
+    from pipelines.ops.prefect_server import prefect_api
 
     t0 = time.perf_counter()
     # MLflow's import and store set-up overlap the Prefect server's start-up.

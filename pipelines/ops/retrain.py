@@ -5,10 +5,10 @@ the registry did. The register stage only promotes a model that beats the champi
 Deployments are declared in `prefect.yaml` (work pools `deeplab-cpu`, `deeplab-gpu` and
 `deeplab-gpu-docker`; the cron comes from DEEPLAB_RETRAIN_CRON at deploy time):
 
-  python -m pipelines.retrain run [--allow-cpu] [--force]     # once, now, in this process
+  python -m pipelines.ops.retrain run [--allow-cpu] [--force]     # once, now, in this process
   DEEPLAB_RETRAIN_CRON="0 3 * * 0" prefect --no-prompt deploy --name retrain-gpu
   prefect worker start --pool deeplab-gpu                      # on the GPU machine
-  python -m pipelines.retrain serve --cron "0 3 * * 0"        # or: serve without a work pool
+  python -m pipelines.ops.retrain serve --cron "0 3 * * 0"        # or: serve without a work pool
 
 Everything the run does goes to the Prefect run log: the DVC output line by line, the stages that
 ran (or that nothing changed), and the registry's decision.
@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, task
 
 from pipelines.common import REPO, StageError, get_params
 from pipelines.paths import StagePaths
-from pipelines.repro import started_stage
+from pipelines.ops.repro import started_stage
 
 
 @task
@@ -43,11 +43,11 @@ def check_device(require_gpu: bool) -> str:
 
 @task
 def dvc_repro(force: bool) -> list[str]:
-    """`dvc repro` through pipelines.repro (one Prefect API for every stage: this flow's server,
+    """`dvc repro` through pipelines.ops.repro (one Prefect API for every stage: this flow's server,
     and the stage runs grouped in MLflow), its output streamed into the run log. Returns the
     stages that ran."""
     log = get_run_logger()
-    cmd = [sys.executable, "-m", "pipelines.repro"] + (["--force"] if force else [])
+    cmd = [sys.executable, "-m", "pipelines.ops.repro"] + (["--force"] if force else [])
     log.info("running %s in %s", " ".join(cmd), REPO)
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1)
@@ -100,7 +100,7 @@ def _exit_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.retrain", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m pipelines.ops.retrain", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="retrain once now")

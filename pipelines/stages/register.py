@@ -1,7 +1,7 @@
 """register stage: log the fine-tuned model (with its CRF parameters) as an MLflow pyfunc, register
 a new version with alias `challenger`, and promote it to `champion` only when it beats the current
 champion on the same evaluation set by at least `register.min_improvement` (decided under the
-registry lock by pipelines.registry, which also holds the promotion rule)."""
+registry lock by pipelines.ops.registry, which also holds the promotion rule)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import json
 from prefect import flow, task
 
 from pipelines import tracking
-from pipelines.common import (StageError, get_params, require_inputs, run_stage, stage_lineage,
-                              write_json)
+from pipelines.common import StageError, get_params, run_stage, stage_lineage
+from pipelines.stages.shared import require_inputs, write_json
 from pipelines.paths import DVC_DATA_DIR, StagePaths
-from pipelines.registry import (CHALLENGER, CHAMPION, EVAL_SET_TAG, decide_promotion,
+from pipelines.ops.registry import (CHALLENGER, CHAMPION, EVAL_SET_TAG, decide_promotion,
                                 metric_tag, promote_if_better)
 
 __all__ = ["CHALLENGER", "CHAMPION", "decide_promotion", "register_flow", "register_model"]
@@ -50,7 +50,7 @@ def register_model(model_name: str, metric: str, min_improvement: float) -> dict
         raise StageError(f"metric {metric!r} not in {eval_file}; available: {sorted(ev)}")
     eval_set = ev["eval_set_md5"]
 
-    from pipelines.serving import log_pyfunc_model
+    from pipelines.ops.serving import log_pyfunc_model
 
     info = log_pyfunc_model(ckpt, crf, model_name)
     client = MlflowClient()

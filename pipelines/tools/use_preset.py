@@ -3,8 +3,8 @@
 A preset may start with `_base_: [file, ...]`: shared overlays (presets/_base_/, e.g. the real
 data roots or the papers' SGD block), relative to the preset, stacked in order under its own lines.
 
-  python -m pipelines.use_preset presets/v3plus_xception65.yaml [--out params.yaml]
-  python -m pipelines.use_preset --list     # every preset with its paper figures and schedule
+  python -m pipelines.tools.use_preset presets/v3plus_xception65.yaml [--out params.yaml]
+  python -m pipelines.tools.use_preset --list     # every preset with its paper figures and schedule
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def list_presets() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.use_preset", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m pipelines.tools.use_preset", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("preset", nargs="?", help="overlay file or preset name (e.g. v1_largefov)")
     ap.add_argument("--params", default=str(REPO / "params.yaml"), help="base params file")

@@ -19,7 +19,8 @@ from prefect import flow, task
 from deeplab_core.config import Params
 from deeplab_core.fileio import clean_stale_temporaries
 from pipelines import tracking
-from pipelines.common import REPO, StageError, atomic_dir, get_params, run_stage, write_json
+from pipelines.common import REPO, StageError, get_params, run_stage
+from pipelines.stages.shared import atomic_dir, write_json
 from pipelines.paths import StagePaths
 
 

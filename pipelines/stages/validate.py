@@ -24,9 +24,9 @@ from prefect import flow, task
 
 from deeplab_core.config import SPLIT_NAMES
 from pipelines import tracking
-from pipelines.common import (StageError, atomic_dir, dataset_classes, get_params, run_stage,
-                              write_json)
-from pipelines.expectations import (leakage_frame, leakage_suite, manifest_frame, run_suites,
+from pipelines.common import StageError, get_params, run_stage
+from pipelines.stages.shared import atomic_dir, dataset_classes, write_json
+from pipelines.stages.expectations import (leakage_frame, leakage_suite, manifest_frame, run_suites,
                                     split_suite, LEAKAGE)
 from pipelines.paths import StagePaths
 
