@@ -5,7 +5,6 @@ runs the Prefect flow (MLflow, outputs, checkpoints), the other ranks only train
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import traceback
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from deeplab_core.fileio import atomic_torch_save
 from deeplab_core.runtime import resolve_device, seed_everything
 from pipelines import tracking
 from pipelines.common import StageError, get_params, run_stage, stage_inputs_hash
+from pipelines.ops.procs import run_group
 from pipelines.stages.shared import atomic_dir, write_json
 from pipelines.paths import StagePaths
 
@@ -159,14 +159,14 @@ def stage_main(stage: str, flow: Callable[[], dict],
                inputs: Callable[[Params], TrainingInputs]) -> None:
     """Entry point of a training stage. With base.nproc > 1 and not yet under torchrun, runs
     `torchrun --standalone --nproc_per_node <nproc> -m pipelines.<stage>` and exits with its
-    status; under torchrun, rank 0 runs the flow and the other ranks `train_worker`."""
+    status (SIGTERM/SIGINT to the stage stop torchrun and every rank: procs.run_group); under torchrun, rank 0 runs the flow and the other ranks `train_worker`."""
     rank = int(os.environ.get("RANK", "0"))
     nproc = _requested_nproc() if distributed.launched_world_size() == 1 else 1
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", f"pipelines.stages.{stage}"]
         print(f"{stage}: {' '.join(cmd[2:])}", flush=True)
-        sys.exit(subprocess.run(cmd).returncode)
+        sys.exit(run_group(cmd))
     if rank == 0:
         run_stage(flow)
         distributed.shutdown()
