@@ -153,6 +153,23 @@ def test_sync_batch_norm_swap_round_trips_classes_and_state():
     _assert_close(before, model.state_dict(), atol=0.0)
 
 
+def _stage_env(prefect_api_url: str) -> dict:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "OMP_NUM_THREADS": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return env
+
+
+def _run_stages(root: Path, env: dict) -> subprocess.CompletedProcess:
+    """prepare, validate and finetune in the scratch project; the finetune run is returned."""
+    for stage in ("prepare", "validate", "finetune"):
+        proc = subprocess.run([sys.executable, "-m", f"pipelines.stages.{stage}"], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.e2e
 def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_url):
     """`python -m pipelines.stages.finetune` (the DVC stage's command) with base.nproc 2 relaunches
@@ -166,14 +183,8 @@ def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_u
         "base": {"nproc": 2},
         "finetune": {"init_from_pretrain": False, "use_bootstrap": False, "iterations": 4,
                      "checkpoint_every": 2, "batch_norm": "frozen"}})
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "OMP_NUM_THREADS": "1",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)
-    for stage in ("prepare", "validate", "finetune"):
-        proc = subprocess.run([sys.executable, "-m", f"pipelines.stages.{stage}"], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env = _stage_env(prefect_api_url)
+    proc = _run_stages(root, env)
     assert "--nproc_per_node=2 -m pipelines.stages.finetune" in proc.stdout
     metrics = json.loads((root / "data" / "metrics" / "finetune.json").read_text())
     assert metrics["iterations"] == 4 and metrics["resumed_from"] == 0
@@ -213,14 +224,8 @@ def test_sigterm_to_a_two_process_stage_stops_torchrun_and_every_rank(tmp_path, 
     root = scratch_project(tmp_path / "proj", {
         "finetune": {"init_from_pretrain": False, "use_bootstrap": False, "iterations": 2,
                      "checkpoint_every": 2, "batch_norm": "frozen"}})
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "OMP_NUM_THREADS": "1",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)
-    for stage in ("prepare", "validate", "finetune"):
-        proc = subprocess.run([sys.executable, "-m", f"pipelines.stages.{stage}"], cwd=root,
-                              env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env = _stage_env(prefect_api_url)
+    _run_stages(root, env)
     outputs = [root / "data" / "models" / "finetune" / "model.pt",
                root / "data" / "metrics" / "finetune.json"]
     before = [p.read_bytes() for p in outputs]
