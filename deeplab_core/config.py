@@ -7,7 +7,7 @@ names the key path, the value and what was expected (see `load_params`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,7 +39,9 @@ class BaseConfig(Strict):
     num_classes: int = Field(21, ge=2, le=255)
     data_dir: str = "data"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(0, ge=0, le=64)
+    num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        "auto", description="DataLoader workers of training and evaluation; auto: 0 on the CPU "
+        "(as before), on CUDA the cores per training process less one (1-8)")
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
     nproc: int = Field(1, ge=1, le=64, description="training processes on this machine: "
                        "pretrain/finetune relaunch themselves under torchrun when > 1 (DDP)")
@@ -68,6 +70,8 @@ class PrepareConfig(Strict):
                                      "masks/, train.txt, val.txt (source: generic)")
     coco_min_area: float = Field(1000.0, ge=0.0, description="VOC-class pixels a COCO image "
                                  "needs to be kept for pretraining")
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        2, description="processes converting real-data labels; auto: every core but one")
 
     @model_validator(mode="after")
     def _roots(self) -> "PrepareConfig":
@@ -222,7 +226,8 @@ class CRFSearchConfig(Strict):
     w2: float = Field(PAPER_W2, ge=0.0)
     sigma_gamma: float = Field(PAPER_SIGMA_GAMMA, gt=0.0)
     iterations: int = Field(PAPER_ITERATIONS, ge=1, le=100)
-    workers: int = Field(2, ge=1, le=64)
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        2, description="CRF worker processes; auto: every core but one")
     objective: Literal["miou_gt", "miou"] = Field(
         "miou_gt", description="rank configs by mIoU over the classes with CV ground truth "
         "(miou_gt) or over every class seen in ground truth or prediction (miou)")
@@ -244,7 +249,11 @@ class EvaluateConfig(Strict):
     flip: bool = False
     trimap_widths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 20, 30, 40)
     crf: bool = True
-    crf_workers: int = Field(2, ge=1, le=64)
+    crf_workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        2, description="CRF worker processes; auto: every core but one")
+    amp: bool = Field(False, description="autocast the network's forward pass in evaluation "
+                      "(bf16 where supported, else fp16 on CUDA; bf16 on CPU); off by default: "
+                      "not yet measured to leave the reported numbers unchanged")
     n_example_figures: int = Field(6, ge=0)
 
 
@@ -290,9 +299,15 @@ class Params(Strict):
         return self
 
 
+_UNION_MEMBERS = ("constrained-int", "int", "float", "str", "bool")
+
+
 def _error_path(loc: tuple, raw: dict) -> str:
     """The key path of an error as the user wrote it: a key of a training section that came from
-    the shared `train` section is named there."""
+    the shared `train` section is named there; the union member pydantic tried (e.g.
+    `literal['auto']`) is left out."""
+    loc = tuple(p for p in loc if not (isinstance(p, str) and
+                                       (p in _UNION_MEMBERS or p.startswith("literal["))))
     path = ".".join(str(p) for p in loc) or "<root>"
     if len(loc) > 1 and loc[0] in TRAIN_SECTIONS:
         own, shared = raw.get(loc[0]), raw.get(SHARED_TRAIN)

@@ -28,7 +28,8 @@ from deeplab_core.engine.distributed import DistContext
 from deeplab_core.engine.recipe import (bn_momentum_per_step, freeze_batch_norm, loss_sum,
                                         lr_at, make_optimizer, set_bn_momentum, set_group_lrs)
 from deeplab_core.fileio import atomic_torch_save
-from deeplab_core.runtime import kernel_settings, seed_everything
+from deeplab_core.runtime import (kernel_settings, loader_options, loader_workers,
+                                  seed_everything)
 
 MetricLogger = Callable[[int, dict], None]
 # Settings that change nothing computed: a checkpoint written under other values still resumes.
@@ -287,16 +288,17 @@ def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device,
 
 
 def _loader(dataset: Dataset, cfg: TrainConfig, seed: int, start: int, num_workers: int,
-            ctx: DistContext) -> DataLoader:
+            ctx: DistContext, device: torch.device) -> DataLoader:
     # The loader's own generator keeps DataLoader seeding off torch's global RNG (dropout uses it).
     sampler = _StepBatches(len(dataset), cfg.batch_size, seed, start, cfg.iterations,
                            cfg.accumulate_steps, ctx)
-    return DataLoader(_StepSamples(dataset, seed), batch_sampler=sampler, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(_StepSamples(dataset, seed), batch_sampler=sampler,
+                      generator=torch.Generator().manual_seed(seed),
+                      **loader_options(num_workers, device))
 
 
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.device, *,
-          seed: int = 0, run_key: str = "", num_workers: int = 0,
+          seed: int = 0, run_key: str = "", num_workers: int | str = 0,
           checkpoint_path: Path | None = None, log_metrics: MetricLogger | None = None,
           progress: bool = True) -> TrainResult:
     """Train ``model`` in place for ``cfg.iterations`` optimizer steps (under torchrun: with
@@ -305,6 +307,7 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
     With ``checkpoint_path``, a checkpoint is written there atomically (by rank 0) every
     ``cfg.checkpoint_every`` steps; a later call with the same path, config, seed and run_key
     resumes from it. Metrics go to ``log_metrics(step, values)`` on rank 0 only.
+    ``num_workers``: DataLoader workers, or "auto" (``runtime.loader_workers``).
     """
     if len(dataset) == 0:
         raise ValueError("training dataset is empty")
@@ -325,7 +328,8 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
     try:
         with kernel_settings(device, cfg.deterministic), bn_momentum_per_step(model, micro):
             _run_loop(net, model, opt, prec, dataset, cfg, device, ctx, result,
-                      dict(seed=seed, fp=fp, num_workers=num_workers, ckpt=checkpoint_path,
+                      dict(seed=seed, fp=fp, ckpt=checkpoint_path,
+                           num_workers=loader_workers(num_workers, device, ctx.world_size),
                            log=log_metrics if ctx.is_main else None,
                            progress=progress and ctx.is_main, micro=micro))
     finally:
@@ -340,7 +344,8 @@ def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: Dis
               result: TrainResult, run: dict) -> None:
     start = result.resumed_from
     micro = run["micro"]
-    micro_batches = iter(_loader(dataset, cfg, run["seed"], start, run["num_workers"], ctx))
+    micro_batches = iter(_loader(dataset, cfg, run["seed"], start, run["num_workers"], ctx,
+                                 device))
     bar = None
     if run["progress"]:
         from tqdm.auto import tqdm

@@ -395,7 +395,7 @@ def check_inputs(grid: Grid) -> None:
 def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
     from deeplab_core.classes import VOC_CLASSES
     from deeplab_core.engine.evaluate import evaluate
-    from deeplab_core.runtime import resolve_device
+    from deeplab_core.runtime import pool_workers, resolve_device
     from pipelines.stages.eval_data import eval_dataset
 
     ev = params.evaluate
@@ -405,7 +405,7 @@ def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
         res = evaluate(model, ds, params.base.num_classes, resolve_device(params.base.device),
                        scales=ev.scales, flip=ev.flip,
                        crf_params=grid.crf_params if ev.crf else None,
-                       crf_workers=ev.crf_workers, class_names=VOC_CLASSES,
+                       crf_workers=pool_workers(ev.crf_workers), class_names=VOC_CLASSES,
                        progress=shared.progress)
     seconds = time.perf_counter() - t0
     plain = res["plain"]
