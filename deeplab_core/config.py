@@ -215,6 +215,13 @@ class TrainConfig(Strict):
 class FinetuneConfig(TrainConfig):
     init_from_pretrain: bool = True
     use_bootstrap: bool = True
+    init_checkpoint: str | None = Field(
+        None, description="a model.pt to start from instead of pretrain's (e.g. the model of "
+        "an earlier finetune run, copied aside: v3's second stage); DVC does not track this "
+        "file, so `dvc repro -f finetune` after replacing it")
+    include_val: bool = Field(
+        False, description="train on train_aug + val (trainval_aug), as v3's second stage for "
+        "the test server does; the val figures of evaluate are then not held out")
 
 
 class CRFSearchConfig(Strict):

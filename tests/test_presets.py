@@ -211,6 +211,9 @@ HEADLINE_SETTINGS = {
     "v3_resnet101_os16_mg124_coco": dict(coco=True, bootstrap=False, eval_os=8,
                                          scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True,
                                          crf=False),
+    "v3_resnet101_os16_mg124_os8_trainval": dict(coco=False, bootstrap=True, eval_os=8,
+                                                 scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+                                                 flip=True, crf=False),
     "v3plus_xception65": dict(coco=False, bootstrap=False, eval_os=8,
                               scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True, crf=False),
     "v3plus_resnet101": dict(coco=False, bootstrap=False, eval_os=8,
@@ -248,3 +251,11 @@ def test_amp_overlay_turns_mixed_precision_on_over_a_preset(tmp_path):
     for cfg in (p.pretrain, p.finetune):
         assert (cfg.amp, cfg.amp_dtype, cfg.channels_last) == (True, "auto", True)
     assert p.finetune.lr == 0.007  # the rest of the preset stays
+
+
+def test_v3_second_stage_is_os8_frozen_bn_on_trainval_from_the_first_stage(tmp_path):
+    p = _applied("v3_resnet101_os16_mg124_os8_trainval", tmp_path)
+    ft = p.finetune
+    assert p.model.output_stride == 8 and p.model.preset == "v3_resnet101_os16_mg124"
+    assert (ft.batch_norm, ft.lr, ft.iterations, ft.include_val) == ("frozen", 0.001, 30000, True)
+    assert ft.init_checkpoint.endswith(".pt") and ft.init_from_pretrain is False
