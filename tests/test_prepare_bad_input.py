@@ -25,6 +25,7 @@ from deeplab_core.data.io import DataError, ImageReadError, encode_label_png
 from deeplab_core.data.synthetic import generate_synthetic
 from deeplab_core.data.prepare import prepare_datasets
 from deeplab_core.data.voc import read_split
+from deeplab_core.engine.train import ResumeMismatch
 from conftest import scratch_project
 from pipelines.common import StageError
 
@@ -263,6 +264,8 @@ def _samples() -> dict[type, BaseException]:
         ImageReadError: ImageReadError("/d/x.png", "label image has mode 'RGB'", "x", "a rule"),
         ConfigError: ConfigError("params.yaml: base.seed: expected an int"),
         StageError: StageError("prepare.voc_root = 'x': directory x does not exist"),
+        ResumeMismatch: ResumeMismatch("ckpt.pt: written with bfloat16 on cuda, but this "
+                                       "process would continue with float32 on cpu"),
     }
 
 

@@ -34,9 +34,20 @@ class SegmentationListDataset(Dataset):
     """
 
     def __init__(self, list_file: PathLike, data_root: PathLike | None = None, transform=None,
-                 repeat_ids: Sequence[str] | None = None, return_raw: bool | None = None):
+                 repeat_ids: Sequence[str] | None = None, return_raw: bool | None = None,
+                 extra_lists: Sequence[PathLike] = ()):
         self.list_file = Path(list_file)
         entries = read_list_file(self.list_file, data_root)
+        seen = {e[0] for e in entries}
+        for extra_list in extra_lists:  # e.g. val after train_aug: trainval_aug
+            more = read_list_file(Path(extra_list), data_root)
+            twice = sorted(seen & {e[0] for e in more})
+            if twice:
+                raise ValueError(f"list file {str(extra_list)!r} repeats ids of the lists before "
+                                 f"it: {twice[:5]}" + (f" (+{len(twice) - 5} more)"
+                                                       if len(twice) > 5 else ""))
+            entries += more
+            seen |= {e[0] for e in more}
         if not entries:
             raise ValueError(f"list file {str(self.list_file)!r} holds no samples")
         self.base_count = len(entries)
