@@ -9,6 +9,7 @@ import pytest
 
 from deeplab_core.crf import cache as crf_cache, evaluator, search
 from deeplab_core.engine import probability_cache
+from deeplab_core.engine.protocol import InferenceProtocol
 from deeplab_core.crf.densecrf import CRFParams, dense_crf
 from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
 from deeplab_core.metrics import confusion_matrix, summarize
@@ -90,8 +91,9 @@ def test_probability_cache_is_reused_for_its_key_and_rebuilt_for_another(tmp_pat
     root = tmp_path / "cache"
     key = {"model_md5": "m1", "cv_ids": ids, "flip": True}
     assert not crf_cache.cache_is_current(root, key, ids)
-    files = probability_cache.build_probability_cache(model, dataset, root, key, "cpu", scales=(1.0, 0.5),
-                                              flip=True, progress=False)
+    files = probability_cache.build_probability_cache(
+        model, dataset, root, key, "cpu", InferenceProtocol(scales=(1.0, 0.5), flip=True),
+        progress=False)
     assert files == crf_cache.probability_cache_files(root, ids) == [root / "probs" / "a.npz",
                                                                        root / "probs" / "b.npz"]
     assert json.loads((root / "meta.json").read_text()) == {"key": key}

@@ -12,7 +12,7 @@ A grid is a YAML file (the shipped ones are in `ablations/`):
     title: ...                    # table heading
     description: ...              # shown under the heading
     model: models/finetune/model.pt           # inference only; relative to base.data_dir
-    crf_params: crf_search/best_params.json   # needed when a configuration sets evaluate.crf
+    crf_params: crf_search/best_params.json   # needed when a configuration sets inference.crf
     eval_set: val_holdout         # val_holdout (default) | val | crf_cv, split as the evaluate stage
     cumulative: false             # true: each configuration overlays the one before it
     columns: [model.aspp_rates]   # optional: the settings shown as columns (default: every
@@ -20,7 +20,7 @@ A grid is a YAML file (the shipped ones are in `ablations/`):
     base: {...}                   # overlay of params.yaml shared by every configuration
     configs:                      # one row each: a name and an overlay of params.yaml
       - name: OS8
-        model: {eval_output_stride: 8}
+        inference: {output_stride: 8}
         compare_to: OS16          # optional: the row its Δ mIoU is taken against (default:
                                   # the first row, or the previous one when cumulative)
 
@@ -60,8 +60,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from deeplab_core.config import ConfigError, Params, deep_merge, parse_params
 from deeplab_core.fileio import atomic_write_text
 from pipelines import tracking
-from pipelines.common import (PIPELINE_RUN_ENV, REPO, data_dir, dvc_stages, git_commit,
-    params_path, run_stage)
+from pipelines.common import (PIPELINE_RUN_ENV, REPO, data_dir, dvc_stages, file_md5,
+    git_commit, params_path, run_stage)
 from pipelines.stages.shared import require_inputs
 from pipelines.paths import StagePaths
 
@@ -70,10 +70,9 @@ if TYPE_CHECKING:
 
 ABLATIONS = REPO / "ablations"
 # Evaluation every configuration starts from, before the grid's overlays.
-EVAL_DEFAULTS = {"model": {"eval_output_stride": None},
-                 "evaluate": {"scales": [1.0], "flip": False, "crf": False}}
-_EVAL_KEYS = ("model.eval_output_stride", "evaluate.scales", "evaluate.flip", "evaluate.crf",
-              "evaluate.crf_workers", "base.device", "base.torch_threads")
+EVAL_DEFAULTS = {"inference": {"output_stride": None, "scales": [1.0], "flip": False,
+                               "crf": False}}
+_EVAL_KEYS = ("inference", "evaluate.crf_workers", "base.device", "base.torch_threads")
 # params.yaml keys a configuration may set, by grid kind (a key also covers what lies under it).
 VARIABLE_KEYS = {
     "inference": _EVAL_KEYS,
@@ -193,9 +192,9 @@ def _model_settings(where: str, params: Params) -> dict:
 
 
 def _settings(kind: str, params: Params, where: str) -> dict:
-    ev = params.evaluate
-    out: dict = {"eval": {"output_stride": params.model.eval_output_stride,
-                          "scales": list(ev.scales), "flip": ev.flip, "crf": ev.crf}}
+    inf = params.inference
+    out: dict = {"eval": {"output_stride": inf.output_stride, "scales": list(inf.scales),
+                          "flip": inf.flip, "crf": inf.crf}}
     if kind == "train":
         out["model"] = _model_settings(where, params)
         out["finetune"] = params.finetune.model_dump()
@@ -260,7 +259,7 @@ def _config(spec: GridFile, i: int, start: dict, prev: dict, earlier: list[Confi
     for key, value in overlay.items():
         if not isinstance(value, dict):
             raise GridError(f"{where}: {key} = {value!r}: expected a params.yaml section "
-                            f"(a mapping), e.g. evaluate: {{flip: true}}")
+                            f"(a mapping), e.g. inference: {{flip: true}}")
     merged = deep_merge(prev if spec.cumulative else start, overlay)
     try:
         params = parse_params(merged, "")
@@ -304,12 +303,12 @@ def _model_file(name: str, spec: GridFile, model: str | None, d: Path) -> Path |
 
 def _crf_file(name: str, spec: GridFile, configs: list[Config], crf_params: str | None,
               d: Path) -> tuple[Path | None, CRFParams | None]:
-    """The CRF parameters file and its parameters, when a configuration sets evaluate.crf."""
-    if not any(c.params.evaluate.crf for c in configs):
+    """The CRF parameters file and its parameters, when a configuration sets inference.crf."""
+    if not any(c.params.inference.crf for c in configs):
         return None, None
     if not (crf_params or spec.crf_params):
         raise GridError(f"{name}: key 'crf_params' is missing; a configuration sets "
-                        f"evaluate.crf (e.g. crf_params: crf_search/best_params.json)")
+                        f"inference.crf (e.g. crf_params: crf_search/best_params.json)")
     crf_file, value = _input_file(name, "crf_params", crf_params, spec.crf_params, d,
                                   "run the crf_search stage, or pass --crf-params")
     return crf_file, _read_crf_params(f"{name}: crf_params = {value!r}", crf_file)
@@ -393,23 +392,23 @@ def check_inputs(grid: Grid) -> None:
 
 
 def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
-    from deeplab_core.classes import VOC_CLASSES
-    from deeplab_core.engine.evaluate import evaluate
-    from deeplab_core.runtime import resolve_device
-    from pipelines.stages.eval_data import eval_dataset
+    """The configuration's scores, by the evaluate stage's helper: ``miou`` as the configuration
+    infers (with the CRF when it sets inference.crf), ``miou_no_crf`` and ``miou_crf``."""
+    from deeplab_core.engine.protocol import InferenceProtocol
+    from pipelines.stages.eval_data import evaluate_ids
+    from pipelines.stages.shared import dataset_classes
 
-    ev = params.evaluate
-    ds = eval_dataset(shared.val_list, shared.eval_ids)
+    crf = grid.crf_params if params.inference.crf else None
+    protocol = InferenceProtocol.from_config(params.inference, crf)
+    names = dataset_classes(params).names
     t0 = time.perf_counter()
     with tracking.work("compute"):
-        res = evaluate(model, ds, params.base.num_classes, resolve_device(params.base.device),
-                       scales=ev.scales, flip=ev.flip,
-                       crf_params=grid.crf_params if ev.crf else None,
-                       crf_workers=ev.crf_workers, class_names=VOC_CLASSES,
-                       progress=shared.progress)
+        res = evaluate_ids(model, shared.eval_ids, shared.val_list, params,
+                           protocol.with_overrides(crf=None), crf, names,
+                           progress=shared.progress)
     seconds = time.perf_counter() - t0
     plain = res["plain"]
-    out = {"miou_plain": plain["miou"], "pixel_acc_plain": plain["pixel_acc"],
+    out = {"miou_no_crf": plain["miou"], "pixel_acc_no_crf": plain["pixel_acc"],
            "n_images": res["n_images"], "eval_seconds": seconds,
            "seconds_per_image": seconds / max(1, res["n_images"])}
     final = plain
@@ -466,11 +465,6 @@ def _inference_model(grid: Grid, shared: Shared):
     return shared.model
 
 
-def _file_md5(path: Path) -> str:
-    from pipelines.common import update_with_file
-    return update_with_file(hashlib.md5(), path).hexdigest()
-
-
 def run_config(grid: Grid, index: int, parent_id: str, shared: Shared) -> dict:
     """One configuration as an MLflow child run of `parent_id`: its settings as params, its
     metrics; returns the table row."""
@@ -497,10 +491,10 @@ def run_config(grid: Grid, index: int, parent_id: str, shared: Shared) -> dict:
         else:
             model, metrics = _train(cfg, grid, shared, Path(work))
             shared.train_output_stride = unwrap(model).output_stride
-        eval_os = cfg.params.model.eval_output_stride or shared.train_output_stride
+        eval_os = cfg.params.inference.output_stride or shared.train_output_stride
         set_output_stride(model, eval_os)
         settings["eval"]["output_stride"] = eval_os
-        if cfg.params.evaluate.crf:
+        if cfg.params.inference.crf:
             settings["crf"] = grid.crf_params.to_dict()
         settings["eval"]["set"] = grid.eval_set
         mlflow.log_params({k: str(v)[:500] for k, v in tracking.flatten(settings).items()})
@@ -560,7 +554,7 @@ def table_rows(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict], lis
     md_cols = ["config"] + [label for _, label in cols] + ["mIoU (%)", f"{delta_label} (points)",
                                                            "pixel acc (%)"]
     if any_crf:
-        csv_cols += ["miou_plain", "miou_crf"]
+        csv_cols += ["miou_no_crf", "miou_crf"]
         md_cols += ["mIoU before CRF (%)"]
     if grid.kind == "inference":
         csv_cols += ["passes_per_image"]
@@ -577,7 +571,7 @@ def table_rows(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict], lis
         row = {"config": r["config"], **{label: _fmt(flat.get(k)) for k, label in cols},
                "miou": m["miou"], "miou_delta": None if ref is None else m["miou"] - ref,
                "delta_vs": refs[i] or "",
-               "pixel_acc": m["pixel_acc"], "miou_plain": m["miou_plain"],
+               "pixel_acc": m["pixel_acc"], "miou_no_crf": m["miou_no_crf"],
                "miou_crf": m.get("miou_crf"),
                "passes_per_image": len(ev["scales"]) * (2 if ev["flip"] else 1),
                "params_m": m.get("params_m"), "final_loss": m.get("final_loss")}
@@ -599,7 +593,7 @@ def _md_row(row: dict, cols: list[str], delta: str) -> list[str]:
     cells = [row[c] for c in cols[: cols.index("miou")]]
     cells += [pct(row["miou"]), delta, pct(row["pixel_acc"])]
     if "miou_crf" in row:
-        cells.append(pct(row["miou_plain"]) if row["miou_crf"] is not None else "")
+        cells.append(pct(row["miou_no_crf"]) if row["miou_crf"] is not None else "")
     if "passes_per_image" in row:
         cells.append(row["passes_per_image"])
     if "params_m" in row:
@@ -626,7 +620,7 @@ def header_lines(grid: Grid, shared: Shared) -> list[str]:
     if grid.kind == "inference":
         lines.append(f"One trained model: `{_in_data(grid.model, d)}` (preset "
                      f"{shared.model_spec.get('preset')}, trained at output stride "
-                     f"{shared.train_output_stride}, md5 {_file_md5(grid.model)[:12]}). "
+                     f"{shared.train_output_stride}, md5 {file_md5(grid.model)[:12]}). "
                      + eval_line)
     else:
         ft = p.finetune
@@ -692,7 +686,7 @@ def run_grid(grid: Grid, out_dir: Path | None = None, progress: bool = True,
                            "grid.eval_set": grid.eval_set, "grid.cumulative": grid.cumulative,
                            "grid.configs": len(grid.configs),
                            **({"model.file": shown(grid.model),
-                               "model.md5": _file_md5(grid.model)} if grid.model else {}),
+                               "model.md5": file_md5(grid.model)} if grid.model else {}),
                            **{f"base.{k}": str(v)[:500]
                               for k, v in tracking.flatten(yaml.safe_load(grid.text)
                                                            .get("base") or {}).items()}})
