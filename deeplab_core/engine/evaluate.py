@@ -18,7 +18,6 @@ from deeplab_core.engine import distributed
 
 if TYPE_CHECKING:
     from deeplab_core.crf.densecrf import CRFParams
-    from deeplab_core.engine.protocol import InferenceProtocol
 
 
 def _rescale(image_nchw: torch.Tensor, s: float) -> torch.Tensor:
@@ -87,9 +86,10 @@ class EvalAccumulator:
         return out
 
 
-def refine_job(protocol: InferenceProtocol, image: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """The labels of ``protocol.refine`` (the CRF) of one image: a worker process's job."""
-    return protocol.refine(image, probs)[0]
+def _crf_job(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndarray:
+    from deeplab_core.crf.densecrf import dense_crf
+    labels, _ = dense_crf(image, probs, params)
+    return labels
 
 
 def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
@@ -102,7 +102,7 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
     'raw_image' uint8 HxWx3). Returns {'plain': report, 'crf': report or None, 'n_images': int}.
 
     The network's probabilities come from ``protocol`` (scales, flip, tiles, precision; its
-    output stride is set on the model; default: single scale, as trained). 'plain' scores their
+    output stride is set on the model; None: single scale, as trained, whole images). 'plain' scores their
     argmax, 'crf' the dense CRF with ``crf_params`` on them (None: no CRF report), whatever CRF
     the protocol itself holds: the caller picks which of the two is the model as served.
 
@@ -111,17 +111,15 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
     process evaluates every world_size-th image and the confusion matrices are summed over all
     processes (on_prediction sees this process's images only).
     """
-    from deeplab_core.engine.protocol import InferenceProtocol
-
-    protocol = protocol or InferenceProtocol()
-    crf_protocol = None
     if crf_params is not None:
         from deeplab_core.crf.densecrf import check_optional_params
-        crf_protocol = protocol.with_overrides(crf=check_optional_params(crf_params))
+        check_optional_params(crf_params)
     widths = tuple(int(w) for w in trimap_widths)
     plain = EvalAccumulator(num_classes, widths)
     crf_acc = EvalAccumulator(num_classes, widths) if crf_params is not None else None
-    protocol.prepare(model).to(device).eval()
+    if protocol is not None:
+        protocol.prepare(model)
+    model.to(device).eval()
     pool = None
     threads = torch.get_num_threads()
     if crf_params is not None:
@@ -146,13 +144,14 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
             x = item["image"].unsqueeze(0).to(device)
             label = item["label"].numpy() if torch.is_tensor(item["label"]) else item["label"]
             raw = np.ascontiguousarray(np.asarray(item["raw_image"], dtype=np.uint8))
-            probs = protocol.probabilities(model, x)[0].cpu().numpy()
+            probs = (protocol.probabilities(model, x) if protocol is not None
+                     else predict_probs(model, x))[0].cpu().numpy()
             pred = probs.argmax(0).astype(np.uint8)
             plain.add(pred, label)
             if on_prediction is not None:
                 on_prediction(item["id"], raw, probs, pred, label)
             if pool is not None:
-                pending.append((pool.submit(refine_job, crf_protocol, raw, probs), label))
+                pending.append((pool.submit(_crf_job, raw, probs, crf_params), label))
                 drain(4 * crf_workers)
         if pool is not None:
             drain(0)

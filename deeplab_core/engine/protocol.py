@@ -185,3 +185,9 @@ class InferenceProtocol:
         from deeplab_core.crf.densecrf import dense_crf
         labels, q = dense_crf(image_hwc, probs_chw, self.crf)
         return labels.astype(np.uint8), q
+
+
+def refine_labels(protocol: InferenceProtocol, image_hwc: np.ndarray,
+                  probs_chw: np.ndarray) -> np.ndarray:
+    """The labels of ``protocol.refine`` of one image: a job for a worker process."""
+    return protocol.refine(image_hwc, probs_chw)[0]

@@ -115,13 +115,13 @@ class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
         return self.protocol.with_overrides(crf=crf)
 
     def _refine_all(self, protocol, images: list[np.ndarray], probs: list[np.ndarray]):
-        from deeplab_core.engine.evaluate import refine_job
+        from deeplab_core.engine.protocol import refine_labels
 
         if protocol.crf is None or len(images) == 1:
             return [protocol.refine(im, p)[0] for im, p in zip(images, probs)]
         if self._pool is None:
             self._pool = ProcessPoolExecutor(max_workers=_crf_workers())
-        futures = [self._pool.submit(refine_job, protocol, im, p) for im, p in zip(images, probs)]
+        futures = [self._pool.submit(refine_labels, protocol, im, p) for im, p in zip(images, probs)]
         return [f.result() for f in futures]
 
     def segment(self, images: list[np.ndarray], use_crf: bool | None = None) -> list[np.ndarray]:
