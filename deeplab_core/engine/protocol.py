@@ -112,8 +112,6 @@ class InferenceProtocol:
                 kw["crf"] = CRFParams.from_dict(kw["crf"])
             except (ValueError, TypeError, AttributeError) as err:
                 raise ProtocolError(f"crf = {kw['crf']!r}: {err}") from None
-        if "scales" in kw and isinstance(kw["scales"], list):
-            kw["scales"] = tuple(kw["scales"])
         return cls(**kw)
 
     @classmethod
