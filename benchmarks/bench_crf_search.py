@@ -46,8 +46,9 @@ def build_cache(model: Path, val_list: Path, out: Path) -> Path:
     from pipelines.stages.eval_data import read_list_ids
 
     ids = read_list_ids(val_list)
-    single_scale = {"scales": [1.0], "flip": False, "eval_output_stride": None}
-    stage_cache.fn(model, val_list, ids, out, "cpu", single_scale)
+    from deeplab_core.engine.protocol import InferenceProtocol
+
+    stage_cache.fn(model, val_list, ids, out, "cpu", InferenceProtocol())  # single scale
     return out / "probs"
 
 

@@ -41,7 +41,9 @@ def make_segmenter(a: argparse.Namespace, **kwargs):
         model = load_checkpoint(Path(a.checkpoint))[0]
     else:
         model = build_model(a.preset, num_classes=21)
-    return Segmenter(model, {"iterations": 10}, device=a.device, **kwargs)
+    from deeplab_core.crf.densecrf import CRFParams
+
+    return Segmenter(model, CRFParams(iterations=10), device=a.device, **kwargs)
 
 
 def scene(seed: int, h: int, w: int) -> np.ndarray:

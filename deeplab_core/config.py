@@ -132,16 +132,19 @@ class BootstrapConfig(Strict):
 class ModelConfig(Strict):
     preset: str = "light"
     output_stride: int | None = Field(16, description="training output stride (None = preset's)")
-    eval_output_stride: int | None = Field(None, description="None = same as training")
     pretrained_backbone: str | None = Field(None, description="local ImageNet checkpoint file")
     overrides: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("output_stride", "eval_output_stride")
+    @field_validator("output_stride")
     @classmethod
     def _os(cls, v: int | None) -> int | None:
-        if v is not None and v not in (8, 16, 32):
-            raise ValueError(f"output stride {v} not supported; expected one of 8, 16, 32")
-        return v
+        return _check_output_stride(v)
+
+
+def _check_output_stride(v: int | None) -> int | None:
+    if v is not None and v not in (8, 16, 32):
+        raise ValueError(f"output stride {v} not supported; expected one of 8, 16, 32")
+    return v
 
 
 class TrainConfig(Strict):
@@ -251,22 +254,58 @@ class CRFSearchConfig(Strict):
         return v
 
 
+class InferenceConfig(Strict):
+    """The inference protocol a trained model is evaluated, registered and served under
+    (deeplab_core.engine.protocol.InferenceProtocol.from_config builds it). No training stage
+    reads this section: changing it re-runs crf_search, evaluate and register only."""
+    scales: tuple[float, ...] = Field((1.0,), min_length=1, description="input scales averaged")
+    flip: bool = Field(False, description="also average left-right flipped inputs")
+    output_stride: int | None = Field(None, description="output stride at inference; None = "
+                                      "the stride the network was trained at")
+    tile_size: int | None = Field(None, ge=16, description="images with a longer side are "
+                                  "predicted in overlapping tiles of this side; None = whole")
+    tile_overlap: int = Field(256, ge=0, description="pixels shared by neighbouring tiles")
+    precision: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="numeric precision of the network's forward passes")
+    crf: bool = Field(True, description="apply the dense CRF crf_search chose, when it beat "
+                      "no CRF on the CV images; false: never")
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(s <= 0 for s in v):
+            raise ValueError(f"scales {list(v)}: every scale must be > 0")
+        return v
+
+    @field_validator("output_stride")
+    @classmethod
+    def _os(cls, v: int | None) -> int | None:
+        return _check_output_stride(v)
+
+    @model_validator(mode="after")
+    def _tiles(self) -> "InferenceConfig":
+        if self.tile_size is not None and self.tile_overlap >= self.tile_size:
+            raise ValueError(f"inference.tile_overlap {self.tile_overlap} >= inference.tile_size "
+                             f"{self.tile_size}: expected overlap < tile size")
+        return self
+
+
 class EvaluateConfig(Strict):
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
     trimap_widths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 20, 30, 40)
-    crf: bool = True
     crf_workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
         2, description="CRF worker processes; auto: every core but one")
-    amp: bool = Field(False, description="autocast the network's forward pass in evaluation "
-                      "(bf16 where supported, else fp16 on CUDA; bf16 on CPU); off by default: "
-                      "not yet measured to leave the reported numbers unchanged")
     n_example_figures: int = Field(6, ge=0)
+
+
+# evaluate.json's mIoU names: miou is the model as served (with the CRF exactly when the protocol
+# applies one), miou_no_crf the network alone, miou_crf with the searched CRF.
+REGISTER_METRICS = ("miou", "miou_no_crf", "miou_crf")
 
 
 class RegisterConfig(Strict):
     model_name: str = Field("deeplab", min_length=1)
-    metric: Literal["miou", "miou_crf"] = "miou_crf"
+    metric: Literal["miou", "miou_no_crf", "miou_crf"] = Field(
+        "miou", description="evaluate.json key promotions compare: miou is the model as served")
     min_improvement: float = Field(0.0, ge=0.0)
 
 
@@ -286,6 +325,7 @@ class Params(Strict):
     pretrain: TrainConfig = TrainConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     crf_search: CRFSearchConfig = CRFSearchConfig()
+    inference: InferenceConfig = InferenceConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
@@ -325,6 +365,12 @@ def _error_path(loc: tuple, raw: dict) -> str:
     return path
 
 
+# Keys that moved to the inference section: named where they went.
+MOVED_KEYS = {"model.eval_output_stride": "inference.output_stride",
+              "evaluate.scales": "inference.scales", "evaluate.flip": "inference.flip",
+              "evaluate.crf": "inference.crf"}
+
+
 def _format_errors(err: ValidationError, source: str, raw: dict) -> str:
     lines = [f"invalid parameters in {source}:"]
     for e in err.errors():
@@ -332,6 +378,8 @@ def _format_errors(err: ValidationError, source: str, raw: dict) -> str:
         value = e.get("input")
         if not e["loc"]:  # a check across sections: its message names the keys itself
             line = f"  {e['msg'].removeprefix('Value error, ')}"
+        elif e["type"] == "extra_forbidden" and path in MOVED_KEYS:
+            line = f"  {path}: moved to {MOVED_KEYS[path]} (value {value!r})"
         elif e["type"] == "extra_forbidden":
             line = f"  {path}: unknown key (value {value!r}); check the spelling"
         else:

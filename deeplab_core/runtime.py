@@ -83,13 +83,3 @@ def loader_options(num_workers: int, device: torch.device) -> dict:
     if num_workers > 0:
         opts.update(persistent_workers=True, prefetch_factor=4)
     return opts
-
-
-def eval_autocast(amp: bool, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of evaluation with ``amp``: bfloat16 on the CPU and on CUDA devices
-    that support it, else float16; None without ``amp``."""
-    if not amp:
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16

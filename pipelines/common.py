@@ -61,6 +61,13 @@ def update_with_file(h: "hashlib._Hash", path: Path) -> "hashlib._Hash":
     return h
 
 
+def file_md5(path: Path) -> str:
+    """The md5 hex digest of a file's bytes."""
+    import hashlib
+
+    return update_with_file(hashlib.md5(), path).hexdigest()
+
+
 @functools.lru_cache(maxsize=1)
 def _dvc_hashing():
     """DVC's own hashing (dvc_data), honouring the project's .dvcignore, so the values below are

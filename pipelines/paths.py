@@ -113,6 +113,11 @@ class StagePaths:
         return self.eval / "per_class.json"
 
     @property
+    def protocol(self) -> Path:
+        """The inference protocol evaluate measured: register ships it with the model."""
+        return self.eval / "protocol.json"
+
+    @property
     def trimap_json(self) -> Path:
         return self.root / "plots" / "trimap.json"
 
@@ -151,7 +156,7 @@ def _stage_io(p: StagePaths) -> dict[str, dict[str, list[Path]]]:
                        "outs": [p.crf_search, p.crf_cache]},
         "evaluate": {"deps": [p.prepared, p.model_dir("finetune"), p.best_params],
                      "outs": [p.eval, p.trimap_json], "plots": [p.trimap_png]},
-        "register": {"deps": [p.model_dir("finetune"), p.best_params,
+        "register": {"deps": [p.model_dir("finetune"), p.best_params, p.protocol,
                               p.metrics_file("evaluate"), p.classes_file],
                      "outs": [p.register]},
     }

@@ -132,15 +132,24 @@ def dvc_exp_tags(environ: dict | None = None) -> dict:
     return {"dvc_exp": name, **({"dvc_exp_baseline": base} if base else {})}
 
 
+def run_tags(stage: str, lineage_of: str | None = None) -> dict:
+    """Tags of a run of ``stage``: the git commit, the DVC experiment, the pipeline run it
+    belongs to (also its MLflow parent) and, for ``lineage_of`` (a dvc.yaml stage), the DVC
+    lineage of that stage."""
+    tags = {"stage": stage, "git_commit": git_commit(),
+            **(lineage_tags(lineage_of) if lineage_of else {}), **dvc_exp_tags()}
+    parent = os.environ.get(PIPELINE_RUN_ENV)
+    if parent:
+        tags.update({"pipeline_run": parent, "mlflow.parentRunId": parent})
+    return tags
+
+
 @contextmanager
 def stage_run(stage: str, params_sections: dict) -> Iterator["mlflow.ActiveRun"]:
     """An MLflow run for one stage execution: params, lineage tags, and at the end the DVC
     hashes of what it wrote and its timing split (`stage_seconds`, `<kind>_seconds`)."""
     mlflow = configure()
-    tags = {"stage": stage, "git_commit": git_commit(), **lineage_tags(stage), **dvc_exp_tags()}
-    parent = os.environ.get(PIPELINE_RUN_ENV)
-    if parent:
-        tags.update({"pipeline_run": parent, "mlflow.parentRunId": parent})
+    tags = run_tags(stage, stage)
     _WORK.update(dict.fromkeys(WORK_KINDS, 0.0))
     with mlflow.start_run(run_name=stage, tags=tags) as run:
         flat = {k: str(v)[:500] for k, v in flatten(params_sections).items()}

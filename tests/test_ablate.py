@@ -86,14 +86,13 @@ def test_inference_grid_runs_nested_with_params_metrics_and_tables(project):
     path = write_grid(root, "inf", {
         "kind": "inference", "title": "inference test", "model": str(model),
         "crf_params": str(crf), "cumulative": True, "configs": [
-            {"name": "OS16", "model": {"eval_output_stride": 16}},
-            {"name": "OS8 + flip", "model": {"eval_output_stride": 8},
-             "evaluate": {"flip": True}},
-            {"name": "+ CRF", "evaluate": {"crf": True}}]})
+            {"name": "OS16", "inference": {"output_stride": 16}},
+            {"name": "OS8 + flip", "inference": {"output_stride": 8, "flip": True}},
+            {"name": "+ CRF", "inference": {"crf": True}}]})
     grid = ablate.load_grid(path, project["params"])
     # cumulative: the last row keeps OS8 and flip from the one before it
-    assert grid.configs[2].params.model.eval_output_stride == 8
-    assert grid.configs[2].params.evaluate.flip is True
+    assert grid.configs[2].params.inference.output_stride == 8
+    assert grid.configs[2].params.inference.flip is True
 
     rows = ablate.run_grid(grid, progress=False)
     assert [r["config"] for r in rows] == ["OS16", "OS8 + flip", "+ CRF"]
@@ -113,7 +112,7 @@ def test_inference_grid_runs_nested_with_params_metrics_and_tables(project):
     for r in children:
         assert r.data.tags["grid"] == "inf"
         assert {"eval.scales", "eval.crf", "eval.set", "model.file"} <= set(r.data.params)
-        assert {"miou", "miou_plain", "pixel_acc", "seconds_per_image"} <= set(r.data.metrics)
+        assert {"miou", "miou_no_crf", "pixel_acc", "seconds_per_image"} <= set(r.data.metrics)
         assert 0.0 <= r.data.metrics["miou"] <= 1.0
     assert "miou_crf" in by_name["+ CRF"].data.metrics
     assert parent.data.metrics["n_configs"] == 3
@@ -121,7 +120,7 @@ def test_inference_grid_runs_nested_with_params_metrics_and_tables(project):
     out = data / "ablations" / "inf"
     cols, table = read_csv(out / "table.csv")
     assert cols == ["config", "eval OS", "flip", "CRF", "miou", "miou_delta", "delta_vs",
-                    "pixel_acc", "miou_plain", "miou_crf", "passes_per_image"]
+                    "pixel_acc", "miou_no_crf", "miou_crf", "passes_per_image"]
     assert [r["config"] for r in table] == ["OS16", "OS8 + flip", "+ CRF"]
     assert [r["eval OS"] for r in table] == ["16", "8", "8"]
     assert [r["passes_per_image"] for r in table] == ["1", "2", "2"]
@@ -198,7 +197,7 @@ def test_cli_runs_the_grid_as_a_prefect_flow_with_nested_runs(project, prefect_a
     (root / "params.yaml").write_text(yaml.safe_dump(project["params"]))
     micro_model(root / "model.pt")
     write_grid(root, "cli", {"kind": "inference", "model": "elsewhere.pt", "configs": [
-        {"name": "OS16"}, {"name": "OS8", "model": {"eval_output_stride": 8}}]})
+        {"name": "OS16"}, {"name": "OS8", "inference": {"output_stride": 8}}]})
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONPATH": str(REPO),
            "DEEPLAB_PARAMS": str(root / "params.yaml")}
     proc = subprocess.run([sys.executable, "-m", "pipelines.tools.ablate", "cli.yaml", "--out",
@@ -223,17 +222,17 @@ GOOD = {"kind": "inference", "model": "model.pt", "configs": [{"name": "a"}]}
     ({k: v for k, v in GOOD.items() if k != "model"}, "key 'model' is missing"),
     ({**GOOD, "model": "nowhere/model.pt"}, "model = 'nowhere/model.pt': file "),
     ({**GOOD, "kind": "sweep"}, "kind = 'sweep'"),
-    ({**GOOD, "configs": [{"name": "a", "evaluate": {"flipp": True}}]},
-     "configs[0] ('a'): evaluate.flipp: unknown key"),
+    ({**GOOD, "configs": [{"name": "a", "inference": {"flipp": True}}]},
+     "configs[0] ('a'): inference.flipp: unknown key"),
     ({**GOOD, "configs": [{"name": "a", "model": {"preset": "light"}}]},
      "configs[0] ('a'): key 'model.preset' cannot vary in a inference grid"),
     ({**GOOD, "configs": [{"name": "a"}, {"name": "a"}]}, "configs[1] ('a'): name used twice"),
     ({**GOOD, "configs": [{"name": "a"}, {"name": "b", "compare_to": "c"}]},
      "configs[1] ('b'): compare_to = 'c': not the name of an earlier configuration ('a')"),
-    ({**GOOD, "configs": [{"evaluate": {"flip": True}}]}, "configs[0]: each configuration needs"),
-    ({**GOOD, "configs": [{"name": "a", "evaluate": {"crf": True}}]},
+    ({**GOOD, "configs": [{"inference": {"flip": True}}]}, "configs[0]: each configuration needs"),
+    ({**GOOD, "configs": [{"name": "a", "inference": {"crf": True}}]},
      "key 'crf_params' is missing"),
-    ({**GOOD, "crf_params": "crf.json", "configs": [{"name": "a", "evaluate": {"crf": True}}]},
+    ({**GOOD, "crf_params": "crf.json", "configs": [{"name": "a", "inference": {"crf": True}}]},
      "crf_params = 'crf.json': file "),
     ({**GOOD, "columns": ["eval.os"]}, "columns: 'eval.os' is not a setting of this grid"),
     ({"kind": "train", "base": {"model": {"preset": "micro"},
@@ -277,7 +276,7 @@ def test_shipped_grids_are_valid(project):
     inf = ablate.load_grid("v3_inference", project["params"], model=str(model),
                            crf_params=str(crf))
     assert [c.name for c in inf.configs] == ["OS16", "OS8", "+ MS", "+ flip", "+ CRF"]
-    assert inf.configs[-1].params.evaluate.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    assert inf.configs[-1].params.inference.scales == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     heads = ablate.load_grid("head_ablation", project["params"])
     assert heads.kind == "train" and len(heads.configs) >= 5
 
@@ -365,7 +364,7 @@ def test_paper_ablation_grids_set_the_papers_rows(project, name):
 def test_paper_column_appears_in_the_table(project):
     grid = ablate.load_grid("v3_multi_grid", project["params"])
     rows = [{"config": c.name, "settings": c.settings,
-             "metrics": {"miou": 0.5, "miou_plain": 0.5, "pixel_acc": 0.9, "params_m": 1.0,
+             "metrics": {"miou": 0.5, "miou_no_crf": 0.5, "pixel_acc": 0.9, "params_m": 1.0,
                          "final_loss": 0.1}} for c in grid.configs]
     cols, out, md = ablate.table_rows(grid, rows)
     assert cols[-1] == "paper" and md[-1] == "paper's mIoU (%)"

@@ -96,7 +96,9 @@ def test_every_problem_is_listed():
 @pytest.mark.parametrize("raw, path_and_value, detail", [
     ({"finetune": {"batch_size": 1}}, "finetune.batch_size = 1", "greater than or equal to 2"),
     ({"model": {"output_stride": 12}}, "model.output_stride = 12", "not supported"),
-    ({"model": {"eval_output_stride": 4}}, "model.eval_output_stride = 4", "not supported"),
+    ({"inference": {"output_stride": 4}}, "inference.output_stride = 4", "not supported"),
+    ({"inference": {"scales": [1.0, 0]}}, "inference.scales = [1.0, 0]", "> 0"),
+    ({"model": {"eval_output_stride": 8}}, "model.eval_output_stride", "moved to inference.output_stride"),
     ({"crf_search": {"w1_grid": []}}, "crf_search.w1_grid = []", "non-empty"),
     ({"crf_search": {"sigma_beta_grid": [3, -1]}}, "crf_search.sigma_beta_grid = [3, -1]",
      "positive"),
@@ -170,11 +172,11 @@ def test_overlay_file_is_applied(tmp_path):
     base = load_params(PARAMS)
     ov = tmp_path / "overlay.yaml"
     ov.write_text("finetune:\n  iterations: 7\nmodel:\n  output_stride: 8\n"
-                  "evaluate:\n  scales: [0.5, 1.0]\n")
+                  "inference:\n  scales: [0.5, 1.0]\n")
     params = load_params(PARAMS, [ov])
     assert params.finetune.iterations == 7
     assert params.model.output_stride == 8
-    assert params.evaluate.scales == (0.5, 1.0)
+    assert params.inference.scales == (0.5, 1.0)
     # untouched keys of overridden sections keep the base file's values
     assert params.finetune.lr == base.finetune.lr
     assert params.model.preset == base.model.preset

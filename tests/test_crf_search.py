@@ -9,6 +9,7 @@ import pytest
 
 from deeplab_core.crf import cache as crf_cache, evaluator, search
 from deeplab_core.engine import probability_cache
+from deeplab_core.engine.protocol import InferenceProtocol
 from deeplab_core.crf.densecrf import CRFParams, dense_crf
 from deeplab_core.crf.plots import plot_heatmaps, plot_search_trace
 from deeplab_core.metrics import confusion_matrix, summarize
@@ -90,8 +91,9 @@ def test_probability_cache_is_reused_for_its_key_and_rebuilt_for_another(tmp_pat
     root = tmp_path / "cache"
     key = {"model_md5": "m1", "cv_ids": ids, "flip": True}
     assert not crf_cache.cache_is_current(root, key, ids)
-    files = probability_cache.build_probability_cache(model, dataset, root, key, "cpu", scales=(1.0, 0.5),
-                                              flip=True, progress=False)
+    files = probability_cache.build_probability_cache(
+        model, dataset, root, key, "cpu", InferenceProtocol(scales=(1.0, 0.5), flip=True),
+        progress=False)
     assert files == crf_cache.probability_cache_files(root, ids) == [root / "probs" / "a.npz",
                                                                        root / "probs" / "b.npz"]
     assert json.loads((root / "meta.json").read_text()) == {"key": key}
@@ -340,3 +342,41 @@ def test_duplicate_configs_run_once(cache, tmp_path, monkeypatch):
     rows = evaluator.evaluate_configs(cache, cfg, NUM_CLASSES, 1, tmp_path / "r.jsonl", progress=False)
     assert len(calls) == len(cache) and rows[0] == rows[1] == rows[2]
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_crf_that_hurts_on_cv_is_not_chosen(tmp_path):
+    """Probabilities whose argmax is already the label, on images whose colours say nothing
+    (every class the same colour): the CRF only smooths, so it can only lose against no CRF on
+    the CV images. The search keeps the no-CRF outcome, and the stage's protocol has no CRF."""
+    from pipelines.stages.crf_search import baseline_row, best_params_record, write_table
+    from pipelines.stages.eval_data import stage_protocol
+    from pipelines.common import get_params
+
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(3):
+        image, _, label = synthetic_item(rng, 48, 64, num_classes=4, contrast=0.0)
+        label[label == 255] = 0
+        probs = np.full((4, 48, 64), 0.1, np.float32)
+        np.put_along_axis(probs, label[None].astype(np.int64), 0.7, axis=0)
+        files.append(crf_cache.write_cache_item(tmp_path / "probs", f"i{i}", image, probs, label))
+    result = search.full_grid_search(files, 4, w1_grid=(5.0, 10.0), sigma_alpha_grid=(60.0,),
+                                     sigma_beta_grid=(5.0,), iterations=5, progress=False)
+    assert result["baseline_miou_gt"] == 1.0 and result["best"]["miou_gt"] < 1.0
+    decision = search.crf_decision(result)
+    assert decision["crf_chosen"] is False and decision["cv_gain"] < 0
+    assert decision["reason"].startswith("no CRF: the best CRF did not beat the network alone "
+                                         "on the 3 CV images")
+    write_table(tmp_path / "table.csv", result["rows"], [], baseline_row(result), "miou_gt")
+    first = (tmp_path / "table.csv").read_text().splitlines()[1]
+    assert first.startswith("none,")  # the no-CRF outcome ranks first
+    record = best_params_record(result, CRFParams.from_row(result["best"]).to_dict(),
+                                ["i0", "i1", "i2"], type("Cfg", (), {"strategy": "full"}))
+    best_file = tmp_path / "best_params.json"
+    best_file.write_text(json.dumps(record))
+    protocol, searched, why = stage_protocol(get_params(), best_file)
+    assert protocol.crf is None and searched == CRFParams.from_row(result["best"])
+    assert why["crf_chosen"] is False
+    # the same file with the decision flipped: the protocol applies the searched CRF
+    best_file.write_text(json.dumps({**record, "crf_chosen": True}))
+    assert stage_protocol(get_params(), best_file)[0].crf == searched

@@ -5,6 +5,8 @@ import without a new dep fails here."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -77,3 +79,47 @@ def test_evaluate_depends_on_the_crf_and_the_models():
     """The gap that left stale results: editing the CRF or the model code re-runs evaluate."""
     deps = STAGES["evaluate"]["deps"]
     assert "deeplab_core/crf/densecrf.py" in deps and "deeplab_core/models/deeplab.py" in deps
+
+
+def test_changing_the_inference_section_reruns_only_crf_search_evaluate_and_register(tmp_path):
+    """Real DVC on a scratch copy of the project whose every stage is recorded in dvc.lock (with
+    stand-in data): an edit of params.yaml's `inference` section leaves every training stage up
+    to date; `dvc status` names crf_search, evaluate and register alone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import scratch_project
+
+    root = scratch_project(tmp_path / "proj")
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+
+    def run(*args):
+        proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, f"{args}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+        return proc.stdout
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    for spec in STAGES.values():
+        for kind in ("deps", "outs", "metrics", "plots"):
+            for path in listed_paths(spec, kind):
+                target = root / path
+                if target.exists():
+                    continue
+                if Path(path).suffix:  # a file: its stand-in content
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text("{}\n")
+                else:
+                    (target / "stand-in").parent.mkdir(parents=True, exist_ok=True)
+                    (target / "stand-in").write_text(path + "\n")
+    run("dvc", "commit", "-f", "-q")
+    assert json.loads(run("dvc", "status", "--json")) == {}
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["inference"].update(scales=[0.5, 1.0, 1.5], flip=True, output_stride=8)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = json.loads(run("dvc", "status", "--json"))
+    assert set(changed) == {"crf_search", "evaluate", "register"}, changed

@@ -55,3 +55,11 @@ def test_generic_example_runs_every_stage_with_its_class_names(tmp_path, prefect
     assert list(freq["train_aug"]["classes"]) == NAMES
     report = _run([sys.executable, "-m", "pipelines.tools.report"], root, env).stdout
     assert all(f"  {n}" in report for n in NAMES) and "aeroplane" not in report
+    # an ablation on the same dataset: evaluated with its own 4 class names
+    grid = REPO / "ablations" / "v3_inference.yaml"
+    out = _run([sys.executable, "-m", "pipelines.tools.ablate", str(grid), "--out",
+                str(tmp_path / "ablation")], root, env).stdout
+    table = (tmp_path / "ablation" / "table.csv").read_text().splitlines()
+    assert table[0].startswith("config,") and "miou_no_crf" in table[0]
+    assert [r.split(",")[0] for r in table[1:]] == ["OS16", "OS8", "+ MS", "+ flip", "+ CRF"]
+    assert "aeroplane" not in out

@@ -13,6 +13,7 @@ from deeplab_core.engine.checkpoint import (FORMAT, build_from_spec, load_checkp
                                             save_checkpoint)
 from deeplab_core.engine.evaluate import EvalAccumulator, evaluate, predict_probs, split_cv
 from deeplab_core.engine.infer import Segmenter
+from deeplab_core.engine.protocol import InferenceProtocol
 from deeplab_core.models import build_model
 
 CPU = torch.device("cpu")
@@ -102,7 +103,7 @@ def test_predict_probs_puts_model_in_eval_mode():
 def test_evaluate_perfect_model_scores_one():
     items = _oracle_items()
     seen = []
-    out = evaluate(LabelOracle(3), items, 3, CPU, scales=(1.0,), flip=True,
+    out = evaluate(LabelOracle(3), items, 3, CPU, InferenceProtocol(flip=True),
                    trimap_widths=(1, 3), class_names=("bg", "a", "b"),
                    on_prediction=lambda i, raw, probs, pred, lab: seen.append((i, probs, pred,
                                                                                 lab)),
@@ -170,8 +171,11 @@ def test_split_cv_properties():
     assert len(others) > 1  # the seed matters
 
 
-def test_split_cv_keeps_at_least_one_held_out():
-    cv, rest = split_cv(["a", "b", "c"], 10)
+def test_split_cv_too_small_val_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"crf_search.cv_images = 10 but val has 3 images: "
+                                         r"expected at most 2"):
+        split_cv(["a", "b", "c"], 10)
+    cv, rest = split_cv(["a", "b", "c"], 2)
     assert len(cv) == 2 and len(rest) == 1
     cv, rest = split_cv(["a", "b"], 1)
     assert len(cv) == 1 and len(rest) == 1 and set(cv + rest) == {"a", "b"}

@@ -15,6 +15,7 @@ import pytest
 from conftest import TINY_NUM_CLASSES, confident_micro_model, scratch_project
 from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
 from deeplab_core.engine.evaluate import EvalAccumulator
+from deeplab_core.engine.protocol import InferenceProtocol
 from pipelines.stages import evaluate as ev
 from pipelines.tools.report import format_report
 
@@ -39,8 +40,16 @@ def test_headline_rows_and_trimap_carry_every_metric_before_and_after_crf():
     h = ev.headline(plain, crf)
     assert h["pixel_acc"] == pytest.approx(6 / 8) and h["pixel_acc_crf"] == pytest.approx(7 / 8)
     assert h["crf_gain"] == pytest.approx(h["miou_crf"] - h["miou"])
-    assert {f"{k}{s}" for k in ev.HEADLINE_KEYS for s in ("", "_crf")} <= set(h)
-    assert set(ev.headline(plain, None)) == set(ev.HEADLINE_KEYS)
+    assert {f"{k}{s}" for k in ev.HEADLINE_KEYS for s in ("", "_no_crf", "_crf")} <= set(h)
+    assert set(ev.headline(plain, None)) == ({f"{k}{s}" for k in ev.HEADLINE_KEYS
+                                              for s in ("", "_no_crf")} | {"crf_applied"})
+    # the headline is the model as served: the CRF's numbers exactly when it is applied
+    served = ev.headline(plain, crf, applied=True)
+    assert served["crf_applied"] is True and served["miou"] == served["miou_crf"]
+    assert served["miou_no_crf"] == h["miou"] == h["miou_no_crf"] and h["crf_applied"] is False
+    with pytest.raises(ValueError, match="no CRF report"):
+        ev.headline(plain, None, applied=True)
+    assert ev.per_class_rows(plain, crf, NAMES, applied=True)[0]["recall"] == 1.0
     rows = ev.per_class_rows(plain, crf, NAMES)
     assert [r["class"] for r in rows] == list(NAMES)
     # class bg: 3 gt pixels; plain predicts bg at 3 places (2 right), CRF at 4 (3 right)
@@ -59,7 +68,7 @@ def test_report_prints_the_metric_set_per_class_and_trimap(tmp_path):
     (d / "metrics").mkdir(parents=True)
     (d / "eval").mkdir()
     (d / "plots").mkdir()
-    settings = {"scales": [1.0], "flip": False, "eval_output_stride": 8}
+    settings = {"scales": [1.0], "flip": False, "output_stride": 8}
     metrics = {**ev.headline(plain, crf), "eval_set": "val_holdout", "n_images": 1,
                "eval_settings": settings, "val_full": ev.headline(plain, crf),
                "crf_cv_subset": ev.headline(plain, None)}
@@ -96,7 +105,7 @@ def test_crf_cache_holds_probabilities_of_evaluates_inference_setting(tiny_list,
 
     ids = ["s1", "s3"]
     cache = tmp_path / "cache"
-    setting = {"scales": [0.75, 1.25], "flip": True, "eval_output_stride": 8}
+    setting = InferenceProtocol(scales=(0.75, 1.25), flip=True, output_stride=8)
     files = build_cache.fn(micro_checkpoint, tiny_list, ids, cache, "cpu", setting)
     model, _ = load_checkpoint(micro_checkpoint)
     from deeplab_core.models import set_output_stride
@@ -110,17 +119,20 @@ def test_crf_cache_holds_probabilities_of_evaluates_inference_setting(tiny_list,
     stamp = files[0].stat().st_mtime_ns
     assert build_cache.fn(micro_checkpoint, tiny_list, ids, cache, "cpu", setting) == files
     assert files[0].stat().st_mtime_ns == stamp  # same setting: reused
-    build_cache.fn(micro_checkpoint, tiny_list, ids, cache, "cpu", {**setting, "flip": False})
-    assert json.loads((cache / "meta.json").read_text())["key"]["flip"] is False
+    build_cache.fn(micro_checkpoint, tiny_list, ids, cache, "cpu",
+                   setting.with_overrides(flip=False))
+    assert json.loads((cache / "meta.json").read_text())["key"]["protocol"]["flip"] is False
 
 
-def test_crf_search_depends_on_the_inference_params():
+def test_only_crf_search_evaluate_and_register_depend_on_the_inference_params():
     import yaml
 
     from conftest import REPO
 
-    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["crf_search"]
-    assert {"evaluate.scales", "evaluate.flip", "model.eval_output_stride"} <= set(stage["params"])
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    readers = {name for name, st in stages.items()
+               if any(p == "inference" or p.startswith("inference.") for p in st.get("params", []))}
+    assert readers == {"crf_search", "evaluate", "register"}
 
 
 def test_dvc_plots_are_static_images_drawn_offline(tmp_path):

@@ -14,7 +14,8 @@ from deeplab_core.data.dataset import SegmentationListDataset
 from deeplab_core.data.transforms import eval_transform
 from deeplab_core.engine.evaluate import evaluate
 from deeplab_core.models import build_model
-from deeplab_core.runtime import eval_autocast, loader_options, loader_workers, pool_workers
+from deeplab_core.engine.protocol import InferenceProtocol
+from deeplab_core.runtime import loader_options, loader_workers, pool_workers
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -43,16 +44,11 @@ def test_worker_settings_take_auto_or_a_count_and_name_a_bad_value():
                       "crf_search": {"workers": "auto"}, "prepare": {"workers": 3}})
     assert (p.base.num_workers, p.evaluate.crf_workers, p.crf_search.workers,
             p.prepare.workers) == ("auto", "auto", "auto", 3)
-    assert parse_params({}).base.num_workers == "auto" and parse_params({}).evaluate.amp is False
+    assert parse_params({}).base.num_workers == "auto" and parse_params({}).inference.precision == "float32"
     with pytest.raises(ConfigError, match=r"base\.num_workers = 'many': Input should be"):
         parse_params({"base": {"num_workers": "many"}})
     with pytest.raises(ConfigError, match=r"evaluate\.crf_workers = 0: Input should be greater"):
         parse_params({"evaluate": {"crf_workers": 0}})
-
-
-def test_eval_autocast_dtype():
-    assert eval_autocast(False, CPU) is None
-    assert eval_autocast(True, CPU) == torch.bfloat16
 
 
 def _eval(list_file, **kw):
@@ -73,7 +69,7 @@ def test_evaluation_read_ahead_by_workers_gives_the_same_confusion(tiny_list):
 
 def test_evaluation_autocast_runs_in_bf16_and_stays_close(tiny_list):
     ref = _eval(tiny_list)
-    bf16 = _eval(tiny_list, autocast=torch.bfloat16)
+    bf16 = _eval(tiny_list, protocol=InferenceProtocol(precision="bfloat16"))
     a, b = ref["accumulators"]["plain"].conf, bf16["accumulators"]["plain"].conf
     assert a.sum() == b.sum()
     # the same pixels, nearly the same predictions: bf16 moves only near-ties

@@ -271,7 +271,7 @@ def test_registered_model_is_loaded_from_a_local_mlflow_registry(checkpoint, pho
         info = log_pyfunc_model(checkpoint, crf_file, "deeplab-test")
     MlflowClient(uri).set_registered_model_alias("deeplab-test", "champion",
                                                  info.registered_model_version)
-    model, crf = cli.load_registered("models:/deeplab-test@champion")
+    model, crf, _ = cli.load_registered("models:/deeplab-test@champion")
     # the file's values, completed with the defaults of the keys it leaves out
     assert crf == CRFParams(iterations=3, w1=5.0)
     expected = torch.load(checkpoint, weights_only=True)["state_dict"]

@@ -134,11 +134,11 @@ def test_composed_presets_keep_their_own_lines_over_the_bases(tmp_path):
             ("frozen", 2, 321, "score_map")
     x65 = _applied("v3plus_xception65", tmp_path)
     assert (x65.pretrain.weight_decay, x65.finetune.weight_decay) == (0.0001, 0.00004)
-    assert x65.model.eval_output_stride == 8 and x65.evaluate.flip is True
-    assert x65.evaluate.crf is False and x65.register_.metric == "miou"
+    assert x65.inference.output_stride == 8 and x65.inference.flip is True
+    assert x65.inference.crf is False and x65.register_.metric == "miou"
     b7 = _applied("v3_resnet101_block7_mg121", tmp_path)
-    assert b7.prepare.coco_root is None and b7.model.eval_output_stride is None
-    assert (b7.evaluate.scales, b7.evaluate.flip, b7.evaluate.crf) == ((1.0,), False, False)
+    assert b7.prepare.coco_root is None and b7.inference.output_stride is None
+    assert (b7.inference.scales, b7.inference.flip, b7.inference.crf) == ((1.0,), False, False)
     assert (b7.pretrain.bn_momentum, b7.finetune.bn_momentum) == (None, 0.0003)
     # COCO pretraining only where the cited figure used it (this pinned COCO pretraining at the
     # CPU defaults for v3plus_resnet101 before; the issue asks for it off)
@@ -233,8 +233,8 @@ def test_preset_settings_are_those_of_its_figures(name, tmp_path):
     if not want["coco"]:
         assert p.pretrain.enabled is False and p.prepare.coco_root is None
     assert p.finetune.use_bootstrap == want["bootstrap"]
-    assert p.model.eval_output_stride == want["eval_os"]
-    assert (p.evaluate.scales, p.evaluate.flip, p.evaluate.crf) == \
+    assert p.inference.output_stride == want["eval_os"]
+    assert (p.inference.scales, p.inference.flip, p.inference.crf) == \
         (want["scales"], want["flip"], want["crf"])
     # ImageNet initialisation, as every cited figure had
     assert p.model.pretrained_backbone and "imagenet" in p.model.pretrained_backbone

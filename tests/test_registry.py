@@ -215,8 +215,8 @@ def _copy_list(tiny_list: Path, dst: Path) -> Path:
     return dst / tiny_list.name
 
 
-SETTINGS = {"scales": [1.0], "flip": False, "eval_output_stride": None, "crf": True,
-            "crf_cv_images": 50}
+SETTINGS = {"scales": [1.0], "flip": False, "output_stride": None, "tile_size": None,
+            "tile_overlap": 256, "precision": "float32", "crf": True, "crf_cv_images": 50}
 
 
 def _flip_byte(path: Path, offset: int = -1) -> None:
@@ -253,8 +253,8 @@ def test_eval_set_md5_covers_ids_content_and_settings(tiny_list, tmp_path):
     assert eval_set_md5(lst, list(ids), dict(SETTINGS)) == base  # same inputs, same value
     assert eval_set_md5(lst, ids[:3], SETTINGS) != base
     assert eval_set_md5(lst, ids[::-1], SETTINGS) != base
-    for key, value in [("scales", [0.5, 1.0]), ("flip", True), ("eval_output_stride", 8),
-                       ("crf", False), ("crf_cv_images", 40)]:
+    for key, value in [("scales", [0.5, 1.0]), ("flip", True), ("output_stride", 8),
+                       ("precision", "bfloat16"), ("crf", False), ("crf_cv_images", 40)]:
         assert eval_set_md5(lst, ids, {**SETTINGS, key: value}) != base, key
     for rel in ("images/s0.jpg", "labels/s3.png"):
         path = lst.parent / rel
@@ -274,16 +274,17 @@ def test_eval_settings_from_params():
 
     params = get_params()
     s = eval_settings(params)
-    assert s == {"scales": [float(x) for x in params.evaluate.scales],
-                 "flip": params.evaluate.flip,
-                 "eval_output_stride": params.model.eval_output_stride,
-                 "crf": params.evaluate.crf, "crf_cv_images": params.crf_search.cv_images}
+    inf = params.inference
+    assert s == {"scales": [float(x) for x in inf.scales], "flip": inf.flip,
+                 "output_stride": inf.output_stride, "tile_size": inf.tile_size,
+                 "tile_overlap": inf.tile_overlap, "precision": inf.precision,
+                 "crf": inf.crf, "crf_cv_images": params.crf_search.cv_images}
 
 
 # ------------------------------------------------------------------------ the register stage
 REGISTRATION_KEYS = {"model_name", "version", "metric", "value", "eval_set_md5",
                      "previous_champion", "previous_champion_value", "promoted", "reason",
-                     "aliases", "model_uri"}
+                     "aliases", "model_uri", "protocol"}
 
 
 @pytest.fixture
@@ -304,12 +305,17 @@ def stage_env(client, store, tmp_path, monkeypatch):
     for rel in ("models/finetune/model.pt", "crf_search/best_params.json"):
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         (d / rel).write_text("{}")
+    from deeplab_core.crf.densecrf import CRFParams
+    from deeplab_core.engine.protocol import InferenceProtocol
+    InferenceProtocol(scales=(0.5, 1.0), flip=True, output_stride=8,
+                      crf=CRFParams(iterations=3)).save(d / "eval" / "protocol.json")
 
     class Tiny(mlflow.pyfunc.PythonModel):
         def predict(self, context, model_input, params=None):
             return model_input
 
-    def tiny_log(checkpoint, crf_params, registered_name, classes=None):
+    def tiny_log(checkpoint, crf_params, registered_name, protocol_file=None, classes=None):
+        assert protocol_file == d / "eval" / "protocol.json"
         return mlflow.pyfunc.log_model(name="model", python_model=Tiny(), pip_requirements=[],
                                        registered_model_name=registered_name)
 
@@ -333,7 +339,8 @@ def test_register_stage_promotes_through_the_lock(client, stage_env, monkeypatch
     for value in (0.40, 0.35, 0.45):
         (stage_env / "metrics").mkdir(exist_ok=True)
         (stage_env / "metrics" / "evaluate.json").write_text(
-            json.dumps({METRIC: value, "eval_set_md5": "set-a"}))
+            json.dumps({METRIC: value, "eval_set_md5": "set-a", "miou_no_crf": 0.3,
+                        "crf_decision": "CRF applied: it beat no CRF"}))
         with mlflow.start_run():
             outs.append(register_model.fn(name, METRIC, 0.0))
     assert all(set(o) == REGISTRATION_KEYS for o in outs)
@@ -345,6 +352,15 @@ def test_register_stage_promotes_through_the_lock(client, stage_env, monkeypatch
     tags = client.get_model_version(name, outs[2]["version"]).tags
     assert tags[PREVIOUS_TAG] == outs[0]["version"]
     assert [e["by"] for e in json.loads(tags["champion_events"])] == ["register"]
+    # the protocol travels as tags and in the model card (the version description)
+    assert (tags["protocol.scales"], tags["protocol.flip"], tags["protocol.output_stride"],
+            tags["protocol.tile_size"]) == ("[0.5, 1.0]", "True", "8", "none")
+    assert json.loads(tags["protocol.crf"])["iterations"] == 3
+    assert outs[2]["protocol"]["output_stride"] == 8
+    card = client.get_model_version(name, outs[2]["version"]).description
+    assert "scales 0.5, 1; flip on; output stride 8" in card and "dense CRF w1 4" in card
+    assert "CRF decision: CRF applied: it beat no CRF" in card
+    assert f"Promotion compares {METRIC} = 45.00 %" in card and "mIoU without CRF" in card
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -120,7 +120,7 @@ def test_bad_input_one_line_naming_got_and_expected(pyfunc, model_input, start):
 
 
 def test_too_many_pixels_refused_before_decoding(monkeypatch):
-    monkeypatch.setattr("pipelines.ops.serving.MAX_PIXELS", 100)
+    monkeypatch.setattr("pipelines.ops.serving.codec.MAX_PIXELS", 100)
     with pytest.raises(ServingError, match=r"image: got 24x32 pixels; at most 100"):
         parse_input(IMG)
     with pytest.raises(ServingError, match=r"image_b64: got 24x32 pixels; at most 100"):
@@ -146,10 +146,10 @@ def test_bad_params(pyfunc, params, start):
 
 
 def test_failure_inside_the_model_is_one_line_internal_error(pyfunc, monkeypatch):
-    def broken(image, use_crf=True):
+    def broken(image):
         raise RuntimeError("out of memory\nsecond line")
 
-    monkeypatch.setattr(pyfunc, "segmenter", broken)
+    monkeypatch.setattr(pyfunc.segmenter, "probabilities", broken)
     with pytest.raises(ServingError) as exc:
         pyfunc.predict(None, IMG)
     assert str(exc.value) == "segmentation failed: RuntimeError: out of memory"

@@ -24,6 +24,7 @@ from pipelines.ops.serving import (decode_mask_png_b64, encode_image_b64, mlflow
 NUM_CLASSES = 21
 MODEL = "deeplab-serve"
 H, W = 375, 500  # a PASCAL VOC-sized image
+LIMIT = 8_000_000  # request body bytes the test server accepts
 
 
 def voc_sized_image(seed: int = 0) -> np.ndarray:
@@ -62,7 +63,7 @@ def registered(tmp_path_factory):
 def server(registered):
     root, model_uri = registered
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{root / 'mlflow.db'}",
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", DEEPLAB_SERVE_MAX_REQUEST_BYTES=str(LIMIT))
     with mlflow_serve(model_uri, root, env=env) as url:
         yield url
 
@@ -165,3 +166,46 @@ def test_http_bad_image_is_400_with_one_line_and_no_echo(server, make, got):
     message = body["message"]
     assert "\n" not in message and "Traceback" not in message
     assert message.startswith(f"image: {got}") and "expected a uint8 RGB image of shape HxWx3" in message
+
+
+def _raw_post(url: str, chunks, length: int | None) -> tuple[int, dict]:
+    """POST `chunks` with a Content-Length of `length`, or chunked when None; the server may
+    answer and close before the body is all sent."""
+    import http.client
+
+    host, port = url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    conn.putrequest("POST", "/invocations")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader(*(("Content-Length", str(length)) if length is not None
+                     else ("Transfer-Encoding", "chunked")))
+    conn.endheaders()
+    try:
+        for c in chunks:
+            conn.send(c if length is not None else b"%x\r\n%s\r\n" % (len(c), c))
+        if length is None:
+            conn.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    resp = conn.getresponse()
+    status, body = resp.status, json.loads(resp.read())
+    conn.close()
+    return status, body
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_http_body_over_the_limit_is_413_before_parsing(server, declared):
+    """A body over DEEPLAB_SERVE_MAX_REQUEST_BYTES is refused with 413 and a one-line message,
+    whether its length is declared or it streams in chunked; the server keeps serving."""
+    size = LIMIT + 1_000_000
+    chunk = b"0," * 500_000
+    chunks = [b'{"inputs": ['] + [chunk] * (size // len(chunk)) + [b"0]}"]
+    length = sum(len(c) for c in chunks)
+    status, body = _raw_post(server, chunks, length if declared else None)
+    assert status == 413
+    assert body["error_code"] == "REQUEST_TOO_LARGE"
+    assert f"over the limit of {LIMIT} bytes" in body["message"] and "\n" not in body["message"]
+    assert requests.get(f"{server}/health", timeout=30).status_code == 200
+    resp, nbytes = _post(server, {"inputs": voc_sized_image()[:40, :56].tolist(),
+                                  "params": {"crf": False}})
+    assert resp.status_code == 200 and nbytes < LIMIT

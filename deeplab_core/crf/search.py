@@ -317,3 +317,21 @@ class _CoarseToFine:
     def summary(self) -> dict:
         return _summary(self.best(), self.full, self.screen_rows, self.spent, self.n,
                         self.baseline, self.objective, self.budget, self.k)
+
+
+def crf_decision(result: dict) -> dict:
+    """Whether the CRF earns its place: the best config must beat the no-CRF baseline (the
+    network's argmax) on the search's objective over the CV images; a tie keeps the simpler model.
+
+    Returns {"crf_chosen": bool, "cv_gain": best - baseline on the objective, "reason": one
+    line saying which was chosen and why}."""
+    objective = result["objective"]
+    best, base = result["best"][objective], result[f"baseline_{objective}"]
+    gain = best - base
+    chosen = gain > 0
+    n = result.get("n_images")
+    verdict = "CRF applied" if chosen else "no CRF"
+    comparison = ("beat" if chosen else "did not beat")
+    reason = (f"{verdict}: the best CRF {comparison} the network alone on the {n} CV images "
+              f"({objective} {100 * best:.2f} % vs {100 * base:.2f} %, {100 * gain:+.2f} points)")
+    return {"crf_chosen": chosen, "cv_gain": gain, "reason": reason}

@@ -112,21 +112,24 @@ def _items(dataset, indices: range, num_workers: int, device: torch.device):
 
 
 def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
-             scales: Iterable[float] = (1.0,), flip: bool = False,
+             protocol: InferenceProtocol | None = None,
              trimap_widths: Iterable[int] = (), crf_params: CRFParams | None = None,
              crf_workers: int = 1, class_names: tuple[str, ...] | None = None,
              on_prediction: Callable[[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
-             | None = None, progress: bool = True, num_workers: int = 0,
-             autocast: torch.dtype | None = None) -> dict:
+             | None = None, progress: bool = True, num_workers: int = 0) -> dict:
     """Evaluate over `dataset` (items: dict with 'image' 3xHxW normalised, 'label' HxW, 'id',
     'raw_image' uint8 HxWx3). Returns {'plain': report, 'crf': report or None, 'n_images': int}.
+
+    The network's probabilities come from ``protocol`` (scales, flip, tiles, precision; its
+    output stride is set on the model; None: single scale, as trained, whole images). 'plain' scores their
+    argmax, 'crf' the dense CRF with ``crf_params`` on them (None: no CRF report), whatever CRF
+    the protocol itself holds: the caller picks which of the two is the model as served.
 
     `on_prediction(id, raw_image, probs_chw, pred_hw, label_hw)` is called for each image (e.g. to
     cache probabilities for the CRF search or to draw example figures). Under torchrun each
     process evaluates every world_size-th image and the confusion matrices are summed over all
     processes (on_prediction sees this process's images only). `num_workers` > 0 reads the
-    images in DataLoader workers (pinned memory on CUDA), ahead of the network; `autocast` as in
-    `predict_probs`.
+    images in DataLoader workers (pinned memory on CUDA), ahead of the network.
     """
     if crf_params is not None:
         from deeplab_core.crf.densecrf import check_optional_params
@@ -134,6 +137,8 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
     widths = tuple(int(w) for w in trimap_widths)
     plain = EvalAccumulator(num_classes, widths)
     crf_acc = EvalAccumulator(num_classes, widths) if crf_params is not None else None
+    if protocol is not None:
+        protocol.prepare(model)
     model.to(device).eval()
     pool = None
     threads = torch.get_num_threads()
@@ -159,7 +164,8 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
             x = item["image"].unsqueeze(0).to(device, non_blocking=True)
             label = item["label"].numpy() if torch.is_tensor(item["label"]) else item["label"]
             raw = np.ascontiguousarray(np.asarray(item["raw_image"], dtype=np.uint8))
-            probs = predict_probs(model, x, scales, flip, autocast)[0].cpu().numpy()
+            probs = (protocol.probabilities(model, x) if protocol is not None
+                     else predict_probs(model, x))[0].cpu().numpy()
             pred = probs.argmax(0).astype(np.uint8)
             plain.add(pred, label)
             if on_prediction is not None:
@@ -184,11 +190,15 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
 
 def split_cv(ids: list[str], n_cv: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """Split val ids into a CRF cross-validation subset of n_cv images and the held-out rest
-    (deterministic for a seed); the final metrics are reported on the held-out rest."""
+    (deterministic for a seed); the final metrics are reported on the held-out rest. A val set
+    with no image left over for the held-out rest is a ValueError naming both counts."""
     if len(ids) < 2:
         raise ValueError(f"need at least 2 val images to hold some out for the CRF search, got "
                          f"{len(ids)}")
-    n_cv = min(n_cv, len(ids) - 1)
+    if n_cv > len(ids) - 1:
+        raise ValueError(f"crf_search.cv_images = {n_cv} but val has {len(ids)} images: expected "
+                         f"at most {len(ids) - 1}, so that images are left for the held-out "
+                         f"scores (lower crf_search.cv_images or add val images)")
     order = np.random.default_rng(seed).permutation(len(ids))
     cv = sorted(ids[i] for i in order[:n_cv])
     rest = sorted(ids[i] for i in order[n_cv:])

@@ -9,56 +9,39 @@ reset when the model, the CV images or the inference setting change)."""
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 from prefect import flow, task
 
 from deeplab_core.crf.cache import cache_is_current, probability_cache_files
 from deeplab_core.crf.evaluator import sort_journal
+from deeplab_core.crf.search import crf_decision
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import split_cv
 from deeplab_core.engine.probability_cache import build_probability_cache
+from deeplab_core.engine.protocol import InferenceProtocol
 from deeplab_core.runtime import pool_workers, resolve_device
 from pipelines import tracking
-from pipelines.common import get_params, run_stage, update_with_file
+from pipelines.common import StageError, file_md5, get_params, run_stage
 from pipelines.stages.shared import atomic_dir, require_inputs, write_json
-from pipelines.stages.eval_data import eval_dataset, read_list_ids
+from pipelines.stages.eval_data import eval_dataset, read_list_ids, stage_protocol
 from pipelines.paths import StagePaths
-
-
-def file_md5(path: Path) -> str:
-    return update_with_file(hashlib.md5(), path).hexdigest()
-
-
-def cache_inference(params) -> dict:
-    """The inference setting of the cached probabilities: evaluate's scales and flip and the
-    model's evaluation output stride (dvc.yaml lists these params as deps of crf_search)."""
-    return {"scales": [float(s) for s in params.evaluate.scales],
-            "flip": bool(params.evaluate.flip),
-            "eval_output_stride": params.model.eval_output_stride}
 
 
 @task
 @tracking.work("compute")
 def build_cache(model_path: Path, val_list: Path, cv_ids: list[str], cache_dir: Path,
-                device_name: str, inference: dict) -> list[Path]:
+                device_name: str, protocol: InferenceProtocol) -> list[Path]:
     """One npz per CV image (raw image, softmax probabilities, label), built once per model and
-    inference setting. `inference` ({"scales", "flip", "eval_output_stride"}) is the setting the
-    evaluate stage applies the CRF to, so the parameters are searched on the same probabilities."""
-    eval_output_stride = inference["eval_output_stride"]
-    key = {"model_md5": file_md5(model_path), "cv_ids": cv_ids, "eval_os": eval_output_stride,
-           "scales": inference["scales"], "flip": inference["flip"]}
+    protocol: the one the evaluate stage applies the CRF under (params.yaml's ``inference``
+    section), so the parameters are searched on the same probabilities."""
+    key = {"model_md5": file_md5(model_path), "cv_ids": cv_ids, "protocol": protocol.to_dict()}
     if cache_is_current(cache_dir, key, cv_ids):
         print(f"probability cache up to date ({len(cv_ids)} images)")
         return probability_cache_files(cache_dir, cv_ids)
     model, _ = load_checkpoint(model_path)
-    if eval_output_stride:
-        from deeplab_core.models import set_output_stride
-        set_output_stride(model, eval_output_stride)
     return build_probability_cache(model, eval_dataset(val_list, cv_ids), cache_dir, key,
-                                   resolve_device(device_name), inference["scales"],
-                                   inference["flip"])
+                                   resolve_device(device_name), protocol)
 
 
 @task
@@ -81,11 +64,22 @@ def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: i
     return result
 
 
-def write_table(path: Path, rows: list[dict], screen_rows: list[dict]) -> None:
-    """Every config the search scored: those on all CV images first (best first), then those
-    scored only on the screening images, with ``estimate`` (their objective estimated for all
-    images; best first). ``n_images`` tells which is which."""
+def baseline_row(result: dict) -> dict:
+    """The no-CRF outcome of the search as a table row (crf "none")."""
+    return {"crf": "none", "miou": result["baseline_miou"], "miou_gt": result["baseline_miou_gt"],
+            "pixel_acc": result["baseline_pixel_acc"], "n_images": result["n_images"]}
+
+
+def write_table(path: Path, rows: list[dict], screen_rows: list[dict],
+                baseline: dict | None = None, objective: str = "miou_gt") -> None:
+    """Every outcome the search scored: the CRF configs on all CV images and the no-CRF baseline
+    (``crf`` "none") first, best first, then the configs scored only on the screening images,
+    with ``estimate`` (their objective estimated for all images; best first). ``n_images``
+    tells which is which."""
     screen = sorted(screen_rows, key=lambda r: -r["estimate"])
+    if baseline is not None:
+        rows = sorted([{"crf": "dense", **r} for r in rows] + [baseline],
+                      key=lambda r: -r[objective])
     fields = list(dict.fromkeys(k for r in rows + screen for k in r))
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", restval="")
@@ -152,9 +146,12 @@ def save_figures(out: Path, result: dict, rows: list[dict], cfg, n_cv: int) -> N
 
 
 def best_params_record(result: dict, best_params: dict, cv_ids: list[str], cfg) -> dict:
-    """best_params.json: the chosen CRF parameters and how they scored on the CV images."""
+    """best_params.json: the best CRF parameters, how they scored on the CV images against no
+    CRF, and whether the CRF earned its place (``crf_chosen``: it beat no CRF on the objective;
+    evaluate and register apply it only then)."""
     best = result["best"]
-    return {"params": best_params, "cv_miou": best["miou"], "cv_miou_gt": best["miou_gt"],
+    return {"params": best_params, **crf_decision(result),
+            "cv_miou": best["miou"], "cv_miou_gt": best["miou_gt"],
             "cv_miou_without_crf": result["baseline_miou"],
             "cv_miou_gt_without_crf": result["baseline_miou_gt"], "objective": result["objective"],
             "cv_images": cv_ids, "strategy": cfg.strategy, "crf_runs": result["crf_runs"]}
@@ -162,13 +159,15 @@ def best_params_record(result: dict, best_params: dict, cv_ids: list[str], cfg) 
 
 def summary_metrics(result: dict, best_params: dict, n_cv: int, n_configs: int) -> dict:
     """metrics/crf_search.json: the search's size, the best CV scores with and without the CRF,
-    and the best parameters."""
+    whether the CRF was chosen (its gain on the search's objective) and the best parameters."""
     best = result["best"]
+    decision = crf_decision(result)
     return {"cv_images": n_cv, "configs_evaluated": n_configs,
             "crf_runs": result.get("crf_runs"), "cv_miou_crf": best["miou"],
-            "cv_miou_plain": result["baseline_miou"],
-            "cv_gain": best["miou"] - result["baseline_miou"],
-            "cv_miou_gt_crf": best["miou_gt"], "cv_miou_gt_plain": result["baseline_miou_gt"],
+            "cv_miou_no_crf": result["baseline_miou"],
+            "cv_miou_gain": best["miou"] - result["baseline_miou"],
+            "crf_chosen": decision["crf_chosen"], "cv_objective_gain": decision["cv_gain"],
+            "cv_miou_gt_crf": best["miou_gt"], "cv_miou_gt_no_crf": result["baseline_miou_gt"],
             **{f"best_{k}": v for k, v in best_params.items()}}
 
 
@@ -182,11 +181,15 @@ def crf_search_flow() -> dict:
     model_path = p.model_file("finetune")
     require_inputs("crf_search", model_path)
     val_list = p.prepared_list("val")
-    cv_ids, _ = split_cv(read_list_ids(val_list), cfg.cv_images, params.base.seed)
-    inference = cache_inference(params)
-    with tracking.stage_run("crf_search", {"crf_search": cfg.model_dump(), "inference": inference}):
+    try:
+        cv_ids, _ = split_cv(read_list_ids(val_list), cfg.cv_images, params.base.seed)
+    except ValueError as err:
+        raise StageError(f"{val_list}: {err}") from None
+    protocol, _, _ = stage_protocol(params)
+    with tracking.stage_run("crf_search", {"crf_search": cfg.model_dump(),
+                                           "inference": protocol.to_dict()}):
         files = build_cache(model_path, val_list, cv_ids, p.crf_cache, params.base.device,
-                            inference)
+                            protocol)
         result = search(files, cfg, params.base.num_classes, p.crf_cache / "results.jsonl",
                         params.base.seed)
         best_params = CRFParams.from_row(result["best"]).to_dict()
@@ -194,13 +197,15 @@ def crf_search_flow() -> dict:
         with atomic_dir(p.crf_search) as tmp:
             write_json(tmp / p.best_params.name,
                        best_params_record(result, best_params, cv_ids, cfg))
-            write_table(tmp / "table.csv", rows, result.get("screen_rows", []))
+            write_table(tmp / "table.csv", rows, result.get("screen_rows", []),
+                        baseline_row(result), result["objective"])
             save_figures(tmp, result, rows, cfg, len(cv_ids))
         metrics = summary_metrics(result, best_params, len(cv_ids), len(rows))
         tracking.publish_metrics(p.metrics_file("crf_search"), metrics,
                                  artifacts=[p.crf_search], artifact_path="crf_search")
     print(f"crf_search: best {best_params} cv mIoU {result['best']['miou']:.4f} "
-          f"(no CRF {result['baseline_miou']:.4f}), {len(rows)} configs")
+          f"(no CRF {result['baseline_miou']:.4f}), {len(rows)} configs; "
+          f"{crf_decision(result)['reason']}")
     return metrics
 
 

@@ -88,16 +88,19 @@ init_model = task(make_model, name="init_model")
 @task
 @tracking.work("compute")
 def fit(model, dataset, cfg: TrainConfig, params: Params, ckpt_path: Path, stage: str):
-    return _fit(model, dataset, cfg, params, ckpt_path, stage,
-                log_metrics=tracking.metric_logger(f"{stage}_"))
+    return fit_model(model, dataset, cfg, params, ckpt_path, stage,
+                     log_metrics=tracking.metric_logger(f"{stage}_"))
 
 
-def _fit(model, dataset, cfg: TrainConfig, params: Params, ckpt_path: Path, stage: str,
-         log_metrics=None, progress: bool = True):
+def fit_model(model, dataset, cfg: TrainConfig, params: Params, ckpt_path: Path | None,
+              stage: str, log_metrics=None, progress: bool = True, run_key: str | None = None):
+    """Train ``model`` as the stages do: base.torch_threads and base.device, the seed, the
+    resume key (``run_key``; default: the DVC inputs hash of ``stage``) and checkpoint."""
     if params.base.torch_threads:
         torch.set_num_threads(params.base.torch_threads)
     device = resolve_device(params.base.device)
-    return train(model, dataset, cfg, device, **train_options(params, stage_inputs_hash(stage)),
+    key = stage_inputs_hash(stage) if run_key is None else run_key
+    return train(model, dataset, cfg, device, **train_options(params, key),
                  checkpoint_path=ckpt_path, log_metrics=log_metrics, progress=progress)
 
 
@@ -152,7 +155,8 @@ def train_worker(stage: str, params: Params, inputs: TrainingInputs) -> None:
         return
     model, _ = make_model(params, inputs.init_checkpoint)
     ds = load_dataset(inputs.list_file, cfg, inputs.repeat_ids, inputs.extra_lists)
-    _fit(model, ds, cfg, params, StagePaths.of(params).checkpoint(stage), stage, progress=False)
+    fit_model(model, ds, cfg, params, StagePaths.of(params).checkpoint(stage), stage,
+              progress=False)
 
 
 def _requested_nproc() -> int:

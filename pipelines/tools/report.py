@@ -1,5 +1,6 @@
-"""Print the results table of the last pipeline run: the metrics before/after CRF, per class, and
-within the boundary trimap bands."""
+"""Print the results table of the last pipeline run: the model as served (its inference protocol,
+with the CRF when it earned its place) next to the network alone and with the searched CRF, per
+class, and within the boundary trimap bands."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ def _pct(v) -> str:
     return "   -  " if v is None else f"{100 * v:6.2f}"
 
 
-def _row(label: str, plain, crf) -> str:
-    return f"{label:24s}{_pct(plain):>9s}{_pct(crf):>9s}"
+def _row(label: str, served, plain, crf) -> str:
+    return f"{label:24s}{_pct(served):>10s}{_pct(plain):>9s}{_pct(crf):>9s}"
 
 
 # (label, evaluate.json key) of the headline table, in print order.
@@ -32,7 +33,7 @@ def per_class_table(rows: list[dict]) -> list[str]:
     lines = [f"  {'class':16s}" + "".join(f"{h:^15s}" for h in ("IoU", "precision", "recall",
                                                                  "F1"))]
     for r in rows:
-        cells = "".join(f"{_pct(r[k]).strip():>7s}|{_pct(r[k + '_crf']).strip():<7s}"
+        cells = "".join(f"{_pct(r[k + '_no_crf']).strip():>7s}|{_pct(r[k + '_crf']).strip():<7s}"
                         for k in ("iou", "precision", "recall", "f1"))
         lines.append(f"  {r['class'][:16]:16s}{cells}")
     return lines
@@ -41,8 +42,9 @@ def per_class_table(rows: list[dict]) -> list[str]:
 def trimap_table(rows: list[dict]) -> list[str]:
     lines = [f"  {'band (px)':>9s}{'mIoU':>9s}{'+ CRF':>9s}{'acc':>9s}{'+ CRF':>9s}"]
     for r in rows:
-        lines.append(f"  {r['band_width']:>9d}{_pct(r['miou']):>9s}{_pct(r.get('miou_crf')):>9s}"
-                     f"{_pct(r['pixel_acc']):>9s}{_pct(r.get('pixel_acc_crf')):>9s}")
+        lines.append(f"  {r['band_width']:>9d}{_pct(r['miou_no_crf']):>9s}"
+                     f"{_pct(r.get('miou_crf')):>9s}{_pct(r['pixel_acc_no_crf']):>9s}"
+                     f"{_pct(r.get('pixel_acc_crf')):>9s}")
     return lines
 
 
@@ -52,13 +54,18 @@ def format_report(d: Path) -> str:
     rows = json.loads(p.per_class.read_text())
     s = m["eval_settings"]
     lines = [f"Results on {m['eval_set']}, {m['n_images']} images (scales {s['scales']}, "
-             f"flip {s['flip']}, eval output stride {s['eval_output_stride'] or 'as trained'})",
-             "", f"{'':24s}{'DeepLab':>9s}{'+ CRF':>9s}"]
-    lines += [_row(label, m[k], m.get(f"{k}_crf")) for label, k in HEADLINE_ROWS]
-    lines += [_row("mIoU whole val (%)", m["val_full"]["miou"], m["val_full"].get("miou_crf")),
-              _row("mIoU CRF-CV subset (%)", m["crf_cv_subset"]["miou"],
-                   m["crf_cv_subset"].get("miou_crf")),
-              "", "per class (%), DeepLab|+ CRF:"]
+             f"flip {s['flip']}, eval output stride {s['output_stride'] or 'as trained'})",
+             f"As served: {'with' if m.get('crf_applied') else 'without'} the CRF. "
+             f"{m.get('crf_decision', '')}",
+             "", f"{'':24s}{'as served':>10s}{'no CRF':>9s}{'+ CRF':>9s}"]
+
+    def row(label, d, k):
+        return _row(label, d[k], d.get(f"{k}_no_crf", d[k]), d.get(f"{k}_crf"))
+
+    lines += [row(label, m, k) for label, k in HEADLINE_ROWS]
+    lines += [row("mIoU whole val (%)", m["val_full"], "miou"),
+              row("mIoU CRF-CV subset (%)", m["crf_cv_subset"], "miou"),
+              "", "per class (%), no CRF|+ CRF:"]
     lines += per_class_table(rows)
     trimap = p.trimap_json
     if trimap.is_file():

@@ -1,6 +1,6 @@
-"""The served model: an MLflow pyfunc wrapping the checkpoint, the CRF parameters chosen by the
-search, and the library code, so `mlflow.pyfunc.load_model("models:/deeplab@champion")` (or
-`mlflow models serve`) segments raw RGB images into VOC label masks.
+"""The served model's request and response codec: images in (JSON arrays, base64 PNG/JPEG), masks
+out (arrays or base64 palette PNGs), the request params, and the size limit that refuses an
+oversized request body before anything reads or parses it.
 
 Input (`model_input`, or `"inputs"` of a served request):
   * one image: a uint8 HxWx3 array, or in JSON its nested lists `[[[r, g, b], ...], ...]` of
@@ -11,44 +11,29 @@ Input (`model_input`, or `"inputs"` of a served request):
 Output: one uint8 HxW mask per image (JSON: nested lists), in the input's arrangement (one image
 gives one mask, a list gives a list, an NxHxWx3 array an NxHxW array); with the param
 `mask_format="png"` each mask is instead the base64 of a palette PNG (the dataset's colours) whose pixel
-values are the class indices. Param `crf` (default true) switches the CRF.
+values are the class indices. Param `crf` (true/false) overrides the model's inference protocol,
+which decides by default.
 
 Bad input raises `ServingError`, a one-line message naming what was got and what is expected; the
-scoring server answers it with status 400 and a JSON body holding only that message. A failure
-inside the network or the CRF is answered 500 with one line too (the traceback goes to the
-server's log). Images over MAX_PIXELS are refused. A param of the wrong type (`"crf": "no"`) is
-refused by MLflow itself before the model runs; that 400 message repeats the request data.
-
-The signature declares the contract (uint8 (-1, -1, 3) -> uint8 (-1, -1), params `crf` and
-`mask_format`), and the model checks its input itself. MLflow's own enforcement of that signature
-is off (the signature is stored as one MLflow does not enforce, as for type-hinted models): with
-it, MLflow 3 refuses lists of images in process, its scoring server casts JSON floats to uint8
-without a word (a [0, 1] float image becomes all zeros), and its errors repeat the request data.
+scoring server answers it with status 400 and a JSON body holding only that message. Images over
+MAX_PIXELS are refused. A request body over the limit (`DEEPLAB_SERVE_MAX_REQUEST_BYTES`, default
+MAX_REQUEST_BYTES) is answered 413 by `RequestSizeLimit` before it is read: by its Content-Length,
+or while it streams in, so the server never holds more than the limit of it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import io
 import json
-import logging
 import os
-import sys
 import warnings
-from pathlib import Path
-from typing import Iterator
 
-import mlflow.pyfunc
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from pipelines.common import REPO
-
-SERVING_REQUIREMENTS = ["torch==2.13.0", "numpy", "scipy", "pillow", "pydensecrf2==1.1", "pydantic>=2",
-                        "pyyaml", "mlflow>=3,<4"]
 B64_KEY = "image_b64"
 MASK_FORMATS = ("array", "png")
 # Larger images are refused (resize them first): CPU memory for the class probabilities and the
@@ -57,7 +42,10 @@ MAX_PIXELS = 2048 * 2048
 IMAGE_FORMATS = ("PNG", "JPEG")
 EXPECTED = "a uint8 RGB image of shape HxWx3 (values 0..255)"
 
-_logger = logging.getLogger(__name__)
+# Request bodies above this many bytes are refused unread (DEEPLAB_SERVE_MAX_REQUEST_BYTES
+# replaces it): a 1000x1000 image as a JSON array is about 12 MB, as base64 PNG/JPEG far less.
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_REQUEST_BYTES_ENV = "DEEPLAB_SERVE_MAX_REQUEST_BYTES"
 
 
 class ServingError(MlflowException):
@@ -247,97 +235,96 @@ def parse_input(model_input) -> tuple[list[np.ndarray], str]:
                        f"them, or {{\"{B64_KEY}\": [...]}}")
 
 
-def _params(params: dict | None) -> tuple[bool, str]:
+def parse_params(params: dict | None) -> tuple[bool | None, str]:
+    """(crf: True/False as asked, None when not given; mask_format)."""
     params = params or {}
-    use_crf, mask_format = params.get("crf", True), params.get("mask_format", "array")
-    if not isinstance(use_crf, (bool, np.bool_)):
+    use_crf, mask_format = params.get("crf"), params.get("mask_format", "array")
+    if use_crf is not None and not isinstance(use_crf, (bool, np.bool_)):
         raise ServingError(f"params.crf: got {type(use_crf).__name__}; expected true or false")
     if mask_format not in MASK_FORMATS:
         raise ServingError(f"params.mask_format: got {str(mask_format)[:20]!r}; expected one of "
                            f"{list(MASK_FORMATS)}")
-    return bool(use_crf), mask_format
+    return (None if use_crf is None else bool(use_crf)), mask_format
 
 
-# ----------------------------------------------------------------------------- model
-class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
-    def load_context(self, context) -> None:
-        from deeplab_core.engine.infer import Segmenter
-
-        self.segmenter = Segmenter.from_files(context.artifacts["checkpoint"],
-                                              context.artifacts.get("crf_params"))
-        self.palette = None
-        if context.artifacts.get("classes"):
-            from deeplab_core.classes import load_class_list
-
-            self.palette = load_class_list(context.artifacts["classes"]).full_palette()
-
-    def predict(self, context, model_input, params=None):
-        use_crf, mask_format = _params(params)
-        images, arrangement = parse_input(model_input)  # every image is checked before any work
-        try:
-            masks = [self.segmenter(im, use_crf=use_crf) for im in images]
-        except Exception as exc:
-            _logger.exception("segmentation failed")
-            first = (str(exc).splitlines() or [""])[0][:200]
-            raise ServingError(f"segmentation failed: {type(exc).__name__}: {first}",
-                               error_code=INTERNAL_ERROR) from exc
-        if mask_format == "png":
-            masks = [encode_mask_png_b64(m, getattr(self, "palette", None)) for m in masks]
-        if arrangement == "one":
-            return masks[0]
-        if arrangement == "stack" and mask_format == "array":
-            return np.stack(masks)
-        return masks
+def arrange(masks: list[np.ndarray], arrangement: str, mask_format: str,
+            palette: np.ndarray | None = None):
+    """The response: the masks (or their base64 PNGs, coloured with ``palette``: the dataset's,
+    (256, 3) uint8; None: VOC's) in the request's arrangement."""
+    if mask_format == "png":
+        masks = [encode_mask_png_b64(m, palette) for m in masks]
+    if arrangement == "one":
+        return masks[0]
+    if arrangement == "stack" and mask_format == "array":
+        return np.stack(masks)
+    return masks
 
 
-def model_signature():
-    """uint8 (-1, -1, 3) image -> uint8 (-1, -1) mask, params crf and mask_format; stored as a
-    signature MLflow does not enforce (the model checks its input; see the module docstring)."""
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
-
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
-        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]),
-        params=ParamSchema([ParamSpec("crf", "boolean", True),
-                            ParamSpec("mask_format", "string", MASK_FORMATS[0])]))
-    signature._is_signature_from_type_hint = True
-    return signature
-
-
-def log_pyfunc_model(checkpoint: Path, crf_params: Path | None, registered_name: str | None,
-                     classes: Path | None = None):
-    """Log the pyfunc model in the active run (with the dataset's ``classes`` list, whose palette
-    colours the PNG masks); returns the ModelInfo."""
-    artifacts = {"checkpoint": str(checkpoint)}
-    if crf_params is not None:
-        artifacts["crf_params"] = str(crf_params)
-    if classes is not None:
-        artifacts["classes"] = str(classes)
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=DeepLabPyfunc(), artifacts=artifacts,
-        code_paths=[str(REPO / "deeplab_core"), str(REPO / "pipelines")],
-        registered_model_name=registered_name, signature=model_signature(),
-        pip_requirements=SERVING_REQUIREMENTS,
-    )
+# ----------------------------------------------------------------------------- size limit
+def max_request_bytes() -> int:
+    """The request body limit: DEEPLAB_SERVE_MAX_REQUEST_BYTES, else MAX_REQUEST_BYTES."""
+    raw = os.environ.get(MAX_REQUEST_BYTES_ENV)
+    if raw is None or not raw.strip():
+        return MAX_REQUEST_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{MAX_REQUEST_BYTES_ENV} = {raw!r}: expected a positive number of bytes")
+    return value
 
 
-# ----------------------------------------------------------------------------- local server
-@contextlib.contextmanager
-def mlflow_serve(model_uri: str, cwd: Path, env: dict | None = None,
-                 start_timeout_s: float = 300.0, log_path: Path | None = None) -> Iterator[str]:
-    """Run `mlflow models serve --env-manager local` for `model_uri` on a free 127.0.0.1 port
-    from `cwd` (the project root, for the project's store), yield its base URL once `/health`
-    answers, and stop it (its whole process group) on exit."""
-    from pipelines.ops.procs import background_service, free_port
+class RequestSizeLimit:
+    """ASGI middleware: a POST whose body is over ``max_bytes`` is answered 413 with a one-line
+    JSON message before the application sees it. A declared Content-Length over the limit is
+    refused without reading a byte; a body without one (chunked) is read up to the limit and
+    refused as soon as it goes over, so at most ``max_bytes`` of it is ever held."""
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    bin_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ if env is None else env)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    cmd = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager",
-           "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
-    log_path = Path(log_path or Path(cwd) / "mlflow_serve.log")
-    with background_service(cmd, f"{url}/health", log_path, start_timeout_s, cwd=cwd, env=env):
-        yield url
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = int(max_bytes)
+
+    async def _refuse(self, send, got: str) -> None:
+        body = json.dumps({"error_code": "REQUEST_TOO_LARGE",
+                           "message": f"request body of {got} is over the limit of "
+                                      f"{self.max_bytes} bytes; send a smaller image (base64 "
+                                      f"PNG/JPEG is far smaller than a JSON array) or fewer "
+                                      f"images per request"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.strip().isdigit():
+            if int(length) > self.max_bytes:
+                return await self._refuse(send, f"{int(length)} bytes")
+            return await self.app(scope, receive, send)
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                return await self._refuse(send, f"more than {total} bytes")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
