@@ -71,27 +71,12 @@ def json_array_rows(side: int):
 
 def post_stream(port: int, chunks, length: int | None) -> tuple[int, str, float]:
     """POST the chunks (with Content-Length `length`, or chunked when None); (status, body,
-    seconds). The server may answer and close before the whole body is sent."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    seconds)."""
+    from pipelines.ops.serving.serve import post_streamed
+
     t0 = time.perf_counter()
-    conn.putrequest("POST", "/invocations")
-    conn.putheader("Content-Type", "application/json")
-    if length is None:
-        conn.putheader("Transfer-Encoding", "chunked")
-    else:
-        conn.putheader("Content-Length", str(length))
-    conn.endheaders()
-    try:
-        for c in chunks:
-            conn.send(c if length is not None else b"%x\r\n%s\r\n" % (len(c), c))
-        if length is None:
-            conn.send(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # answered and closed early: the response is waiting
-    resp = conn.getresponse()
-    body = resp.read().decode(errors="replace")
-    conn.close()
-    return resp.status, body, time.perf_counter() - t0
+    status, body = post_streamed(f"http://127.0.0.1:{port}", chunks, length)
+    return status, body.decode(errors="replace"), time.perf_counter() - t0
 
 
 def body_of(nbytes: int):

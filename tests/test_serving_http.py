@@ -169,28 +169,10 @@ def test_http_bad_image_is_400_with_one_line_and_no_echo(server, make, got):
 
 
 def _raw_post(url: str, chunks, length: int | None) -> tuple[int, dict]:
-    """POST `chunks` with a Content-Length of `length`, or chunked when None; the server may
-    answer and close before the body is all sent."""
-    import http.client
+    from pipelines.ops.serving.serve import post_streamed
 
-    host, port = url.split("//")[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=120)
-    conn.putrequest("POST", "/invocations")
-    conn.putheader("Content-Type", "application/json")
-    conn.putheader(*(("Content-Length", str(length)) if length is not None
-                     else ("Transfer-Encoding", "chunked")))
-    conn.endheaders()
-    try:
-        for c in chunks:
-            conn.send(c if length is not None else b"%x\r\n%s\r\n" % (len(c), c))
-        if length is None:
-            conn.send(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    resp = conn.getresponse()
-    status, body = resp.status, json.loads(resp.read())
-    conn.close()
-    return status, body
+    status, body = post_streamed(url, chunks, length, timeout=120)
+    return status, json.loads(body)
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])

@@ -27,3 +27,32 @@ def mlflow_serve(model_uri: str, cwd: Path, env: dict | None = None,
     log_path = Path(log_path or Path(cwd) / "mlflow_serve.log")
     with background_service(cmd, f"{url}/health", log_path, start_timeout_s, cwd=cwd, env=env):
         yield url
+
+
+def post_streamed(url: str, chunks, length: int | None, timeout: float = 600) -> tuple[int, bytes]:
+    """POST ``chunks`` (bytes) to ``url``/invocations with a Content-Length of ``length``, or
+    chunked when None; (status, body). The server may answer and close before the whole body is
+    sent (a body over the size limit): the answer is read all the same."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.putrequest("POST", "/invocations")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader(*(("Content-Length", str(length)) if length is not None
+                         else ("Transfer-Encoding", "chunked")))
+        conn.endheaders()
+        try:
+            for c in chunks:
+                conn.send(c if length is not None else b"%x\r\n%s\r\n" % (len(c), c))
+            if length is None:
+                conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered and closed early: the response is waiting
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
