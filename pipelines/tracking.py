@@ -4,7 +4,9 @@ Store: `mlflow.db` (sqlite) at the project root, which is where MLflow's own com
 default, so `mlflow ui` or `mlflow models serve -m models:/deeplab@champion` run from the project
 root need no `MLFLOW_TRACKING_URI`. Artifacts go to `mlruns/` and their locations are stored
 relative to the project root, so the store keeps working after the project directory is moved.
-`MLFLOW_TRACKING_URI` (and `DEEPLAB_ARTIFACT_ROOT`) point elsewhere when set.
+`MLFLOW_TRACKING_URI` (and `DEEPLAB_ARTIFACT_ROOT`) point elsewhere when set; an experiment created
+on another store (a tracking server) takes that store's default artifact location, e.g. the
+server's proxied `mlflow-artifacts:/`, so clients in any directory and on any machine resolve it.
 
 Lineage on every stage run: the git commit, DVC's own md5 of each dep (`dvc.dep.<path>`) and of
 each out the stage wrote (`dvc.out.<path>`), the md5 of its params values (`dvc.params_md5`), and,
@@ -64,8 +66,13 @@ def configure() -> "module":
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         art = os.environ.get("DEEPLAB_ARTIFACT_ROOT")
         try:
-            eid = mlflow.create_experiment(EXPERIMENT, artifact_location=art or ARTIFACTS)
-            if project_store() and not art:
+            # the project's own store: project-relative artifacts; any other store (a tracking
+            # server): its own default (proxied `mlflow-artifacts:/` for `mlflow server
+            # --artifacts-destination`), which every client resolves the same way
+            local = project_store() and not art
+            eid = mlflow.create_experiment(EXPERIMENT, artifact_location=art or (
+                ARTIFACTS if local else None))
+            if local:
                 _store_artifacts_relative(eid)
         except Exception:  # created concurrently by another stage
             pass
