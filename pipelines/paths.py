@@ -4,8 +4,8 @@ Stages take their paths from `StagePaths.of(params)`; `stage_io(stage)` lists ea
 stage's data deps, outs, metrics and plots from the same methods (relative to the project
 root, as dvc.yaml writes them), and tests/test_dvc_deps.py holds dvc.yaml to that list.
 
-`metrics/`, `plots/` and `register/` under the data directory are kept in git (.gitignore lets
-them through; dvc.yaml marks them `cache: false`), so every commit and every `dvc exp` holds its scores and
+`metrics/` and `plots/` under the data directory are kept in git (.gitignore lets them through;
+dvc.yaml marks them `cache: false`), so every commit and every `dvc exp` holds its scores and
 figures and `dvc exp show`, `dvc metrics diff` and `dvc plots diff` compare revisions. Only
 evaluate's scores are DVC `metrics` (what `dvc metrics show` prints); the other stages' metric
 files are bookkeeping (counts, timings, losses), plain outs in the same folder."""

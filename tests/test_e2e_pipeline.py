@@ -60,7 +60,7 @@ def project(tmp_path_factory, prefect_api_url):
     env = _clean_env()
     _git_project(root, env)
     first = _run([sys.executable, "-m", "pipelines.ops.repro"], root, env)
-    _run(GIT + ["add", "dvc.lock", "data/metrics", "data/plots", "data/register"], root, env)
+    _run(GIT + ["add", "dvc.lock", "data/metrics", "data/plots"], root, env)
     _run(GIT + ["commit", "-qm", "first run"], root, env)
     return root, dict(env, PREFECT_API_URL=prefect_api_url), first
 

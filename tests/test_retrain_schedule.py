@@ -203,7 +203,7 @@ def test_scheduled_deployment_worker_and_honest_reports(tmp_path):
         assert took < 60
 
         # a second clone elsewhere: `dvc pull` from the remote, then nothing to recompute
-        _run(GIT + ["add", "dvc.lock", "data/metrics", "data/plots", "data/register"], root, env)
+        _run(GIT + ["add", "dvc.lock", "data/metrics", "data/plots"], root, env)
         _run(GIT + ["commit", "-qm", "retrained"], root, env)
         clone = tmp_path / "elsewhere" / "clone"
         _run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
