@@ -30,7 +30,9 @@ from deeplab_core.fileio import atomic_write_json as write_json
 EXPERIMENT = os.environ.get("DEEPLAB_EXPERIMENT", "deeplab")
 STORE = PROJECT_HOME / "mlflow.db"  # a `dvc exp run --temp`/queued copy logs to its project's
 ARTIFACTS = "mlruns"  # relative to the project root
-# The experiment kind MLflow 3's UI reads to open an experiment on its training runs.
+# The experiment kind MLflow 3's UI reads to open an experiment on its training runs (from 3.1x
+# its GenAI / Model training switch decides instead: `#/experiments/<id>?workflowType=
+# machine_learning`, remembered by the browser once switched).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # Seconds of real work this process did, by kind: "compute" (training, CRF search, evaluation)
 # and "data" (generating, converting and validating the datasets); logged as <kind>_seconds.
