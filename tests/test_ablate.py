@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from deeplab_core.config import deep_merge
-from pipelines.tools import ablate, tracking
+from pipelines import tracking
+from pipelines.tools import ablate
 from pipelines.common import REPO
 
 
