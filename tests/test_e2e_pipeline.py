@@ -295,8 +295,10 @@ def test_dvc_experiments_compare_log_to_the_project_and_never_promote(project):
     assert "experiments never promote" in reg["reason"]
 
     # the workspace experiment's scores against the committed baseline
-    diff = _run(["dvc", "metrics", "diff", "HEAD", "--json"], root, env).stdout
-    assert "miou_crf" in json.loads(diff)["data/metrics/evaluate.json"]
+    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], root,
+                           env).stdout)["data/metrics/evaluate.json"]
+    assert set(diff["miou_crf"]) >= {"old", "new"}
+    assert diff["eval_set_md5"]["old"] != diff["eval_set_md5"]["new"]  # scales are in the set
     _back_to_baseline(root, env)
 
 
