@@ -127,10 +127,14 @@ def load_class_list(path, num_classes: int | None = None) -> ClassList:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"class list not found: {path} (written by the prepare stage)")
+    data = path.read_bytes()
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        at = getattr(exc, "start", None)  # a byte that is not UTF-8, else JSON's own line
+        line = data.count(b"\n", 0, at) + 1 if at is not None else exc.lineno
+        raise ValueError(f"{str(path)!r} (line {line}): {exc}; rule: a class list is UTF-8 "
+                         f"JSON") from None
     classes = parse_class_list(doc, repr(str(path)))
     if num_classes is not None and classes.num_classes != num_classes:
         raise ValueError(f"base.num_classes = {num_classes} but the class list {str(path)!r} "

@@ -7,7 +7,7 @@ names the key path, the value and what was expected (see `load_params`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,7 +39,9 @@ class BaseConfig(Strict):
     num_classes: int = Field(21, ge=2, le=255)
     data_dir: str = "data"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_workers: int = Field(0, ge=0, le=64)
+    num_workers: Annotated[int, Field(ge=0, le=64)] | Literal["auto"] = Field(
+        "auto", description="DataLoader workers of training and evaluation; auto: 0 on the CPU "
+        "(as before), on CUDA the cores per training process less one (1-8)")
     torch_threads: int = Field(0, ge=0, description="0 = torch default")
     nproc: int = Field(1, ge=1, le=64, description="training processes on this machine: "
                        "pretrain/finetune relaunch themselves under torchrun when > 1 (DDP)")
@@ -68,6 +70,8 @@ class PrepareConfig(Strict):
                                      "masks/, train.txt, val.txt (source: generic)")
     coco_min_area: float = Field(1000.0, ge=0.0, description="VOC-class pixels a COCO image "
                                  "needs to be kept for pretraining")
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        2, description="processes converting real-data labels; auto: every core but one")
 
     @model_validator(mode="after")
     def _roots(self) -> "PrepareConfig":
@@ -186,24 +190,38 @@ class TrainConfig(Strict):
     sync_batch_norm: bool = Field(True, description="SyncBatchNorm across processes under DDP "
                                   "on CUDA (batch_norm finetune)")
     accumulate_steps: int = Field(1, ge=1, description="micro-batches per optimizer step "
-                                  "(gradient accumulation); batch_size is split among them")
+                                  "(gradient accumulation) of each process; batch_size is split among processes x "
+                                  "micro-batches in shares differing by at most one sample "
+                                  "(fewer micro-batches when the batch is too small for them)")
+    deterministic: bool = Field(False, description="deterministic kernels (torch."
+                                "use_deterministic_algorithms, cuDNN deterministic, no "
+                                "benchmarking): a resumed CUDA run is then bit-exact; slower. "
+                                "false: cudnn.benchmark on CUDA")
     loss_at: Literal["input", "score_map"] = Field(
         "input", description="input: logits upsampled to the label size; score_map: logits at "
-        "the score-map resolution against nearest-downsampled labels (v1/v2)")
+        "the score-map resolution against the labels at the pixels the cells sit over (v1/v2: "
+        "stride * i, exact for the papers' stride * k + 1 crops)")
 
     @model_validator(mode="after")
     def _scales(self) -> "TrainConfig":
         if self.scale_min > self.scale_max:
             raise ValueError(f"scale_min {self.scale_min} > scale_max {self.scale_max}")
-        if self.batch_size % self.accumulate_steps:
-            raise ValueError(f"batch_size {self.batch_size} is not divisible by accumulate_steps "
-                             f"{self.accumulate_steps}")
+        if self.batch_size < self.accumulate_steps:
+            raise ValueError(f"batch_size {self.batch_size} is smaller than accumulate_steps "
+                             f"{self.accumulate_steps}: every micro-batch needs a sample")
         return self
 
 
 class FinetuneConfig(TrainConfig):
     init_from_pretrain: bool = True
     use_bootstrap: bool = True
+    init_checkpoint: str | None = Field(
+        None, description="a model.pt to start from instead of pretrain's (e.g. the model of "
+        "an earlier finetune run, copied aside: v3's second stage); DVC does not track this "
+        "file, so `dvc repro -f finetune` after replacing it")
+    include_val: bool = Field(
+        False, description="train on train_aug + val (trainval_aug), as v3's second stage for "
+        "the test server does; the val figures of evaluate are then not held out")
 
 
 class CRFSearchConfig(Strict):
@@ -215,7 +233,8 @@ class CRFSearchConfig(Strict):
     w2: float = Field(PAPER_W2, ge=0.0)
     sigma_gamma: float = Field(PAPER_SIGMA_GAMMA, gt=0.0)
     iterations: int = Field(PAPER_ITERATIONS, ge=1, le=100)
-    workers: int = Field(2, ge=1, le=64)
+    workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        2, description="CRF worker processes; auto: every core but one")
     objective: Literal["miou_gt", "miou"] = Field(
         "miou_gt", description="rank configs by mIoU over the classes with CV ground truth "
         "(miou_gt) or over every class seen in ground truth or prediction (miou)")
@@ -237,7 +256,11 @@ class EvaluateConfig(Strict):
     flip: bool = False
     trimap_widths: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 20, 30, 40)
     crf: bool = True
-    crf_workers: int = Field(2, ge=1, le=64)
+    crf_workers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        2, description="CRF worker processes; auto: every core but one")
+    amp: bool = Field(False, description="autocast the network's forward pass in evaluation "
+                      "(bf16 where supported, else fp16 on CUDA; bf16 on CPU); off by default: "
+                      "not yet measured to leave the reported numbers unchanged")
     n_example_figures: int = Field(6, ge=0)
 
 
@@ -283,9 +306,15 @@ class Params(Strict):
         return self
 
 
+_UNION_MEMBERS = ("constrained-int", "int", "float", "str", "bool")
+
+
 def _error_path(loc: tuple, raw: dict) -> str:
     """The key path of an error as the user wrote it: a key of a training section that came from
-    the shared `train` section is named there."""
+    the shared `train` section is named there; the union member pydantic tried (e.g.
+    `literal['auto']`) is left out."""
+    loc = tuple(p for p in loc if not (isinstance(p, str) and
+                                       (p in _UNION_MEMBERS or p.startswith("literal["))))
     path = ".".join(str(p) for p in loc) or "<root>"
     if len(loc) > 1 and loc[0] in TRAIN_SECTIONS:
         own, shared = raw.get(loc[0]), raw.get(SHARED_TRAIN)

@@ -28,6 +28,33 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def json_error(path: PathLike, data: bytes) -> tuple[str, int] | None:
+    """(problem, line) of JSON file bytes that are not UTF-8 JSON, None when they are. The
+    problem names the offending byte or JSON's complaint, with its column."""
+    try:
+        json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return (f"byte 0x{data[exc.start:exc.start + 1].hex()} at column {col} is not UTF-8 "
+                f"({exc.reason})", line)
+    except json.JSONDecodeError as exc:
+        return f"{exc.msg} at column {exc.colno}", exc.lineno
+    return None
+
+
+def read_json(path: PathLike, what: str = "a JSON file"):
+    """The parsed JSON of ``path``; ValueError naming the file, the line, the problem and the
+    rule (``<what> is UTF-8 JSON``) when it is not UTF-8 JSON."""
+    data = Path(path).read_bytes()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        problem, line = json_error(path, data)
+        raise ValueError(f"{str(path)!r} (line {line}): {problem}; rule: {what} is UTF-8 "
+                         f"JSON") from None
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder + ``os.replace``)."""
     path = Path(path)

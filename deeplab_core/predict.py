@@ -1,5 +1,5 @@
 """Segment image files: find the inputs (a folder, a file or a glob), run a Segmenter on each and
-write a VOC-palette label PNG, a colour overlay and optionally the class probabilities per image.
+write a palette label PNG (VOC colours unless a dataset's palette is given), a colour overlay and optionally the class probabilities per image.
 An unreadable image is reported by name and the others are still processed."""
 
 from __future__ import annotations
@@ -69,11 +69,13 @@ class PredictSummary:
 
 
 def write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray,
-                  probs: np.ndarray | None) -> Path:
+                  probs: np.ndarray | None, palette: np.ndarray | None = None) -> Path:
     """<name>.png (palette label: pixel values are class ids), <name>_overlay.jpg and, when
-    `probs` is given, <name>_probs.npy (float16 C x H x W). Returns the label PNG's path."""
-    label_png = atomic_write_bytes(out_dir / f"{name}.png", encode_label_png(mask))
-    atomic_write_bytes(out_dir / f"{name}_overlay.jpg", encode_jpeg(overlay(image, mask)))
+    `probs` is given, <name>_probs.npy (float16 C x H x W), coloured with ``palette`` ((256, 3);
+    default VOC's). Returns the label PNG's path."""
+    label_png = atomic_write_bytes(out_dir / f"{name}.png", encode_label_png(mask, palette))
+    atomic_write_bytes(out_dir / f"{name}_overlay.jpg",
+                       encode_jpeg(overlay(image, mask, palette=palette)))
     if probs is not None:
         buf = io.BytesIO()
         np.save(buf, probs.astype(np.float16))
@@ -83,9 +85,12 @@ def write_outputs(out_dir: Path, name: str, image: np.ndarray, mask: np.ndarray,
 
 def predict_files(segmenter: Segmenter, files: Iterable[Path], out_dir: Path, use_crf: bool,
                   save_probs: bool = False, progress: bool = True,
-                  on_error: Callable[[Path, str], None] | None = None) -> PredictSummary:
-    """Segment each file and write its outputs into `out_dir`. A file that cannot be read or
-    segmented is recorded in the summary (and passed to `on_error`) and the next one is done."""
+                  on_error: Callable[[Path, str], None] | None = None,
+                  palette: np.ndarray | None = None) -> PredictSummary:
+    """Segment each file (decoded by the one reader: RGB, EXIF orientation applied, so masks
+    are in the orientation viewers show) and write its outputs into `out_dir`, coloured with
+    ``palette`` (default VOC's). A file that cannot be read or segmented is recorded in the
+    summary (and passed to `on_error`) and the next one is done."""
     files = list(files)
     names = output_names(files)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +104,7 @@ def predict_files(segmenter: Segmenter, files: Iterable[Path], out_dir: Path, us
             image = read_image_rgb(path)
             mask, probs = segmenter.predict(image, use_crf=use_crf)
             summary.written.append(write_outputs(out_dir, names[path], image, mask,
-                                                 probs if save_probs else None))
+                                                 probs if save_probs else None, palette))
         except (ImageReadError, FileNotFoundError, ValueError, MemoryError, RuntimeError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if not isinstance(exc, ImageReadError) and str(path) not in reason:

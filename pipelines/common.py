@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -153,10 +154,46 @@ class StageError(RuntimeError):
     """A stage cannot run with what it was given; the message says what to fix."""
 
 
+class _NoTraceback(logging.Formatter):
+    """A console formatter that leaves a record's traceback out (the record keeps it for the
+    other handlers: Prefect's API log handler stores it with the flow run)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def tracebacks_to_the_log_only() -> None:
+    """Prefect's console handler prints a failed flow's exception with its traceback. On the
+    console the user gets one line per error instead (:func:`run_stage` prints them); the
+    traceback stays in the flow run's log (Prefect's API log, shown in the UI)."""
+    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG, setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if not PROCESS_LOGGING_CONFIG:
+        setup_logging()
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in
+                                       list(logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler) and \
+                    not isinstance(handler.formatter, _NoTraceback):
+                handler.setFormatter(_NoTraceback(handler.formatter))
+
+
 def run_stage(flow: Callable[[], object]) -> None:
-    """Entry point wrapper: a user error prints one clear message and exits 2; anything else
-    prints the traceback and exits 1."""
+    """Entry point wrapper: a user error prints one clear message and exits 2 (its traceback
+    only in the flow run's log); anything else prints the traceback and exits 1."""
     try:
+        tracebacks_to_the_log_only()
         from prefect import tags
         from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 

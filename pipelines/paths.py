@@ -160,7 +160,7 @@ def _stage_io(p: StagePaths) -> dict[str, dict[str, list[Path]]]:
         "evaluate": {"deps": [p.prepared, p.model_dir("finetune"), p.best_params],
                      "outs": [p.eval, p.trimap_json], "plots": [p.trimap_png]},
         "register": {"deps": [p.model_dir("finetune"), p.best_params,
-                              p.metrics_file("evaluate")],
+                              p.metrics_file("evaluate"), p.classes_file],
                      "outs": [p.register]},
     }
     for stage in TRAIN_STAGES:

@@ -99,3 +99,65 @@ def write_coco(root: Path, split: str, images: list[dict], anns: list[dict]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc))
     return path
+
+
+# ----------------------------------------------------------------------------- files as they occur
+EXIF_ORIENTATION = 0x0112
+
+
+def smooth_image(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """A photo-like image (smooth gradients and a few flat blocks) that JPEG keeps close."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    img = np.stack([(xx / w) * 200, (yy / h) * 200, ((xx + yy) / (h + w)) * 120 + 60], -1)
+    for _ in range(3):
+        y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+        img[y:y + 8, x:x + 8] = rng.integers(0, 256, 3)
+    return img.astype(np.uint8)
+
+
+def stored_for_orientation(displayed: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixel array a camera stores for an image shown as ``displayed`` under an EXIF
+    ``orientation`` (the inverse of what a viewer applies): 3 = stored upside down, 6 = stored
+    turned 90 degrees anticlockwise (viewers turn it clockwise), 8 = the other way."""
+    return {1: displayed, 3: np.rot90(displayed, 2), 6: np.rot90(displayed, 1),
+            8: np.rot90(displayed, -1)}[orientation].copy()
+
+
+def write_exif_jpeg(path: Path, displayed: np.ndarray, orientation: int) -> Path:
+    """A JPEG whose pixels are stored rotated, with the EXIF Orientation tag that turns them
+    back to ``displayed``, as phones write them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    Image.fromarray(stored_for_orientation(displayed, orientation)).save(
+        path, format="JPEG", quality=95, exif=exif.tobytes())
+    return path
+
+
+def write_grey_jpeg(path: Path, rgb: np.ndarray) -> Path:
+    """An 8-bit greyscale JPEG (mode L), as some COCO images are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).convert("L").save(path, format="JPEG", quality=95)
+    return path
+
+
+def write_cmyk_jpeg(path: Path, rgb: np.ndarray) -> Path:
+    """A CMYK JPEG (as print workflows export)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).convert("CMYK").save(path, format="JPEG", quality=95)
+    return path
+
+
+def write_permuted_palette_png(path: Path, label: np.ndarray, a: int, b: int) -> Path:
+    """The label as an editor that renumbered classes ``a`` and ``b`` but kept their colours
+    writes it: indices swapped, palette entries swapped with them (the image looks the same)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lut = np.arange(256, dtype=np.uint8)
+    lut[a], lut[b] = b, a
+    pal = voc_palette().copy()
+    pal[[a, b]] = pal[[b, a]]
+    img = Image.fromarray(lut[label.astype(np.uint8)], mode="P")
+    img.putpalette(pal.tobytes())
+    img.save(path)
+    return path

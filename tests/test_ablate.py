@@ -317,3 +317,57 @@ def test_dvc_exp_run_gives_stage_commands_the_experiment_name(tmp_path):
     assert tags["dvc_exp"] == "lr-sweep-1"
     head = sh("git", "rev-parse", "HEAD").stdout.strip()
     assert tags["dvc_exp_baseline"] == head
+
+
+PAPER_GRIDS = {"v2_aspp_vgg16": ["LargeFOV", "ASPP-S", "ASPP-L"],
+               "v3_cascade_depth": ["block4", "block5", "block6", "block7"],
+               "v3_multi_grid": ["MG (1,1,1)", "MG (1,2,1)", "MG (1,2,3)", "MG (1,2,4)",
+                                 "MG (2,2,2)"],
+               "v3_output_stride": ["OS8", "OS16", "OS32"],
+               "v3plus_decoder": ["no decoder"] + [f"decoder, {c} channels"
+                                                   for c in (8, 16, 32, 48, 64)]}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_GRIDS))
+def test_paper_ablation_grids_set_the_papers_rows(project, name):
+    """The grids of the papers' own ablation tables parse against the default params; each row
+    is the paper's network (not a narrow CPU stand-in), and a figure shown beside a row is that
+    table's figure in tests/paper_figures.py (marked unverified where not checked)."""
+    import re
+
+    from paper_figures import checked, figures_of
+
+    grid = ablate.load_grid(name, project["params"])
+    assert grid.kind == "train" and [c.name for c in grid.configs] == PAPER_GRIDS[name]
+    for c in grid.configs:
+        m = c.settings["model"]
+        assert m["backbone"] in ("vgg16", "resnet50", "resnet101"), c.name
+        assert c.params.model.pretrained_backbone.endswith("-imagenet.pth")
+        assert (c.params.finetune.optimizer, c.params.finetune.amp) == ("sgd", False)
+        if c.paper:
+            value, paper, table = re.fullmatch(
+                r"(\d+\.\d\d) \((v1|v2|v3\+?) (Table \d+)(?:; unverified)?\)", c.paper).groups()
+            assert (table, float(value)) in figures_of(paper), (name, c.name)
+            assert ("unverified" in c.paper) == (not checked(paper, table, float(value)))
+    if name == "v3_cascade_depth":
+        assert [c.settings["model"]["cascade_blocks"] for c in grid.configs] == [0, 1, 2, 3]
+    if name == "v3_multi_grid":
+        assert [tuple(c.settings["model"]["multi_grid"]) for c in grid.configs] == \
+            [(1, 1, 1), (1, 2, 1), (1, 2, 3), (1, 2, 4), (2, 2, 2)]
+    if name == "v3_output_stride":
+        assert [c.settings["model"]["output_stride"] for c in grid.configs] == [8, 16, 32]
+    if name == "v2_aspp_vgg16":
+        assert [c.settings["model"]["aspp_rates"] if c.settings["model"]["head"] == "aspp_v2"
+                else c.settings["model"]["fc6_rate"] for c in grid.configs] == \
+            [12, (2, 4, 8, 12), (6, 12, 18, 24)]
+
+
+def test_paper_column_appears_in_the_table(project):
+    grid = ablate.load_grid("v3_multi_grid", project["params"])
+    rows = [{"config": c.name, "settings": c.settings,
+             "metrics": {"miou": 0.5, "miou_plain": 0.5, "pixel_acc": 0.9, "params_m": 1.0,
+                         "final_loss": 0.1}} for c in grid.configs]
+    cols, out, md = ablate.table_rows(grid, rows)
+    assert cols[-1] == "paper" and md[-1] == "paper's mIoU (%)"
+    assert [r["paper"] for r in out][:2] == ["75.76 (v3 Table 2; unverified)",
+                                             "76.66 (v3 Table 3)"]

@@ -33,7 +33,8 @@ PIPELINE_ALLOWED = {
     "pipelines.ops.procs": ("pipelines.common",),
     "pipelines.ops.prefect_server": ("pipelines.common", "pipelines.ops.procs"),
     "pipelines.stages": ("pipelines.common", "pipelines.paths", "pipelines.tracking",
-                         "pipelines.ops.registry", "pipelines.ops.serving"),
+                         "pipelines.ops.registry", "pipelines.ops.serving",
+                         "pipelines.ops.procs"),
     # orchestration runs the stages through DVC (subprocesses), never by import
     "pipelines.ops.repro": ("pipelines.common", "pipelines.paths", "pipelines.tracking",
                             "pipelines.ops.prefect_server", "pipelines.ops.procs"),

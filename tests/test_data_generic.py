@@ -110,3 +110,61 @@ def test_params_for_a_generic_source():
         parse_params({"prepare": {"source": "generic"}})
     with pytest.raises(ConfigError, match="base.num_classes = 4"):
         parse_params({"base": {"num_classes": 4}})
+
+
+# ----------------------------------------------------------------------------- users' own formats
+def _as_colour_mask(example: Path, sid: str) -> np.ndarray:
+    """Replace ``sid``'s index mask by the RGB colour mask people export; returns the indices."""
+    from PIL import Image
+
+    classes = load_class_list(example / "classes.json")
+    mask = example / "masks" / f"{sid}.png"
+    lab = read_label_png(mask).copy()
+    Image.fromarray(classes.full_palette()[lab]).save(mask)
+    return lab
+
+
+def test_rgb_colour_masks_are_mapped_through_the_palette(example, tmp_path):
+    labels = {sid: _as_colour_mask(example, sid) for sid in ("ex_000", "ex_004")}
+    out = tmp_path / "prepared"
+    prepare_generic(example, out)
+    rows = {r[0]: r for r in read_list_file(out / "train_aug.txt") + read_list_file(out / "val.txt")}
+    for sid, lab in labels.items():
+        assert rows[sid][2] == out / "labels" / "generic" / f"{sid}.png"
+        assert np.array_equal(read_label_png(rows[sid][2]), lab)
+    assert rows["ex_001"][2].resolve() == (example / "masks" / "ex_001.png").resolve()
+    recs = build_manifest(out / "train_aug.txt", class_names=("background", "disc", "bar", "ring"),
+                          palette=load_class_list(out / "classes.json").full_palette())
+    assert all(r["label_palette_ok"] and r["label_values_valid"] for r in recs)
+
+
+def test_unknown_colour_is_named_with_its_pixel_count(example, tmp_path):
+    from PIL import Image
+
+    _as_colour_mask(example, "ex_002")
+    mask = example / "masks" / "ex_002.png"
+    rgb = np.asarray(Image.open(mask)).copy()
+    rgb[:3, :7] = (1, 2, 3)
+    Image.fromarray(rgb).save(mask)
+    out = tmp_path / "prepared"
+    prepare_generic(write_example_dataset(tmp_path / "good", n_train=4, n_val=2), out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(DataError) as exc:
+        prepare_generic(example, out)
+    msg = str(exc.value)
+    assert str(mask) in msg and "'ex_002'" in msg and "(1, 2, 3) x 21 px" in msg
+    assert "rule: an RGB colour mask paints every pixel" in msg
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    summary = prepare_generic(example, out, on_error="quarantine")
+    assert summary["rejected"] == 1
+    rejected = json.loads((out / "rejected.json").read_text())["samples"]
+    assert [(r["split"], r["id"]) for r in rejected] == [("train_aug", "ex_002")]
+    assert "(1, 2, 3) x 21 px" in rejected[0]["problem"]
+
+
+def test_image_extension_in_any_case(example):
+    (example / "images" / "ex_001.jpg").rename(example / "images" / "ex_001.JPG")
+    (example / "images" / "ex_003.jpg").rename(example / "images" / "ex_003.Jpeg")
+    src = read_generic_sources(example)
+    assert src.files["ex_001"][0].name == "ex_001.JPG"
+    assert src.files["ex_003"][0].name == "ex_003.Jpeg"

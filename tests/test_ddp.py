@@ -80,6 +80,17 @@ def test_two_processes_take_the_single_process_steps(reference):
     _assert_close(_weights(reference["one"]), _weights(reference["two"]), atol=1e-5)
 
 
+def test_uneven_shares_on_two_processes_take_the_single_process_steps(tiny_list, tmp_path):
+    """A global batch of 5 in 2 micro-batches on 2 processes: shares 2 + 1 (rank 0) and 1 + 1
+    (rank 1), the same steps as 5 at once in one process."""
+    cfg = {**CFG, "iterations": 3, "batch_size": 5, "checkpoint_every": 10}
+    _ok(_run(tiny_list, tmp_path / "one", 1, cfg))
+    _ok(_run(tiny_list, tmp_path / "two", 2, {**cfg, "accumulate_steps": 2}))
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == 3 and two == pytest.approx(one, rel=1e-5)
+    _assert_close(_weights(tmp_path / "one"), _weights(tmp_path / "two"), atol=1e-5)
+
+
 def test_interrupted_two_process_run_resumes_exactly(reference, tiny_list, tmp_path):
     ckpt = tmp_path / "resume.pt"
     # each rank reads 2 samples a step: failing on the 9th read stops both ranks in step 5,
@@ -142,6 +153,23 @@ def test_sync_batch_norm_swap_round_trips_classes_and_state():
     _assert_close(before, model.state_dict(), atol=0.0)
 
 
+def _stage_env(prefect_api_url: str) -> dict:
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "OMP_NUM_THREADS": "1",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
+    for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return env
+
+
+def _run_stages(root: Path, env: dict) -> subprocess.CompletedProcess:
+    """prepare, validate and finetune in the scratch project; the finetune run is returned."""
+    for stage in ("prepare", "validate", "finetune"):
+        proc = subprocess.run([sys.executable, "-m", f"pipelines.stages.{stage}"], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.e2e
 def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_url):
     """`python -m pipelines.stages.finetune` (the DVC stage's command) with base.nproc 2 relaunches
@@ -155,14 +183,8 @@ def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_u
         "base": {"nproc": 2},
         "finetune": {"init_from_pretrain": False, "use_bootstrap": False, "iterations": 4,
                      "checkpoint_every": 2, "batch_norm": "frozen"}})
-    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "OMP_NUM_THREADS": "1",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")}
-    for key in ("DEEPLAB_PARAMS", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)
-    for stage in ("prepare", "validate", "finetune"):
-        proc = subprocess.run([sys.executable, "-m", f"pipelines.stages.{stage}"], cwd=root, env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    env = _stage_env(prefect_api_url)
+    proc = _run_stages(root, env)
     assert "--nproc_per_node=2 -m pipelines.stages.finetune" in proc.stdout
     metrics = json.loads((root / "data" / "metrics" / "finetune.json").read_text())
     assert metrics["iterations"] == 4 and metrics["resumed_from"] == 0
@@ -175,3 +197,72 @@ def test_finetune_stage_with_nproc_2_runs_under_torchrun(tmp_path, prefect_api_u
     assert len(runs) == 1
     assert runs[0].data.metrics["train_processes"] == 2
     assert yaml.safe_load((root / "params.yaml").read_text())["base"]["nproc"] == 2
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.e2e
+def test_sigterm_to_a_two_process_stage_stops_torchrun_and_every_rank(tmp_path, prefect_api_url):
+    """SIGTERM to `python -m pipelines.stages.finetune` with base.nproc 2, while both ranks
+    train: the stage exits 143, no torchrun agent or rank is left, and the outputs of the earlier
+    finetune run are byte-identical."""
+    import signal
+    import time
+
+    import yaml
+
+    from conftest import scratch_project
+    from pipelines.ops.procs import descendants
+
+    root = scratch_project(tmp_path / "proj", {
+        "finetune": {"init_from_pretrain": False, "use_bootstrap": False, "iterations": 2,
+                     "checkpoint_every": 2, "batch_norm": "frozen"}})
+    env = _stage_env(prefect_api_url)
+    _run_stages(root, env)
+    outputs = [root / "data" / "models" / "finetune" / "model.pt",
+               root / "data" / "metrics" / "finetune.json"]
+    before = [p.read_bytes() for p in outputs]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["base"]["nproc"] = 2
+    params["finetune"]["iterations"] = 100000  # far longer than the test waits
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    log = (tmp_path / "stage.log").open("w")
+    stage = subprocess.Popen([sys.executable, "-m", "pipelines.stages.finetune"], cwd=root,
+                             env=env, stdout=log, stderr=subprocess.STDOUT)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 300
+    try:
+        # torchrun and its two ranks, the ranks past their start (a checkpoint-free wait)
+        while time.monotonic() < deadline and stage.poll() is None:
+            tree = descendants(stage.pid)
+            seen.update(tree)
+            ranks = [p for p in tree if b"RANK=1" in _environ(p)]
+            if len(tree) >= 3 and ranks:
+                break
+            time.sleep(0.5)
+        assert stage.poll() is None and len(seen) >= 3, (tmp_path / "stage.log").read_text()
+        time.sleep(5)  # let the ranks get into training
+        seen.update(descendants(stage.pid))
+        stage.send_signal(signal.SIGTERM)
+        assert stage.wait(120) == 128 + signal.SIGTERM
+    finally:
+        if stage.poll() is None:
+            stage.kill()
+        log.close()
+    time.sleep(1)
+    assert [p for p in sorted(seen) if _alive(p)] == []
+    assert [p.read_bytes() for p in outputs] == before
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""

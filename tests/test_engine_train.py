@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from conftest import TINY_NUM_CLASSES
@@ -353,8 +355,14 @@ def test_accumulated_micro_batches_take_the_same_steps(tiny_list):
     assert [r["loss"] for r in rb.history] == pytest.approx([r["loss"] for r in ra.history],
                                                             rel=1e-5)
     _assert_same_weights(a, b)
-    with pytest.raises(ValueError, match="not divisible by accumulate_steps 3"):
-        TrainConfig(iterations=1, batch_size=4, accumulate_steps=3)
+    # uneven micro-batches (2 + 1 + 1) take the same steps too
+    c = _micro()
+    rc = _fit(c, _dataset(tiny_list), cfg.model_copy(update={"accumulate_steps": 3}))
+    assert [r["loss"] for r in rc.history] == pytest.approx([r["loss"] for r in ra.history],
+                                                            rel=1e-5)
+    _assert_same_weights(a, c)
+    with pytest.raises(ValueError, match="batch_size 4 is smaller than accumulate_steps 5"):
+        TrainConfig(iterations=1, batch_size=4, accumulate_steps=5)
 
 
 def test_bf16_autocast_on_cpu_and_channels_last_train(tiny_list):
@@ -401,9 +409,52 @@ def test_step_batches_split_each_global_batch_among_ranks_and_micro_batches():
         got = sorted(k for r in (0, 1) for b in parts[r][2 * step:2 * step + 2] for k in b)
         assert got == sorted(whole[step])
     assert [k[2] for k in parts[1][0]] == [2, 3] and [k[2] for k in parts[1][1]] == [6, 7]
-    with pytest.raises(ValueError, match=r"batch_size 6 must be divisible by accumulate_steps x "
-                                         r"processes = 2 x 2"):
-        _StepBatches(50, 6, 5, 0, 1, micro=2, ctx=DistContext(0, 2))
+    # 6 over 2 processes x 2 micro-batches: shares 2, 2, 1, 1 covering the batch once
+    uneven = {r: list(_StepBatches(50, 6, 5, 0, 1, micro=2, ctx=DistContext(r, 2)))
+              for r in (0, 1)}
+    assert [[k[2] for k in b] for b in uneven[0]] == [[0, 1], [4]]
+    assert [[k[2] for k in b] for b in uneven[1]] == [[2, 3], [5]]
+    with pytest.raises(ValueError, match="batch_size 2 is smaller than the 4 training processes"):
+        _StepBatches(50, 2, 5, 0, 1, micro=1, ctx=DistContext(0, 4))
+
+
+PRESET_BATCHES = sorted((Path(__file__).resolve().parents[1] / "presets").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize("batch,accumulate", [(20, 1), (10, 2), (16, 1), (8, 1), (10, 1),
+                                              (5, 2), (9, 4)])
+def test_batch_shares_cover_the_global_batch_once_on_1_2_4_8_processes(world, batch, accumulate):
+    from deeplab_core.engine.train import batch_shares, micro_steps
+
+    if batch < world:
+        with pytest.raises(ValueError, match=f"batch_size {batch} is smaller than the {world}"):
+            batch_shares(batch, accumulate, world)
+        return
+    shares = batch_shares(batch, accumulate, world)
+    micro = micro_steps(batch, accumulate, world)
+    assert len(shares) == micro and all(len(row) == world for row in shares)
+    assert micro == min(accumulate, batch // world)
+    slots = sorted(s for row in shares for lo, n in row for s in range(lo, lo + n))
+    assert slots == list(range(batch))  # every sample of the step once, none twice
+    sizes = [n for row in shares for _, n in row]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    if batch % (world * accumulate) == 0:  # even split: the layout as before
+        m = batch // (world * accumulate)
+        assert shares == [[((j * world + r) * m, m) for r in range(world)]
+                          for j in range(accumulate)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+@pytest.mark.parametrize("preset", PRESET_BATCHES, ids=lambda p: p.stem)
+def test_every_preset_batch_divides_on_1_2_4_8_processes(preset, world):
+    from deeplab_core.config import load_params
+    from deeplab_core.engine.train import batch_shares
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", [preset])
+    for cfg in (params.pretrain, params.finetune):
+        shares = batch_shares(cfg.batch_size, cfg.accumulate_steps, world)
+        assert sum(n for row in shares for _, n in row) == cfg.batch_size
 
 
 def test_bad_recipe_values_name_the_key():
@@ -415,3 +466,156 @@ def test_bad_recipe_values_name_the_key():
         parse_params({"pretrain": {"lr_policy": "cosine"}})
     with pytest.raises(ConfigError, match=r"base\.nproc = 0"):
         parse_params({"base": {"nproc": 0}})
+
+
+@pytest.mark.parametrize("crop,cells,stride", [(321, 41, 8), (513, 65, 8), (513, 33, 16),
+                                               (306, 39, 8), (513, 129, 4)])
+def test_score_map_labels_sit_at_stride_times_i(crop, cells, stride):
+    from deeplab_core.engine.recipe import score_map_labels, score_map_positions
+
+    pos = score_map_positions(crop, cells)
+    assert pos.tolist() == [stride * i for i in range(cells)]
+    # every pixel labelled with its own (row, column): the sampled labels name their pixels
+    rows = torch.arange(crop)[:, None].expand(crop, crop)
+    cols = torch.arange(crop)[None, :].expand(crop, crop)
+    target = torch.stack([rows * 1000 + cols])
+    small = score_map_labels(target, (cells, cells))
+    want = torch.tensor([[stride * i * 1000 + stride * j for j in range(cells)]
+                         for i in range(cells)])
+    assert torch.equal(small[0], want)
+    if (crop - 1) % (cells - 1) == 0:  # the papers' 8k+1 crops: align_corners upsampling agrees
+        ramp = torch.arange(cells, dtype=torch.float64)[None, None, None, :].expand(1, 1, 1, cells)
+        up = F.interpolate(ramp, size=(1, crop), mode="bilinear", align_corners=True)[0, 0, 0]
+        assert torch.equal(up[pos], torch.arange(cells, dtype=torch.float64))
+
+
+def test_score_map_loss_reads_the_pixels_under_the_cells_at_321():
+    """Only the pixels 8i, 8j are labelled: all 41 x 41 cells must find a label (nearest
+    interpolation read column 313 for the last cell, 23 of 41 columns off by >= 4 px)."""
+    from deeplab_core.engine.recipe import loss_sum
+
+    target = torch.full((1, 321, 321), 255, dtype=torch.long)
+    target[0, ::8, ::8] = 1
+    logits = torch.zeros(1, 3, 41, 41)
+    total, count = loss_sum(logits, target)
+    assert count == 41 * 41
+    assert total.item() == pytest.approx(41 * 41 * math.log(3), rel=1e-6)
+    nearest = F.interpolate(target[:, None].float(), size=(41, 41), mode="nearest")
+    assert int((nearest != 255).sum()) < 41 * 41  # the old rule misses cells
+
+
+def test_paper_models_upsample_with_aligned_corners():
+    from deeplab_core.models import build_model
+    from deeplab_core.models.deeplab import aligns_corners
+
+    assert aligns_corners(build_model("v1_largefov", num_classes=3))
+    assert not aligns_corners(build_model("micro", num_classes=3))  # the CPU default as it was
+    m = build_model("v1_largefov", num_classes=3).eval()
+    x = torch.zeros(1, 3, 321, 321)
+    with torch.no_grad():
+        s = m.score_map(x)
+        up = m(x)
+    assert s.shape[-2:] == (41, 41)
+    torch.testing.assert_close(up[..., ::8, ::8], s)  # cell i lands on pixel 8i exactly
+
+
+# ----------------------------------------------------------------------------- resume robustness
+def _interrupted_checkpoint(list_file, tmp_path, settings):
+    ckpt = tmp_path / "resume.pt"
+    with pytest.raises(Interrupt):
+        _fit(_micro(), _dataset(list_file), settings, checkpoint_path=ckpt,
+             log_metrics=_interrupt_at(settings.checkpoint_every + 1))
+    return ckpt
+
+
+def test_checkpoint_records_the_resolved_precision_and_device(tiny_list, tmp_path):
+    from deeplab_core.engine.train import ResumeMismatch
+
+    settings = _settings(iterations=6, checkpoint_every=3)
+    ckpt = _interrupted_checkpoint(tiny_list, tmp_path, settings)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["runtime"] == {"dtype": "float32", "device": "cpu"}
+    # the same run written where `auto` resolved to bf16 on a GPU: resuming here must refuse
+    state["runtime"] = {"dtype": "bfloat16", "device": "cuda"}
+    torch.save(state, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(ResumeMismatch, match=r"resume\.pt: this run's checkpoint \(iteration 3\) "
+                                             r"was written with bfloat16 on cuda, but this "
+                                             r"process would continue with float32 on cpu"):
+        _fit(_micro(), _dataset(tiny_list), settings, checkpoint_path=ckpt)
+    assert ckpt.read_bytes() == before  # nothing lost
+    import pickle
+    err = ResumeMismatch("x")
+    assert str(pickle.loads(pickle.dumps(err))) == "x"
+
+
+def test_resume_under_another_world_size_warns_that_rng_is_not_restored(tiny_list, tmp_path):
+    settings = _settings(iterations=6, checkpoint_every=3)
+    ckpt = _interrupted_checkpoint(tiny_list, tmp_path, settings)
+    state = torch.load(ckpt, weights_only=False)
+    state["torch_rng"] = state["torch_rng"] * 2  # as two processes write it
+    torch.save(state, ckpt)
+    with pytest.warns(RuntimeWarning, match=r"written by 2 process\(es\) and is resumed by 1: "
+                                            r"random states not restored"):
+        res = _fit(_micro(), _dataset(tiny_list), settings, checkpoint_path=ckpt)
+    assert res.resumed_from == 3
+
+
+def test_bn_momentum_is_per_optimizer_step_under_accumulation():
+    from deeplab_core.engine.recipe import bn_momentum_per_step, per_micro_batch_momentum
+
+    assert (1 - per_micro_batch_momentum(0.0003, 2)) ** 2 == pytest.approx(0.9997, abs=1e-15)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5) + 2.0
+    one = torch.nn.BatchNorm2d(3, momentum=0.0003)
+    two = torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.0003))
+    one(x)  # one update with the recipe's momentum
+    with bn_momentum_per_step(two, 2):
+        assert two[0].momentum == pytest.approx(per_micro_batch_momentum(0.0003, 2))
+        two(x)
+        two(x)  # two micro-batches with the same statistics
+    assert two[0].momentum == 0.0003  # restored
+    torch.testing.assert_close(two[0].running_mean, one.running_mean, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(two[0].running_var, one.running_var, rtol=1e-6, atol=1e-9)
+    plain = torch.nn.Sequential(torch.nn.BatchNorm2d(3, momentum=0.0003))
+    plain(x)
+    plain(x)  # what happened before: the decay applied twice per step
+    assert not torch.allclose(plain[0].running_mean, one.running_mean, rtol=1e-6, atol=1e-9)
+
+
+def test_training_with_accumulation_leaves_the_bn_momentum_as_set(tiny_list):
+    model = _micro()
+    _fit(model, _dataset(tiny_list), _settings(iterations=2, accumulate_steps=2,
+                                               bn_momentum=0.25))
+    assert {m.momentum for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.25}
+
+
+def test_deterministic_switch_trains_alike_on_cpu_and_restores_the_flags(tiny_list):
+    cfg = _settings(iterations=3)
+    ref = _fit(_micro(), _dataset(tiny_list), cfg)
+    det = _fit(_micro(), _dataset(tiny_list), cfg.model_copy(update={"deterministic": True}))
+    assert [r["loss"] for r in det.history] == [r["loss"] for r in ref.history]
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert run_fingerprint(cfg, SEED) == run_fingerprint(
+        cfg.model_copy(update={"deterministic": True}), SEED)  # a kernel choice: resumable
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_deterministic_bilinear_and_loss_paths_match_the_usual_kernels(align):
+    from deeplab_core.engine.recipe import _gathered_loss_sum
+    from deeplab_core.models.layers import resize_bilinear
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 17, 13, requires_grad=True)
+    ref = F.interpolate(x, size=(65, 49), mode="bilinear", align_corners=align)
+    mm = resize_bilinear(x, (65, 49), align, separable=True)
+    torch.testing.assert_close(mm, ref, rtol=1e-5, atol=1e-6)
+    g_ref, = torch.autograd.grad(ref.square().sum(), x)
+    g_mm, = torch.autograd.grad(mm.square().sum(), x)
+    torch.testing.assert_close(g_mm, g_ref, rtol=1e-5, atol=1e-5)
+    y = torch.randint(0, 3, (2, 17, 13))
+    y[0, :3] = 255
+    total, count = _gathered_loss_sum(x.detach(), y)
+    assert count == int((y != 255).sum())
+    assert total.item() == pytest.approx(F.cross_entropy(x.detach(), y, ignore_index=255,
+                                                         reduction="sum").item(), rel=1e-6)

@@ -189,3 +189,70 @@ def test_vgg_fc_shape_mismatch_is_refused(tmp_path):
     torch.save(sd, path)
     with pytest.raises(ValueError, match=r"features\.0\.weight.*\(8, 3, 5, 5\).*\(8, 3, 3, 3\)"):
         load_backbone_weights(build_model("v1_largefov", width_mult=0.125, fc_channels=32), path)
+
+
+def fake_timm_xception65(width_mult: float, seed: int = 0) -> dict:
+    """Random tensors named as timm's aligned Xception-65 (`timm.create_model("xception65")`,
+    the port of DeepLab's TensorFlow ImageNet checkpoint): stem.{0,1}.conv/bn, then 21 blocks,
+    blocks.N.stack.convK.{conv_dw,bn_dw,conv_pw,bn_pw} and blocks.N.shortcut.{conv,bn} where the
+    channels or the stride change; head.fc the ImageNet classifier."""
+    g = torch.Generator().manual_seed(seed)
+
+    def c(v):  # the test's own width rule, as the model builder applies width_mult
+        return max(8, int(round(v * width_mult)))
+
+    sd = {"stem.0.conv.weight": torch.randn(c(32), 3, 3, 3, generator=g),
+          "stem.1.conv.weight": torch.randn(c(64), c(32), 3, 3, generator=g)}
+    _bn(sd, "stem.0.bn", c(32), g)
+    _bn(sd, "stem.1.bn", c(64), g)
+    blocks = ([(64, (128,) * 3, True), (128, (256,) * 3, True), (256, (728,) * 3, True)]
+              + [(728, (728,) * 3, False)] * 16
+              + [(728, (728, 1024, 1024), True), (1024, (1536, 1536, 2048), False)])
+    for n, (cin, outs, shortcut) in enumerate(blocks):
+        cur = c(cin)
+        for k, out in enumerate(outs, start=1):
+            p = f"blocks.{n}.stack.conv{k}"
+            sd[f"{p}.conv_dw.weight"] = torch.randn(cur, 1, 3, 3, generator=g)
+            _bn(sd, f"{p}.bn_dw", cur, g)
+            sd[f"{p}.conv_pw.weight"] = torch.randn(c(out), cur, 1, 1, generator=g)
+            _bn(sd, f"{p}.bn_pw", c(out), g)
+            cur = c(out)
+        if shortcut:
+            sd[f"blocks.{n}.shortcut.conv.weight"] = torch.randn(c(outs[-1]), c(cin), 1, 1,
+                                                                 generator=g)
+            _bn(sd, f"blocks.{n}.shortcut.bn", c(outs[-1]), g)
+    sd["head.fc.weight"] = torch.randn(1000, c(2048), generator=g)
+    sd["head.fc.bias"] = torch.randn(1000, generator=g)
+    return sd
+
+
+def test_xception65_loads_the_timm_layout_of_the_imagenet_checkpoint(tmp_path):
+    sd = fake_timm_xception65(width_mult=0.125)
+    path = tmp_path / "tf_xception_65.pth"
+    torch.save(sd, path)
+    model = build_model("v3plus_xception65", num_classes=5, width_mult=0.125)
+    report = load_backbone_weights(model, path)
+    assert report["missing"] == [] and report["unexpected"] == []
+    assert set(report["ignored"]) == {"head.fc.weight", "head.fc.bias"}
+    bb = unwrap(model).backbone
+    assert torch.equal(bb.conv1[0].weight, sd["stem.0.conv.weight"])
+    assert torch.equal(bb.conv2[1].running_var, sd["stem.1.bn.running_var"])
+    assert torch.equal(bb.entry[1].skip[0].weight, sd["blocks.1.shortcut.conv.weight"])
+    assert torch.equal(bb.middle[15].sep2.depthwise.weight,
+                       sd["blocks.18.stack.conv2.conv_dw.weight"])
+    assert torch.equal(bb.exit[0].sep3.bn_point.bias, sd["blocks.19.stack.conv3.bn_pw.bias"])
+    assert torch.equal(bb.exit[1].sep3.pointwise.weight,
+                       sd["blocks.20.stack.conv3.conv_pw.weight"])
+    n_tensors = sum(1 for k in sd if not k.startswith("head.") and
+                    not k.endswith("num_batches_tracked"))
+    assert len([k for k in report["loaded"] if not k.endswith("num_batches_tracked")]) == n_tensors
+
+
+def test_resnet101_torchvision_layout_loads_every_block(tmp_path):
+    sd = fake_torchvision_resnet((3, 4, 23, 3), width=8)
+    path = tmp_path / "resnet101.pth"
+    torch.save(sd, path)
+    bb = ResNet((3, 4, 23, 3), width=8)
+    report = load_backbone_weights(bb, path)
+    assert report["missing"] == [] and report["unexpected"] == []
+    assert torch.equal(bb.layer3[22].conv3.weight, sd["layer3.22.conv3.weight"])

@@ -339,3 +339,44 @@ def test_run_titles_say_what_ran():
         "pipeline 2026-12-07 03:00 · 2 stages: evaluate,register · v3 champion"
     assert run_title("retrain", ["register"], {"version": "4", "promoted": False}, at) == \
         "retrain 2026-12-07 03:00 · 1 stage: register · v4 not promoted"
+
+
+# ----------------------------------------------------------------------------- v3 second stage
+def test_finetune_trains_on_trainval_from_an_earlier_model_at_another_stride(tiny_list, tmp_path):
+    """finetune.include_val adds the validated val list after train_aug; init_checkpoint starts
+    from an earlier run's model (made OS8 when params ask for it); a missing file is named."""
+    from deeplab_core.config import parse_params
+    from deeplab_core.data.dataset import SegmentationListDataset
+    from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
+    from deeplab_core.models import build_model
+    from pipelines.common import StageError
+    from pipelines.paths import StagePaths
+    from pipelines.stages import finetune
+    from pipelines.stages.training import make_model
+
+    lines = tiny_list.read_text().splitlines()
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("\n".join(lines[:4]) + "\n")
+    second.write_text("\n".join(lines[4:]) + "\n")
+    ds = SegmentationListDataset(first, extra_lists=[second])
+    assert len(ds) == len(lines) and ds.ids[4:] == [ln.split()[0] for ln in lines[4:]]
+    with pytest.raises(ValueError, match="repeats ids of the lists before it"):
+        SegmentationListDataset(first, extra_lists=[first])
+
+    ckpt = tmp_path / "stage1.pt"
+    save_checkpoint(ckpt, build_model("micro", num_classes=21), model_spec("micro", 21, 16))
+    raw = {"base": {"data_dir": str(tmp_path / "data")}, "model": {"preset": "micro",
+                                                                   "output_stride": 8},
+           "finetune": {"init_checkpoint": str(ckpt), "include_val": True,
+                        "use_bootstrap": False, "init_from_pretrain": False}}
+    params = parse_params(raw)
+    got = finetune.inputs(params)
+    p = StagePaths.of(params)
+    assert got.init_checkpoint == ckpt and got.extra_lists == (p.clean_list("val"),)
+    assert got.list_file == p.clean_list("train_aug")
+    model, spec = make_model(params, got.init_checkpoint)
+    assert model.output_stride == 8 and spec["output_stride"] == 8
+    raw["finetune"]["init_checkpoint"] = str(tmp_path / "nowhere.pt")
+    with pytest.raises(StageError, match=r"finetune.init_checkpoint = '.*nowhere\.pt': file not "
+                                         r"found"):
+        finetune.inputs(parse_params(raw))

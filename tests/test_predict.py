@@ -4,6 +4,7 @@ a model loaded from a real local MLflow registry."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -298,3 +299,29 @@ def test_images_of_any_size_with_scales_flip_and_tiles(checkpoint, hw):
     mask, probs = seg.predict(np.ascontiguousarray(image[: hw[0], : hw[1]]))
     assert mask.shape == hw and probs.shape == (NUM_CLASSES, *hw)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-3)
+
+
+def test_exif_rotated_photo_is_predicted_as_displayed_in_the_dataset_palette(checkpoint,
+                                                                             tmp_path):
+    """A phone photo stored sideways (EXIF Orientation 6) gets a mask of its displayed size, the
+    same mask as the upright photo; --classes colours masks and overlays with its palette."""
+    from realformat import smooth_image, write_exif_jpeg
+
+    shown = smooth_image(7, 40, 56)
+    folder = tmp_path / "in"
+    write_exif_jpeg(folder / "sideways.jpg", shown, 6)
+    write_exif_jpeg(folder / "upright.jpg", shown, 1)
+    classes = tmp_path / "classes.json"
+    colours = [[10, 20, 30], [200, 0, 0], [0, 200, 0], [0, 0, 200]]
+    classes.write_text(json.dumps({"names": ["bg", "a", "b", "c"], "palette": colours}))
+    out = tmp_path / "out"
+    assert cli.main(["--model", str(checkpoint), "--input", str(folder), "--output", str(out),
+                     "--classes", str(classes), "--no-progress"]) == 0
+    masks = {}
+    for name in ("sideways", "upright"):
+        label = Image.open(out / f"{name}.png")
+        assert label.size == (56, 40)
+        pal = np.array(label.getpalette()[:12], dtype=np.uint8).reshape(-1, 3)
+        np.testing.assert_array_equal(pal, np.array(colours, dtype=np.uint8))
+        masks[name] = np.asarray(label)
+    assert (masks["sideways"] == masks["upright"]).mean() > 0.95

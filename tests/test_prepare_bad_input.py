@@ -25,6 +25,7 @@ from deeplab_core.data.io import DataError, ImageReadError, encode_label_png
 from deeplab_core.data.synthetic import generate_synthetic
 from deeplab_core.data.prepare import prepare_datasets
 from deeplab_core.data.voc import read_split
+from deeplab_core.engine.train import ResumeMismatch
 from conftest import scratch_project
 from pipelines.common import StageError
 
@@ -263,6 +264,8 @@ def _samples() -> dict[type, BaseException]:
         ImageReadError: ImageReadError("/d/x.png", "label image has mode 'RGB'", "x", "a rule"),
         ConfigError: ConfigError("params.yaml: base.seed: expected an int"),
         StageError: StageError("prepare.voc_root = 'x': directory x does not exist"),
+        ResumeMismatch: ResumeMismatch("ckpt.pt: written with bfloat16 on cuda, but this "
+                                       "process would continue with float32 on cpu"),
     }
 
 
@@ -307,6 +310,7 @@ def _stage_fails(root: Path, env: dict, *parts: str) -> str:
     assert proc.returncode == 2, proc.stderr[-4000:]
     line = [x for x in proc.stderr.splitlines() if x.startswith("ERROR [prepare]: ")]
     assert line, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]  # the traceback: in the log only
     for part in parts:
         assert part in line[0], (part, line[0])
     assert _snapshot(*outs) == before

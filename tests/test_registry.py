@@ -309,7 +309,7 @@ def stage_env(client, store, tmp_path, monkeypatch):
         def predict(self, context, model_input, params=None):
             return model_input
 
-    def tiny_log(checkpoint, crf_params, registered_name):
+    def tiny_log(checkpoint, crf_params, registered_name, classes=None):
         return mlflow.pyfunc.log_model(name="model", python_model=Tiny(), pip_requirements=[],
                                        registered_model_name=registered_name)
 

@@ -101,8 +101,8 @@ BAD = [
     ({"image_b64": [_b64(b"plain text, not an image")]},
      "image_b64[0]: cannot decode the file (UnidentifiedImageError)"),
     ({"image_b64": [_b64(encode_jpeg(IMG)[:200])]}, "image_b64[0]: cannot decode the file (OSError)"),
-    ({"image_b64": _b64(_png(np.dstack([IMG, IMG[..., :1]]), "RGBA"))},
-     "image_b64: got a PNG image of mode RGBA; expected an 8-bit RGB, grayscale or palette image"),
+    ({"image_b64": _b64(_png((IMG[..., 0].astype(np.uint16) * 257), None))},
+     "image_b64: got a PNG image: image has mode 'I;16'"),
     ({"image_b64": _b64(_tiny_gif())}, "image_b64: got a GIF file; expected PNG or JPEG"),
     (pd.DataFrame({"x": [1]}), "got a DataFrame with columns ['x']; expected a column 'image_b64'"),
     ("abc", "got a str; expected a uint8 RGB image"),
@@ -190,3 +190,38 @@ def test_client_helpers_round_trip():
     np.testing.assert_array_equal(decode_mask_png_b64(png), IMG[..., 0] % 21)
     (decoded,), _ = parse_input({"image_b64": encode_image_b64(IMG, "PNG")})
     np.testing.assert_array_equal(decoded, IMG)
+
+
+def test_logged_model_colours_png_masks_with_the_dataset_palette(tmp_path, monkeypatch):
+    """The register stage logs the dataset's classes.json with the model: the served PNG masks
+    carry its palette (a generic dataset's colours, not VOC's); an EXIF-rotated JPEG is
+    segmented in its displayed orientation."""
+    import mlflow
+
+    from deeplab_core.engine.checkpoint import model_spec, save_checkpoint
+    from pipelines.ops.serving import log_pyfunc_model
+    from realformat import smooth_image, write_exif_jpeg
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model.pt", build_model("micro", num_classes=4).eval(),
+                    model_spec("micro", 4, 16))
+    colours = [[10, 20, 30], [200, 0, 0], [0, 200, 0], [0, 0, 200]]
+    (tmp_path / "classes.json").write_text(json.dumps({"names": ["bg", "a", "b", "c"],
+                                                      "palette": colours}))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+        "serving-palette", artifact_location=(tmp_path / "artifacts").as_uri()))
+    with mlflow.start_run():
+        info = log_pyfunc_model(tmp_path / "model.pt", None, None,
+                                classes=tmp_path / "classes.json")
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    sideways = write_exif_jpeg(tmp_path / "p.jpg", smooth_image(3, 24, 40), 6)
+    png = model.predict({"image_b64": base64.b64encode(sideways.read_bytes()).decode()},
+                        params={"crf": False, "mask_format": "png"})
+    with Image.open(io.BytesIO(base64.b64decode(png))) as mask:
+        assert mask.size == (40, 24)  # displayed: 24 high, 40 wide (stored 40 x 24)
+        pal = np.array(mask.getpalette()[:12], dtype=np.uint8).reshape(-1, 3)
+    np.testing.assert_array_equal(pal, np.array(colours, dtype=np.uint8))

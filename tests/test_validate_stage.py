@@ -89,6 +89,7 @@ def _fails(root: Path, params: dict | None, *parts: str) -> str:
     proc = _run(root, "validate", params)
     assert proc.returncode == 2, proc.stderr[-4000:]
     err = proc.stderr[proc.stderr.index("ERROR [validate]"):]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]  # the traceback: in the log only
     for part in parts:
         assert part in err, (part, err[:3000])
     assert _snapshot(root) == before
@@ -216,3 +217,77 @@ def test_class_frequencies_in_the_outputs(validated):
     ignore = pd.read_csv(validated / "data" / "validation" / "manifest_val.csv")
     assert abs(total + ignore["ignore_fraction"].mean() - 1.0) < 1e-4
     assert len(val["classes"]) == 21 and "frac_aeroplane" in ignore.columns
+
+
+def _near_copy(root: Path, sid: str, new_id: str, kind: str) -> None:
+    """A copy of sample ``sid``'s image, re-encoded at JPEG quality 90 or resized to 60% (its
+    label resized with it), appended to train_aug as ``new_id``."""
+    from PIL import Image
+
+    prepared = root / "data" / "prepared"
+    img_rel, lab_rel = next((i, lab) for s, i, lab in
+                            (line.split() for line in (prepared / "val.txt").read_text()
+                             .splitlines()) if s == sid)
+    img, lab = Image.open(prepared / img_rel).convert("RGB"), Image.open(prepared / lab_rel)
+    if kind == "resized":
+        size = (int(img.width * 0.6), int(img.height * 0.6))
+        img, lab = img.resize(size, Image.BILINEAR), lab.resize(size, Image.NEAREST)
+    new_img = (prepared / img_rel).with_name(f"{new_id}.jpg")
+    new_lab = (prepared / lab_rel).with_name(f"{new_id}.png")
+    img.save(new_img, quality=90)
+    lab.save(new_lab)
+    _append_to_train_aug(root, new_id, str(Path(img_rel).with_name(new_img.name)),
+                         str(Path(lab_rel).with_name(new_lab.name)))
+
+
+def test_near_duplicate_of_a_val_image_fails_naming_both(project):
+    sid = _val_entry(project)[0]
+    _near_copy(project, sid, "2012_999998", "jpeg_q90")
+    err = _fails(project, None, "leakage: expect_column_values_to_be_null(near_image_in)",
+                 "'2012_999998'", f"val/{sid}", "2012_999998.jpg")
+    assert "expected none" in err
+
+
+def test_near_duplicates_are_quarantined_from_train_aug(project):
+    sid = _val_entry(project)[0]
+    _near_copy(project, sid, "2012_999998", "jpeg_q90")
+    _near_copy(project, sid, "2012_999997", "resized")
+    n_aug = len(read_list_file(project / "data" / "prepared" / "train_aug.txt"))
+    proc = _run(project, "validate", _params(project, on_error="quarantine"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    q = json.loads((project / "data" / "validation" / "quarantine.json").read_text())
+    got = {(e["split"], e["id"]): e["rules"] for e in q["samples"]}
+    assert set(got) == {("train_aug", "2012_999998"), ("train_aug", "2012_999997")}
+    for rules in got.values():
+        assert rules[0]["rule"] == "expect_column_values_to_be_null(near_image_in)"
+        assert rules[0]["value"].startswith(f"val/{sid} (")
+    clean = [i for i, _, _ in read_list_file(project / "data" / "validation" / "lists" /
+                                             "train_aug.txt")]
+    assert len(clean) == n_aug - 2 and not {"2012_999998", "2012_999997"} & set(clean)
+
+
+def test_greyscale_and_cmyk_images_pass_and_a_permuted_palette_fails_named(project):
+    """What the reader accepts, validate accepts: greyscale and CMYK JPEGs are checked as the RGB
+    images training reads. A label whose palette indices were permuted is refused, naming the
+    file and the colours that moved."""
+    from PIL import Image
+
+    from deeplab_core.data.io import read_label_png
+    from realformat import write_permuted_palette_png
+
+    prepared = project / "data" / "prepared"
+    aug = read_list_file(prepared / "train_aug.txt")
+    for (sid, img, _), mode in zip(aug[:2], ("L", "CMYK")):
+        Image.open(img).convert(mode).save(img, format="JPEG", quality=95)
+    proc = _run(project, "validate")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    manifest = pd.read_csv(project / "data" / "validation" / "manifest_train_aug.csv")
+    rows = manifest.set_index("id").loc[[aug[0][0], aug[1][0]]]
+    assert rows["image_mode"].tolist() == ["L", "CMYK"] and (rows["image_channels"] == 3).all()
+    sid, _, lab = aug[3]
+    label = read_label_png(lab).copy()
+    cls = int(max(set(label.ravel().tolist()) - {0, 255}))
+    write_permuted_palette_png(lab, label, cls, 1 if cls != 1 else 2)
+    err = _fails(project, None, "train_aug: expect_column_values_to_be_in_set(label_palette_ok)",
+                 f"'{sid}'", "palette colours moved", f"{sid}.png")
+    assert "expected one of [True]" in err

@@ -11,6 +11,7 @@ import importlib
 _EXPORTS = {
     # io
     "DataError": "io", "ImageReadError": "io", "read_image_rgb": "io", "read_label_png": "io",
+    "decode_image": "io", "read_sample": "io",
     "read_list_file": "io", "write_list_file": "io", "write_label_png": "io",
     # readers
     "read_split": "voc", "load_voc_image": "voc", "load_voc_label": "voc",
@@ -31,6 +32,7 @@ _EXPORTS = {
     "hard_image_list": "bootstrap", "write_hard_list": "bootstrap", "read_hard_list": "bootstrap",
     "build_manifest": "manifest", "write_manifest_jsonl": "manifest",
     "write_manifest_csv": "manifest", "class_frequencies": "manifest",
+    "perceptual_hash": "manifest", "near_duplicates": "manifest",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import json
 
 import numpy as np
 
 from deeplab_core.classes import HARD_CLASS_IDS, VOC_CLASSES
 from deeplab_core.data.io import PathLike, read_label_png, read_list_file, require_file
-from deeplab_core.fileio import atomic_write_json
+from deeplab_core.fileio import atomic_write_json, read_json
 
 
 def hard_class_pixels(list_file: PathLike, data_root: PathLike | None = None,
@@ -59,10 +58,7 @@ def write_hard_list(path: PathLike, ids: Sequence[str], hard_class_ids: Sequence
 def read_hard_list(path: PathLike) -> list[str]:
     """The ``ids`` of a JSON file written by :func:`write_hard_list` (a bare JSON list works too)."""
     path = require_file(path, "bootstrap list (JSON)")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    doc = read_json(path, "a bootstrap list")
     ids = doc["ids"] if isinstance(doc, dict) else doc
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValueError(f"{str(path)!r}: 'ids' must be a list of strings")

@@ -39,9 +39,11 @@ from pycocotools import mask as mask_utils
 
 from deeplab_core.classes import COCO_TO_VOC, IGNORE_INDEX
 from deeplab_core.data.io import DataError, PathLike, require_dir, require_file
+from deeplab_core.fileio import json_error
 
 COCO_SPLITS = ("train", "val")
 COCO_MIN_AREA = 1000  # VOC-class pixels an image needs to be kept for pretraining
+JSON_RULE = "a COCO instances file is UTF-8 JSON"
 
 
 # ----------------------------------------------------------------------------- RLE
@@ -228,11 +230,12 @@ def load_coco_instances(json_path: PathLike) -> CocoInstances:
     an annotation whose image_id or category_id is not listed in the file raises
     :class:`~deeplab_core.data.io.DataError` naming the file, the annotation id and the id."""
     json_path = require_file(json_path, "COCO instances JSON")
+    data = json_path.read_bytes()
     try:
-        with open(json_path, "rb") as fh:
-            raw = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{str(json_path)!r} is not valid JSON: {exc}") from exc
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        problem, line = json_error(json_path, data)
+        raise DataError(json_path, problem, JSON_RULE, line, id_kind="line") from None
     missing = [k for k in ("images", "annotations", "categories") if k not in raw]
     if missing:
         raise ValueError(f"{str(json_path)!r} is not a COCO instances file: missing key(s) {missing}")

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from deeplab_core.classes import IGNORE_INDEX
-from deeplab_core.data.io import PathLike, read_image_rgb, read_label_png, read_list_file
+from deeplab_core.data.io import PathLike, read_list_file, read_sample
 from deeplab_core.data.transforms import EvalTransform, as_generator, eval_transform
 
 
@@ -34,9 +34,20 @@ class SegmentationListDataset(Dataset):
     """
 
     def __init__(self, list_file: PathLike, data_root: PathLike | None = None, transform=None,
-                 repeat_ids: Sequence[str] | None = None, return_raw: bool | None = None):
+                 repeat_ids: Sequence[str] | None = None, return_raw: bool | None = None,
+                 extra_lists: Sequence[PathLike] = ()):
         self.list_file = Path(list_file)
         entries = read_list_file(self.list_file, data_root)
+        seen = {e[0] for e in entries}
+        for extra_list in extra_lists:  # e.g. val after train_aug: trainval_aug
+            more = read_list_file(Path(extra_list), data_root)
+            twice = sorted(seen & {e[0] for e in more})
+            if twice:
+                raise ValueError(f"list file {str(extra_list)!r} repeats ids of the lists before "
+                                 f"it: {twice[:5]}" + (f" (+{len(twice) - 5} more)"
+                                                       if len(twice) > 5 else ""))
+            entries += more
+            seen |= {e[0] for e in more}
         if not entries:
             raise ValueError(f"list file {str(self.list_file)!r} holds no samples")
         self.base_count = len(entries)
@@ -64,14 +75,10 @@ class SegmentationListDataset(Dataset):
         return [s[0] for s in self.samples]
 
     def get_raw(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(uint8 HxWx3 image, uint8 HxW label) of sample ``i``, untransformed."""
+        """(uint8 HxWx3 image, uint8 HxW label) of sample ``i``, untransformed; the image in its
+        displayed orientation (:func:`~deeplab_core.data.io.read_sample`)."""
         sid, img_path, lab_path = self.samples[i]
-        image = read_image_rgb(img_path)
-        label = read_label_png(lab_path)
-        if image.shape[:2] != label.shape:
-            raise ValueError(f"sample {sid!r}: image {str(img_path)!r} is {image.shape[:2]} but "
-                             f"label {str(lab_path)!r} is {label.shape}")
-        return image, label
+        return read_sample(img_path, lab_path, sid)
 
     def __getitem__(self, i: int) -> dict:
         image, label = self.get_raw(i)

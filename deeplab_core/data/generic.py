@@ -4,16 +4,22 @@ class-list file, run through the same stages as VOC::
     root/classes.json        {"names": ["background", ...],          class k = names[k]
                               "palette": [[r, g, b], ...],           optional (VOC colours)
                               "ignore_index": 255}                   optional (255)
-    root/images/<id>.jpg     (or .png / .jpeg) RGB images
-    root/masks/<id>.png      palette ('P') or grayscale ('L') PNG of class indices
+    root/images/<id>.jpg     (or .png / .jpeg, in any case: .JPG) images, decoded by the one
+                             reader (greyscale/CMYK/alpha converted, EXIF orientation applied)
+    root/masks/<id>.png      palette ('P') or grayscale ('L') PNG of class indices, or an RGB
+                             colour mask painted with classes.json's palette
     root/train.txt           training ids, one per line
     root/val.txt             evaluation ids, one per line
 
-The masks are listed as they are (no conversion), so a mask that breaks a rule (values outside
-the class list, another size than its image) reaches the validate stage, which fails or
-quarantines it. The one exception: an ignore index other than 255 is swapped with 255 in copies
-under ``labels/generic/`` (the stages mark unlabelled pixels with 255), and the prepared
-``classes.json`` then says 255. ``python -m deeplab_core.data.generic example DIR`` writes a tiny example.
+Index masks are listed as they are (no conversion), so a mask that breaks a rule (values outside
+the class list, another size than its image, a palette whose colours moved) reaches the validate
+stage, which fails or quarantines it. Two exceptions, written as palette PNGs under
+``labels/generic/``: an RGB (or RGBA) colour mask is mapped to class indices through the palette
+(class k's colour -> k, the palette's colour at the ignore index -> ignore; any other colour is a
+:class:`DataError` naming the colour and its pixel count, or with ``on_error="quarantine"`` the
+mask is listed as it is for validate to quarantine, and ``rejected.json`` says why); and an ignore
+index other than 255 is swapped with 255 (the stages mark unlabelled pixels with 255), the
+prepared ``classes.json`` then saying 255. ``python -m deeplab_core.data.generic example DIR`` writes a tiny example.
 """
 
 from __future__ import annotations
@@ -43,13 +49,26 @@ class GenericSources:
     files: dict[str, tuple[Path, Path]]        # id -> (image, mask)
 
 
-def _image_for(root: Path, sid: str) -> Path:
-    for suffix in IMAGE_SUFFIXES:
-        p = root / "images" / f"{sid}{suffix}"
-        if p.is_file():
-            return p
+def _files_by_stem(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """stem -> file of ``folder``'s files whose suffix, in any case, is one of ``suffixes``
+    (the first in ``suffixes`` order when a stem has several)."""
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    rank = {s: k for k, s in enumerate(suffixes)}
+    for p in sorted(folder.iterdir()):
+        suf = p.suffix.lower()
+        if suf in rank and p.is_file():
+            if p.stem not in found or rank[suf] < rank[found[p.stem].suffix.lower()]:
+                found[p.stem] = p
+    return found
+
+
+def _image_for(images: dict[str, Path], root: Path, sid: str) -> Path:
+    if sid in images:
+        return images[sid]
     raise FileNotFoundError(f"no image for id {sid!r}: expected {root}/images/{sid}"
-                            f"{{{','.join(IMAGE_SUFFIXES)}}}")
+                            f"{{{','.join(IMAGE_SUFFIXES)}}} (any case)")
 
 
 def read_generic_sources(root: PathLike) -> GenericSources:
@@ -75,27 +94,30 @@ def read_generic_sources(root: PathLike) -> GenericSources:
         raise DataError(root / "val.txt", f"id is also listed in {str(root / 'train.txt')!r}",
                         "the train and val splits share no id", shared[0])
     files = {}
+    images = _files_by_stem(root / "images", IMAGE_SUFFIXES)
+    masks = _files_by_stem(root / "masks", (".png",))
     for sid in ids["train"] + ids["val"]:
-        mask = root / "masks" / f"{sid}.png"
-        if not mask.is_file():
-            raise FileNotFoundError(f"missing mask {str(mask)!r} for id {sid!r} (expected "
-                                    f"generic layout: masks/<id>.png)")
-        files[sid] = (_image_for(root, sid), mask)
+        if sid not in masks:
+            raise FileNotFoundError(f"missing mask {str(root / 'masks' / (sid + '.png'))!r} for "
+                                    f"id {sid!r} (expected generic layout: masks/<id>.png)")
+        files[sid] = (_image_for(images, root, sid), masks[sid])
     return GenericSources(root, classes, ids, files)
 
 
 def prepare_generic(root: PathLike, out_dir: PathLike, build_dir: PathLike | None = None,
-                    moved: Mapping[PathLike, PathLike] | None = None) -> dict:
+                    moved: Mapping[PathLike, PathLike] | None = None,
+                    on_error: str = "fail") -> dict:
     """The prepared output of a generic dataset (same files as the VOC prepare step:
     ``train_aug.txt`` = train, ``val.txt``, empty COCO lists, ``classes.json``,
-    ``summary.json``), built in ``build_dir`` or aside and swapped in for ``out_dir``."""
+    ``rejected.json``, ``summary.json``), built in ``build_dir`` or aside and swapped in for
+    ``out_dir``."""
     from deeplab_core.fileio import atomic_directory, clean_stale_temporaries
 
     src = read_generic_sources(root)
     out_dir = Path(out_dir).absolute()
 
     def write(tmp: Path) -> dict:
-        files = _ignore_as_255(src, tmp)
+        files, rejected = _index_masks(src, tmp, on_error == "quarantine")
         for split, name in (("train", "train_aug"), ("val", "val")):
             lines = [format_list_line(i, list_path(relocated(files[i][0], moved or {}), out_dir),
                                       files[i][1] if isinstance(files[i][1], str) else
@@ -109,6 +131,14 @@ def prepare_generic(root: PathLike, out_dir: PathLike, build_dir: PathLike | Non
                    "classes": list(src.classes.names),
                    "train_aug": {"total": len(src.ids["train"])},
                    "val": {"total": len(src.ids["val"])}}
+        if rejected:
+            summary["rejected"] = len(rejected)
+            split_of = {i: ("train_aug" if split == "train" else split)
+                        for split, ids in src.ids.items() for i in ids}
+            atomic_write_json(tmp / "rejected.json", {"on_error": on_error, "samples": [
+                {"split": split_of[sid], "id": sid,
+                 "file": list_path(relocated(err.path, moved or {}), out_dir),
+                 "problem": err.problem, "rule": err.rule} for sid, err in rejected]})
         atomic_write_json(tmp / "classes.json", {**src.classes.to_dict(), "ignore_index": 255})
         atomic_write_json(tmp / "summary.json", summary)
         return summary
@@ -120,27 +150,75 @@ def prepare_generic(root: PathLike, out_dir: PathLike, build_dir: PathLike | Non
         return write(tmp)
 
 
-def _ignore_as_255(src: GenericSources, tmp: Path) -> dict[str, tuple]:
-    """id -> (image, mask); with an ignore index other than 255 the mask is a copy under
-    ``labels/generic/`` (its path then relative to the prepared folder) with the ignore value
-    and 255 swapped. A mask that cannot be read is left as it is, for validate to flag."""
+COLOUR_RULE = ("an RGB colour mask paints every pixel with a colour of classes.json's palette "
+               "(class k's colour) or the ignore colour")
+
+
+def colour_mask_to_index(rgb: np.ndarray, classes: ClassList, path: PathLike,
+                         item_id: str | None = None) -> np.ndarray:
+    """uint8 HxW class indices of an HxWx3 colour mask: class k's palette colour -> k, the
+    palette's colour at the ignore index -> the ignore index. Any other colour raises
+    :class:`DataError` naming the file, the id, the colours (most frequent first) and their
+    pixel counts."""
+    full = classes.full_palette().astype(np.int64)
+    code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    keys = (full[:, 0] << 16) | (full[:, 1] << 8) | full[:, 2]
+    lut: dict[int, int] = {}
+    for k in [classes.ignore_index] + list(range(classes.num_classes - 1, -1, -1)):
+        lut[int(keys[k])] = k  # class colours win over the ignore colour when they coincide
+    colours, inverse, counts = np.unique(code.ravel(), return_inverse=True, return_counts=True)
+    known = np.array([int(c) in lut for c in colours], dtype=bool)
+    if not known.all():
+        bad = np.flatnonzero(~known)
+        bad = bad[np.argsort(-counts[bad], kind="stable")]
+        shown = ", ".join(f"{((int(colours[b]) >> 16) & 255, (int(colours[b]) >> 8) & 255, int(colours[b]) & 255)}"
+                          f" x {int(counts[b])} px" for b in bad[:5])
+        more = f" and {bad.size - 5} more" if bad.size > 5 else ""
+        raise DataError(path, f"colour mask holds {bad.size} colour(s) not in the palette: "
+                        f"{shown}{more}", COLOUR_RULE, item_id)
+    index = np.array([lut[int(c)] for c in colours], dtype=np.uint8)
+    return index[inverse].reshape(code.shape)
+
+
+def _index_masks(src: GenericSources, tmp: Path, keep_going: bool = False
+                 ) -> tuple[dict[str, tuple], list[tuple[str, DataError]]]:
+    """id -> (image, mask) and the masks rejected. A colour mask becomes a palette copy under
+    ``labels/generic/`` (its path then relative to the prepared folder), as does every mask when
+    the ignore index is not 255 (ignore and 255 swapped). A mask that cannot be read is left as
+    it is, for validate to flag; a colour mask with unknown colours raises its DataError, or
+    with ``keep_going`` is left as it is and returned among the rejected."""
+    from PIL import Image
+
     from deeplab_core.data.io import read_label_png
 
     ignore = src.classes.ignore_index
-    if ignore == 255:
-        return src.files
     lut = np.arange(256, dtype=np.uint8)
     lut[ignore], lut[255] = 255, ignore
-    out = dict(src.files)
+    out, rejected = dict(src.files), []
     for sid, (image, mask) in src.files.items():
         try:
-            label = read_label_png(mask, sid)
-        except ValueError:
+            with Image.open(mask) as img:
+                colour = img.mode in ("RGB", "RGBA")
+                rgb = np.asarray(img.convert("RGB")) if colour else None
+            if colour:
+                label = colour_mask_to_index(rgb, src.classes, mask, sid)
+            elif ignore != 255:
+                label = read_label_png(mask, sid)
+            else:
+                continue
+        except DataError as err:
+            if err.rule != COLOUR_RULE:
+                continue  # an unreadable mask: validate flags it
+            if not keep_going:
+                raise
+            rejected.append((sid, err))
+            continue
+        except (OSError, ValueError):
             continue
         write_label_png(tmp / "labels" / "generic" / f"{sid}.png", lut[label],
                         src.classes.full_palette())
         out[sid] = (image, f"labels/generic/{sid}.png")
-    return out
+    return out, rejected
 
 
 # ----------------------------------------------------------------------------- tiny example

@@ -45,7 +45,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 
 from deeplab_core.classes import (COCO_TO_VOC, IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES,
-                                  voc_class_list)
+                                  voc_class_list, voc_palette)
 from deeplab_core.data.coco import (COCO_MIN_AREA, coco_paths, coco_semantic_mask,
                                     images_with_voc_classes, load_coco_instances)
 from deeplab_core.data.io import (DataError, PathLike, encode_label_png, format_list_line,
@@ -60,6 +60,7 @@ SBD_RULE = "an SBD annotation is a MATLAB file whose GTcls.Segmentation is an Hx
 _VALID = np.zeros(256, dtype=bool)
 _VALID[:NUM_VOC_CLASSES] = True
 _VALID[IGNORE_INDEX] = True
+_VOC_PALETTE = voc_palette()
 
 
 def trainaug_ids(voc_train: Iterable[str], voc_val: Iterable[str],
@@ -86,8 +87,13 @@ def _convert_label(read: Callable[..., np.ndarray], job: tuple[str, str, str]) -
     return np.bincount(lab.ravel(), minlength=256)
 
 
+def _read_voc_png(src: str, item_id: str) -> np.ndarray:
+    """A VOC label's class indices; its palette must be VOC's (a permuted palette is refused)."""
+    return read_label_png(src, item_id, _VOC_PALETTE, VOC_CLASSES)
+
+
 def _convert_png(job: tuple[str, str, str]) -> np.ndarray:
-    return _convert_label(read_label_png, job)
+    return _convert_label(_read_voc_png, job)
 
 
 def _read_mat(src: str, item_id: str) -> np.ndarray:

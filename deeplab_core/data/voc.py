@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplab_core.data.io import DataError, PathLike, read_image_rgb, read_label_png, require_file
+from deeplab_core.data.io import (DataError, PathLike, read_image_rgb, read_label_png,
+                                  read_text_lines, require_file)
 
 VOC_SPLITS = ("train", "val", "trainval")
 
@@ -61,7 +62,7 @@ def read_id_list(path: PathLike) -> list[str]:
     """
     path = require_file(path, "id list")
     first_line: dict[str, int] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_text_lines(path, "a split file"), start=1):
         parts = line.split()
         if not parts:
             continue

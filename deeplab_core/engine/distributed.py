@@ -40,9 +40,14 @@ def current() -> DistContext:
                        int(os.environ.get("LOCAL_RANK", "0")))
 
 
+BACKEND_ENV = "DEEPLAB_DIST_BACKEND"
+
+
 def setup(device: torch.device) -> tuple[DistContext, torch.device]:
-    """Join the process group torchrun described in the environment (nccl on CUDA, gloo on CPU);
-    a no-op outside torchrun. Returns the context and this process's device (cuda:LOCAL_RANK)."""
+    """Join the process group torchrun described in the environment (nccl on CUDA, gloo on CPU,
+    or the backend named by $DEEPLAB_DIST_BACKEND, e.g. gloo over CUDA tensors where NCCL cannot
+    run, such as two processes on one GPU); a no-op outside torchrun. Returns the context and
+    this process's device (cuda:LOCAL_RANK)."""
     if launched_world_size() <= 1:
         return DistContext(), device
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -50,7 +55,8 @@ def setup(device: torch.device) -> tuple[DistContext, torch.device]:
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(os.environ.get(BACKEND_ENV)
+                                or ("nccl" if device.type == "cuda" else "gloo"))
     return current(), device
 
 

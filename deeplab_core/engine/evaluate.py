@@ -15,6 +15,7 @@ from torch import nn
 
 from deeplab_core import metrics
 from deeplab_core.engine import distributed
+from deeplab_core.models.deeplab import aligns_corners, upsample_to
 
 if TYPE_CHECKING:
     from deeplab_core.crf.densecrf import CRFParams
@@ -32,9 +33,11 @@ def _rescale(image_nchw: torch.Tensor, s: float) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_probs(model: nn.Module, image_nchw: torch.Tensor, scales: Iterable[float] = (1.0,),
-                  flip: bool = False) -> torch.Tensor:
+                  flip: bool = False, autocast: torch.dtype | None = None) -> torch.Tensor:
     """Softmax probabilities (N, C, H, W) at the input resolution, averaged over input scales and
-    (optionally) horizontal flips, as in DeepLab's multi-scale + flip test-time inference."""
+    (optionally) horizontal flips, as in DeepLab's multi-scale + flip test-time inference.
+    ``autocast``: the network's forward pass autocast to that dtype (softmax and averaging stay
+    in float32)."""
     model.eval()
     n, _, h, w = image_nchw.shape
     total = None
@@ -43,11 +46,12 @@ def predict_probs(model: nn.Module, image_nchw: torch.Tensor, scales: Iterable[f
         x = image_nchw if s == 1.0 else _rescale(image_nchw, s)
         for flipped in ((False, True) if flip else (False,)):
             xi = torch.flip(x, dims=[3]) if flipped else x
-            logits = model(xi)
+            with torch.autocast(image_nchw.device.type, dtype=autocast or torch.bfloat16,
+                                enabled=autocast is not None):
+                logits = model(xi)
             if flipped:
                 logits = torch.flip(logits, dims=[3])
-            if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            logits = upsample_to(logits, (h, w), aligns_corners(model))
             p = torch.softmax(logits.float(), dim=1)
             del logits  # at most two full-resolution maps alive at a time
             total = p if total is None else total.add_(p)
@@ -92,19 +96,37 @@ def _crf_job(image: np.ndarray, probs: np.ndarray, params: CRFParams) -> np.ndar
     return labels
 
 
+def _as_is(item):
+    return item
+
+
+def _items(dataset, indices: range, num_workers: int, device: torch.device):
+    """The dataset's items at ``indices``, read in this process or, with workers, ahead of use."""
+    if num_workers <= 0:
+        return (dataset[i] for i in indices)
+    from torch.utils.data import DataLoader
+
+    from deeplab_core.runtime import loader_options
+    return iter(DataLoader(dataset, batch_size=None, sampler=list(indices), collate_fn=_as_is,
+                           **loader_options(num_workers, device)))
+
+
 def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
              scales: Iterable[float] = (1.0,), flip: bool = False,
              trimap_widths: Iterable[int] = (), crf_params: CRFParams | None = None,
              crf_workers: int = 1, class_names: tuple[str, ...] | None = None,
              on_prediction: Callable[[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
-             | None = None, progress: bool = True) -> dict:
+             | None = None, progress: bool = True, num_workers: int = 0,
+             autocast: torch.dtype | None = None) -> dict:
     """Evaluate over `dataset` (items: dict with 'image' 3xHxW normalised, 'label' HxW, 'id',
     'raw_image' uint8 HxWx3). Returns {'plain': report, 'crf': report or None, 'n_images': int}.
 
     `on_prediction(id, raw_image, probs_chw, pred_hw, label_hw)` is called for each image (e.g. to
     cache probabilities for the CRF search or to draw example figures). Under torchrun each
     process evaluates every world_size-th image and the confusion matrices are summed over all
-    processes (on_prediction sees this process's images only).
+    processes (on_prediction sees this process's images only). `num_workers` > 0 reads the
+    images in DataLoader workers (pinned memory on CUDA), ahead of the network; `autocast` as in
+    `predict_probs`.
     """
     if crf_params is not None:
         from deeplab_core.crf.densecrf import check_optional_params
@@ -127,17 +149,17 @@ def evaluate(model: nn.Module, dataset, num_classes: int, device: torch.device,
             fut, lab = pending.pop(0)
             crf_acc.add(fut.result(), lab)
 
-    iterator = distributed.shard(len(dataset))  # under torchrun: this process's share
+    iterator = _items(dataset, distributed.shard(len(dataset)), num_workers, device)
     if progress:
         from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc="evaluate", unit="img", mininterval=2.0)
+        iterator = tqdm(iterator, desc="evaluate", unit="img", mininterval=2.0,
+                        total=len(distributed.shard(len(dataset))))
     try:
-        for i in iterator:
-            item = dataset[i]
-            x = item["image"].unsqueeze(0).to(device)
+        for item in iterator:
+            x = item["image"].unsqueeze(0).to(device, non_blocking=True)
             label = item["label"].numpy() if torch.is_tensor(item["label"]) else item["label"]
             raw = np.ascontiguousarray(np.asarray(item["raw_image"], dtype=np.uint8))
-            probs = predict_probs(model, x, scales, flip)[0].cpu().numpy()
+            probs = predict_probs(model, x, scales, flip, autocast)[0].cpu().numpy()
             pred = probs.argmax(0).astype(np.uint8)
             plain.add(pred, label)
             if on_prediction is not None:

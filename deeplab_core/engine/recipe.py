@@ -5,7 +5,9 @@ loss at the input or at the score-map resolution."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -125,31 +127,86 @@ def freeze_batch_norm(model: nn.Module) -> list[nn.Parameter]:
     return frozen
 
 
+def per_micro_batch_momentum(momentum: float, micro: int) -> float:
+    """The running-statistics momentum m' whose ``micro`` updates decay the old statistics as
+    one update of ``momentum`` does: (1 - m')^micro = 1 - momentum."""
+    return 1.0 - (1.0 - momentum) ** (1.0 / micro)
+
+
+@contextlib.contextmanager
+def bn_momentum_per_step(model: nn.Module, micro: int) -> Iterator[None]:
+    """Batch norms updated once per micro-batch keep the recipe's decay per optimizer step:
+    v3's 0.9997 stays 0.9997 per step with 2 micro-batches (not 0.9997^2). Each micro-batch
+    moves the statistics by per_micro_batch_momentum towards its own batch statistics (with
+    equal micro-batch statistics, exactly one update of the recipe's momentum). Momenta are
+    restored by module name afterwards (the modules may have been swapped meanwhile)."""
+    saved = {name: m.momentum for name, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    if micro > 1:
+        for m in batch_norms(model):
+            if m.momentum is not None:  # None: cumulative average, no decay to keep
+                m.momentum = per_micro_batch_momentum(m.momentum, micro)
+    try:
+        yield
+    finally:
+        for name, m in model.named_modules():
+            if name in saved:
+                m.momentum = saved[name]
+
+
 def set_bn_momentum(model: nn.Module, momentum: float | None) -> None:
     if momentum is not None:
         for m in batch_norms(model):
             m.momentum = momentum
 
 
-def _loss_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Labels nearest-downsampled to the logits' size (v1/v2 score-map training)."""
-    if logits.shape[-2:] == target.shape[-2:]:
+def score_map_positions(size: int, cells: int) -> torch.Tensor:
+    """Input rows (or columns) the ``cells`` score-map cells of a ``size``-pixel side sit over:
+    cell i at stride * i (Caffe's label shrinking), the stride being the power of two nearest
+    size / cells, clipped to the last pixel. For the papers' stride * k + 1 crops (321 and 513:
+    41 cells at stride 8, 33 at stride 16) that is exactly i * (size - 1) / (cells - 1), the
+    positions align_corners=True upsampling maps the cells back to; for other sizes (v1's 306:
+    39 cells, the last one at 304) it is the cell's position in the network, at most one
+    pixel from where Caffe's interpolating label shrink would read."""
+    if not 1 <= cells <= size:
+        raise ValueError(f"a score map of {cells} cells cannot sit over {size} pixels "
+                         f"(expected 1 <= cells <= {size})")
+    stride = 2 ** round(math.log2(size / cells))
+    return torch.clamp(torch.arange(cells) * stride, max=size - 1)
+
+
+def score_map_labels(target: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Labels (N, H, W) subsampled to a score map of ``size`` (h, w) at the pixels the cells sit
+    over (``score_map_positions``): v1/v2's training against the score map."""
+    if tuple(target.shape[-2:]) == tuple(size):
         return target
-    small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
-    return small[:, 0].long()
+    rows = score_map_positions(target.shape[-2], size[0]).to(target.device)
+    cols = score_map_positions(target.shape[-1], size[1]).to(target.device)
+    return target.index_select(-2, rows).index_select(-1, cols)
 
 
 def loss_sum(outputs: torch.Tensor | list | tuple, target: torch.Tensor
              ) -> tuple[torch.Tensor, int]:
     """(sum of per-pixel cross-entropies, number of labelled pixels), ignoring label 255, with
-    the labels downsampled to each output's size. A list of outputs (multi-scale training) sums
+    the labels subsampled to each output's size (``score_map_labels``). A list of outputs (multi-scale training) sums
     the losses; the count is that of the first output."""
     if isinstance(outputs, (list, tuple)):
         parts = [loss_sum(o, target) for o in outputs]
         return sum(p[0] for p in parts), parts[0][1]
-    y = _loss_target(outputs, target)
+    y = score_map_labels(target, outputs.shape[-2:])
+    if outputs.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return _gathered_loss_sum(outputs.float(), y)
     total = F.cross_entropy(outputs.float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
     return total, int((y != IGNORE_INDEX).sum())
+
+
+def _gathered_loss_sum(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """loss_sum's cross-entropy from log_softmax and gather, whose CUDA kernels are
+    deterministic (nll_loss's CUDA sum is refused under torch.use_deterministic_algorithms)."""
+    keep = y != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=1)
+    picked = logp.gather(1, y.masked_fill(~keep, 0)[:, None])[:, 0]
+    return -(picked * keep).sum(), int(keep.sum())
 
 
 def segmentation_loss(outputs: torch.Tensor | list | tuple, target: torch.Tensor) -> torch.Tensor:

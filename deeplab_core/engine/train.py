@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,14 +25,20 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from deeplab_core.config import TrainConfig
 from deeplab_core.engine import distributed
 from deeplab_core.engine.distributed import DistContext
-from deeplab_core.engine.recipe import (freeze_batch_norm, loss_sum, lr_at, make_optimizer,
-                                        set_bn_momentum, set_group_lrs)
+from deeplab_core.engine.recipe import (bn_momentum_per_step, freeze_batch_norm, loss_sum,
+                                        lr_at, make_optimizer, set_bn_momentum, set_group_lrs)
 from deeplab_core.fileio import atomic_torch_save
-from deeplab_core.runtime import seed_everything
+from deeplab_core.runtime import (kernel_settings, loader_options, loader_workers,
+                                  seed_everything)
 
 MetricLogger = Callable[[int, dict], None]
 # Settings that change nothing computed: a checkpoint written under other values still resumes.
-_NOT_RUN_DEFINING = {"enabled", "log_every", "checkpoint_every"}
+# ``deterministic`` picks kernels, not the computation: a run may be resumed with it switched.
+_NOT_RUN_DEFINING = {"enabled", "log_every", "checkpoint_every", "deterministic"}
+
+
+class ResumeMismatch(ValueError):
+    """A checkpoint of this run was written under another precision or device."""
 
 
 def run_fingerprint(cfg: TrainConfig, seed: int, run_key: str = "") -> str:
@@ -51,21 +58,43 @@ class TrainResult:
     final_loss: float = math.nan
 
 
+def micro_steps(batch_size: int, accumulate_steps: int, world_size: int) -> int:
+    """Micro-batches each process runs per optimizer step: ``accumulate_steps``, or fewer when
+    the global batch has fewer samples than processes x accumulate_steps (v2's batch 10 in 2
+    micro-batches is 1 micro-batch a process on 8 processes). ValueError when the batch has
+    fewer samples than processes."""
+    if batch_size < world_size:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {world_size} training "
+                         f"processes: every process needs at least one sample a step")
+    return max(1, min(accumulate_steps, batch_size // world_size))
+
+
+def batch_shares(batch_size: int, accumulate_steps: int, world_size: int
+                 ) -> list[list[tuple[int, int]]]:
+    """[micro-batch j][rank r] -> (first slot, number of slots) of the global batch: the batch is
+    cut into micro_steps x world_size parts in the order (j, r), their sizes differing by at most
+    one (the first batch_size % parts parts one larger). Any partition takes the same optimizer
+    step, since the loss is normalised by the global batch's labelled pixels."""
+    micro = micro_steps(batch_size, accumulate_steps, world_size)
+    parts = micro * world_size
+    base, extra = divmod(batch_size, parts)
+    sizes = [base + (k < extra) for k in range(parts)]
+    starts = [sum(sizes[:k]) for k in range(parts)]
+    return [[(starts[j * world_size + r], sizes[j * world_size + r]) for r in range(world_size)]
+            for j in range(micro)]
+
+
 class _StepBatches(Sampler):
     """Micro-batches of (sample index, step, slot) for steps start..stop-1. Step t's global batch
     comes from a generator seeded by (seed, t) alone, so a resumed run draws exactly the batches
-    that the uninterrupted run would have drawn. Each step yields ``micro`` micro-batches; process
-    ``rank`` of ``world`` takes slots [(j * world + rank) * m, ... + m) of micro-batch j, where
-    m = batch_size / (micro * world)."""
+    that the uninterrupted run would have drawn. Each step yields this process's micro-batches,
+    its shares of the global batch (``batch_shares``; equal shares when the batch divides)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, start: int, stop: int,
                  micro: int = 1, ctx: DistContext = DistContext()) -> None:
-        parts = micro * ctx.world_size
-        if batch_size % parts:
-            raise ValueError(f"batch_size {batch_size} must be divisible by accumulate_steps x "
-                             f"processes = {micro} x {ctx.world_size}")
         self.n, self.batch_size, self.seed, self.start, self.stop = n, batch_size, seed, start, stop
-        self.micro, self.ctx, self.m = micro, ctx, batch_size // parts
+        self.shares = [row[ctx.rank] for row in batch_shares(batch_size, micro, ctx.world_size)]
+        self.micro = len(self.shares)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start) * self.micro
@@ -74,9 +103,8 @@ class _StepBatches(Sampler):
         for step in range(self.start, self.stop):
             idx = np.random.default_rng([self.seed & 0xFFFFFFFF, step]).integers(
                 0, self.n, self.batch_size)
-            for j in range(self.micro):
-                lo = (j * self.ctx.world_size + self.ctx.rank) * self.m
-                yield [(int(idx[s]), step, s) for s in range(lo, lo + self.m)]
+            for lo, size in self.shares:
+                yield [(int(idx[s]), step, s) for s in range(lo, lo + size)]
 
 
 class _StepSamples(Dataset):
@@ -111,6 +139,12 @@ class _Precision:
         return torch.autocast(device.type, dtype=self.dtype or torch.bfloat16,
                               enabled=self.dtype is not None)
 
+    def runtime(self, device: torch.device) -> dict:
+        """What ``amp``/``amp_dtype: auto`` and ``device: auto`` resolved to: part of the run's
+        identity (a checkpoint resumes only under the same)."""
+        return {"dtype": str(self.dtype or torch.float32).removeprefix("torch."),
+                "device": device.type}
+
 
 def _precision(cfg: TrainConfig, device: torch.device) -> _Precision:
     """bfloat16 autocast on CPU; on CUDA bfloat16 where supported (auto) or float16 with a
@@ -130,23 +164,42 @@ def _precision(cfg: TrainConfig, device: torch.device) -> _Precision:
     return _Precision(dtype, scaler)
 
 
-def _read_resume(path: Path | None, fingerprint: str, iterations: int) -> dict | None:
-    """The checkpoint at ``path`` when it continues this run (same fingerprint, unfinished)."""
+def _read_resume(path: Path | None, fingerprint: str, iterations: int,
+                 runtime: dict | None = None) -> dict | None:
+    """The checkpoint at ``path`` when it continues this run (same fingerprint, unfinished).
+    ResumeMismatch when it does but was written under another resolved precision or device
+    (an fp16 run's scaler cannot continue in bf16, nor a bf16 run as fp16)."""
     if path is None or not path.is_file():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if (ckpt.get("fingerprint") != fingerprint or "model" not in ckpt
             or ckpt.get("iteration", 0) >= iterations):
         return None
+    saved = ckpt.get("runtime")
+    if runtime is not None and saved is not None and saved != runtime:
+        raise ResumeMismatch(
+            f"{path}: this run's checkpoint (iteration {ckpt['iteration']}) was written with "
+            f"{saved['dtype']} on {saved['device']}, but this process would continue with "
+            f"{runtime['dtype']} on {runtime['device']}; set amp / amp_dtype / base.device so "
+            f"they resolve as before, or delete {path} to start the run afresh")
     return ckpt
 
 
 def _restore_rng(ckpt: dict, ctx: DistContext) -> None:
-    """This process's CPU (and CUDA) RNG state, when the checkpoint has one per process."""
+    """This process's CPU (and CUDA) RNG state, when the checkpoint has one per process; a
+    warning when it was written by another number of processes (the run then continues with
+    this process's freshly seeded generators: data order and augmentations are unaffected,
+    being seeded by step, but dropout masks differ from the uninterrupted run's)."""
     cpu, cuda = ckpt.get("torch_rng"), ckpt.get("cuda_rng")
     if isinstance(cpu, torch.Tensor):  # written by a single process
         cpu = [cpu]
-    if cpu and len(cpu) == ctx.world_size:
+    if cpu and len(cpu) != ctx.world_size:
+        warnings.warn(f"checkpoint of iteration {ckpt.get('iteration')} was written by "
+                      f"{len(cpu)} process(es) and is resumed by {ctx.world_size}: random states "
+                      f"not restored, so dropout masks differ from the uninterrupted run's",
+                      RuntimeWarning, stacklevel=2)
+        return
+    if cpu:
         torch.set_rng_state(cpu[ctx.rank])
     if cuda and len(cuda) == ctx.world_size and cuda[ctx.rank] is not None \
             and torch.cuda.is_available():
@@ -154,7 +207,8 @@ def _restore_rng(ckpt: dict, ctx: DistContext) -> None:
 
 
 def _save_resume(path: Path, model: nn.Module, opt, prec: _Precision, step: int,
-                 batch_size: int, fingerprint: str, history: list, ctx: DistContext) -> None:
+                 batch_size: int, fingerprint: str, history: list, ctx: DistContext,
+                 runtime: dict) -> None:
     """Collective under DDP (every process hands over its RNG states); rank 0 writes."""
     cpu_rng = distributed.all_gather_objects(torch.get_rng_state())
     cuda_rng = distributed.all_gather_objects(
@@ -164,7 +218,8 @@ def _save_resume(path: Path, model: nn.Module, opt, prec: _Precision, step: int,
                            "scaler": prec.scaler.state_dict(), "iteration": step,
                            "fingerprint": fingerprint, "torch_rng": cpu_rng, "cuda_rng": cuda_rng,
                            "data_position": {"step": step, "samples_seen": step * batch_size},
-                           "world_size": ctx.world_size, "history": history}, path)
+                           "world_size": ctx.world_size, "history": history,
+                           "runtime": runtime}, path)
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool):
@@ -177,15 +232,17 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool):
 def _optimizer_step(net: nn.Module, opt, micro_batches: list[dict], cfg: TrainConfig,
                     prec: _Precision, device: torch.device, it: int) -> float:
     """One optimizer step over this process's micro-batches; returns the global batch's loss.
-    Each micro-batch back-propagates its loss sum over P label positions (a mean-sized value,
-    safe for float16); once the gradients are summed (and averaged over the processes by DDP)
-    they are rescaled by world_size * P / (labelled pixels of the global batch), which makes
-    them the gradient of the global batch's mean loss, whatever the split (exactly so when every
-    micro-batch has the same shape, as fixed-size training crops do)."""
+    Each micro-batch back-propagates its loss sum over C = (label positions of one sample) x
+    batch_size / (processes x micro-batches), a mean-sized value (safe for float16) that is the
+    same constant on every process and micro-batch, uneven shares included. Once the gradients
+    are summed (and averaged over the processes by DDP) they are rescaled by world_size * C /
+    (labelled pixels of the global batch), which makes them the gradient of the global batch's
+    mean loss whatever the split (exactly so when every sample has the same shape, as
+    fixed-size training crops do)."""
     ctx = distributed.current()
     opt.zero_grad(set_to_none=True)
     stats = torch.zeros(2, dtype=torch.float64)
-    positions = 1
+    norm = 1.0
     for j, batch in enumerate(micro_batches):
         x, y = _to_device(batch, device, cfg.channels_last)
         last = j == len(micro_batches) - 1
@@ -195,8 +252,9 @@ def _optimizer_step(net: nn.Module, opt, micro_batches: list[dict], cfg: TrainCo
                 out = net(x) if cfg.loss_at == "input" else net(x, upsample=False)
             total, count = loss_sum(out, y)
             first = out[0] if isinstance(out, (list, tuple)) else out
-            positions = first.shape[0] * first.shape[-2] * first.shape[-1]
-            prec.scaler.scale(total / positions).backward()
+            norm = first.shape[-2] * first.shape[-1] * cfg.batch_size / (
+                ctx.world_size * len(micro_batches))
+            prec.scaler.scale(total / norm).backward()
         stats += torch.tensor([float(total.detach()), count], dtype=torch.float64)
     total_sum, total_count = distributed.all_reduce_sum(stats).tolist()
     loss = total_sum / max(total_count, 1.0)
@@ -204,7 +262,7 @@ def _optimizer_step(net: nn.Module, opt, micro_batches: list[dict], cfg: TrainCo
         raise FloatingPointError(f"loss became {loss} at iteration {it} (lr "
                                  f"{opt.param_groups[0]['lr']:.3g}); lower the learning rate")
     prec.scaler.unscale_(opt)
-    factor = ctx.world_size * positions / max(total_count, 1.0)
+    factor = ctx.world_size * norm / max(total_count, 1.0)
     for g in opt.param_groups:
         for p in g["params"]:
             if p.grad is not None:
@@ -230,16 +288,17 @@ def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device,
 
 
 def _loader(dataset: Dataset, cfg: TrainConfig, seed: int, start: int, num_workers: int,
-            ctx: DistContext) -> DataLoader:
+            ctx: DistContext, device: torch.device) -> DataLoader:
     # The loader's own generator keeps DataLoader seeding off torch's global RNG (dropout uses it).
     sampler = _StepBatches(len(dataset), cfg.batch_size, seed, start, cfg.iterations,
                            cfg.accumulate_steps, ctx)
-    return DataLoader(_StepSamples(dataset, seed), batch_sampler=sampler, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(_StepSamples(dataset, seed), batch_sampler=sampler,
+                      generator=torch.Generator().manual_seed(seed),
+                      **loader_options(num_workers, device))
 
 
 def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.device, *,
-          seed: int = 0, run_key: str = "", num_workers: int = 0,
+          seed: int = 0, run_key: str = "", num_workers: int | str = 0,
           checkpoint_path: Path | None = None, log_metrics: MetricLogger | None = None,
           progress: bool = True) -> TrainResult:
     """Train ``model`` in place for ``cfg.iterations`` optimizer steps (under torchrun: with
@@ -248,15 +307,16 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
     With ``checkpoint_path``, a checkpoint is written there atomically (by rank 0) every
     ``cfg.checkpoint_every`` steps; a later call with the same path, config, seed and run_key
     resumes from it. Metrics go to ``log_metrics(step, values)`` on rank 0 only.
+    ``num_workers``: DataLoader workers, or "auto" (``runtime.loader_workers``).
     """
     if len(dataset) == 0:
         raise ValueError("training dataset is empty")
     ctx, device = distributed.setup(device)
     seed_everything(seed + ctx.rank)  # dropout masks differ between ranks, rank 0 as one process
-    fp = run_fingerprint(cfg, seed, run_key)
-    resume = _read_resume(checkpoint_path, fp, cfg.iterations)
+    fp, prec = run_fingerprint(cfg, seed, run_key), _precision(cfg, device)
+    resume = _read_resume(checkpoint_path, fp, cfg.iterations, prec.runtime(device))
     net, frozen = _prepare_model(model, cfg, device, resume)
-    opt, prec = make_optimizer(model, cfg), _precision(cfg, device)
+    opt = make_optimizer(model, cfg)
     result = TrainResult()
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
@@ -264,11 +324,14 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
             prec.scaler.load_state_dict(resume["scaler"])
         _restore_rng(resume, ctx)
         result.resumed_from, result.history = resume["iteration"], resume["history"]
+    micro = micro_steps(cfg.batch_size, cfg.accumulate_steps, ctx.world_size)
     try:
-        _run_loop(net, model, opt, prec, dataset, cfg, device, ctx, result,
-                  dict(seed=seed, fp=fp, num_workers=num_workers, ckpt=checkpoint_path,
-                       log=log_metrics if ctx.is_main else None,
-                       progress=progress and ctx.is_main))
+        with kernel_settings(device, cfg.deterministic), bn_momentum_per_step(model, micro):
+            _run_loop(net, model, opt, prec, dataset, cfg, device, ctx, result,
+                      dict(seed=seed, fp=fp, ckpt=checkpoint_path,
+                           num_workers=loader_workers(num_workers, device, ctx.world_size),
+                           log=log_metrics if ctx.is_main else None,
+                           progress=progress and ctx.is_main, micro=micro))
     finally:
         distributed.unwrap_model(net)
         for p in frozen:
@@ -280,7 +343,9 @@ def train(model: nn.Module, dataset: Dataset, cfg: TrainConfig, device: torch.de
 def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: DistContext,
               result: TrainResult, run: dict) -> None:
     start = result.resumed_from
-    micro_batches = iter(_loader(dataset, cfg, run["seed"], start, run["num_workers"], ctx))
+    micro = run["micro"]
+    micro_batches = iter(_loader(dataset, cfg, run["seed"], start, run["num_workers"], ctx,
+                                 device))
     bar = None
     if run["progress"]:
         from tqdm.auto import tqdm
@@ -290,7 +355,7 @@ def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: Dis
     for it in range(start, cfg.iterations):
         lr = lr_at(cfg, it)
         set_group_lrs(opt, lr)
-        batches = [next(micro_batches) for _ in range(cfg.accumulate_steps)]
+        batches = [next(micro_batches) for _ in range(micro)]
         loss = _optimizer_step(net, opt, batches, cfg, prec, device, it)
         running, n_running, step = running + loss, n_running + 1, it + 1
         if step % cfg.log_every == 0 or step == cfg.iterations:
@@ -301,7 +366,7 @@ def _run_loop(net, model, opt, prec, dataset, cfg: TrainConfig, device, ctx: Dis
                 run["log"](step, {"train_loss": row["loss"], "lr": lr})
         if run["ckpt"] is not None and step % cfg.checkpoint_every == 0 and step < cfg.iterations:
             _save_resume(run["ckpt"], model, opt, prec, step, cfg.batch_size, run["fp"],
-                         result.history, ctx)
+                         result.history, ctx, prec.runtime(device))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)

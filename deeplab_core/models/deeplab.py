@@ -6,17 +6,27 @@ from fractions import Fraction
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import RFLayer
+from .layers import RFLayer, resize_bilinear
 
 
-def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
-    """Bilinear resize (align_corners=False) to ``size``, a no-op when it already matches."""
+def upsample_to(x: torch.Tensor, size: tuple[int, int] | torch.Size,
+                align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize to ``size``, a no-op when it already matches. ``align_corners`` is the
+    model's convention (``ArchSpec.align_corners``; True for the papers' models)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return resize_bilinear(x, size, align_corners)
+
+
+def aligns_corners(model: nn.Module) -> bool:
+    """The upsampling convention of a (possibly wrapped) model's architecture; False for
+    models that are not DeepLab models."""
+    try:
+        return bool(getattr(unwrap(model).config, "align_corners", False))
+    except TypeError:
+        return False
 
 
 class DeepLab(nn.Module):
@@ -48,7 +58,7 @@ class DeepLab(nn.Module):
 
     def forward(self, x: torch.Tensor, upsample: bool = True) -> torch.Tensor:
         y = self.score_map(x)
-        return upsample_to(y, x.shape[-2:]) if upsample else y
+        return upsample_to(y, x.shape[-2:], aligns_corners(self)) if upsample else y
 
     def set_output_stride(self, output_stride: int) -> None:
         self.backbone.set_output_stride(output_stride)

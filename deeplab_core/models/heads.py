@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (ConvBNReLU, PooledBatchNorm2d, RFLayer, conv3x3_block, init_classifier,
-                     init_weights, set_conv_geometry)
+from .layers import (ConvBNReLU, PooledBatchNorm2d, RFLayer, conv3x3_block, global_avg_pool,
+                     init_classifier, init_weights, resize_bilinear, set_conv_geometry)
 
 
 def _scaled_rate(rate: int, scale: float) -> int:
@@ -120,8 +120,8 @@ class ImagePooling(nn.Module):
         self.bn = PooledBatchNorm2d(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn(self.conv(F.adaptive_avg_pool2d(x, 1))), inplace=True)
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        y = F.relu(self.bn(self.conv(global_avg_pool(x))), inplace=True)
+        return resize_bilinear(y, x.shape[-2:])
 
 
 class ASPP(nn.Module):
@@ -201,8 +201,10 @@ class Decoder(nn.Module):
     two 3x3 convs, 1x1 classifier. The output is at the low-level feature's stride (4)."""
 
     def __init__(self, enc_channels: int, low_channels: int, num_classes: int,
-                 low_proj: int = 48, channels: int = 256, separable: bool = False):
+                 low_proj: int = 48, channels: int = 256, separable: bool = False,
+                 align_corners: bool = False):
         super().__init__()
+        self.align_corners = align_corners
         self.project = ConvBNReLU(low_channels, low_proj, 1)
         self.fuse = nn.Sequential(conv3x3_block(enc_channels + low_proj, channels, 1, separable),
                                   conv3x3_block(channels, channels, 1, separable))
@@ -211,7 +213,7 @@ class Decoder(nn.Module):
         init_classifier(self.classifier)
 
     def forward(self, enc: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        enc = F.interpolate(enc, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        enc = resize_bilinear(enc, low.shape[-2:], self.align_corners)
         return self.classifier(self.fuse(torch.cat([enc, self.project(low)], 1)))
 
     def rf_layers(self) -> list[RFLayer]:
@@ -228,8 +230,10 @@ class MSCFeatureBranches(nn.Module):
     """
 
     def __init__(self, tap_channels: tuple[int, ...], tap_strides: tuple[int, ...],
-                 num_classes: int, output_stride: int = 8, channels: int = 128):
+                 num_classes: int, output_stride: int = 8, channels: int = 128,
+                 align_corners: bool = False):
         super().__init__()
+        self.align_corners = align_corners
         self.branches = nn.ModuleList()
         for cin, s in zip(tap_channels, tap_strides):
             step = max(1, output_stride // s)
@@ -246,6 +250,6 @@ class MSCFeatureBranches(nn.Module):
         for branch, t in zip(self.branches, taps):
             y = branch(t)
             if y.shape[-2:] != tuple(size):
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+                y = resize_bilinear(y, size, self.align_corners)
             out = y if out is None else out + y
         return out

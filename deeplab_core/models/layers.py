@@ -189,3 +189,38 @@ def rf_of(layers: Iterable[RFLayer]) -> int:
         rf += (k - 1) * d * jump
         jump *= Fraction(s)
     return int(rf)
+
+
+def _interp_matrix(n_in: int, n_out: int, align_corners: bool, like: torch.Tensor
+                   ) -> torch.Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation, as F.interpolate computes them."""
+    eye = torch.eye(n_in, dtype=torch.float32, device=like.device).view(1, n_in, n_in, 1)
+    with torch.no_grad():
+        w = F.interpolate(eye, size=(n_out, 1), mode="bilinear", align_corners=align_corners)
+    return w[0, :, :, 0].t().to(like.dtype)
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int] | torch.Size,
+                    align_corners: bool = False, separable: bool | None = None) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) to ``size``. With deterministic algorithms asked for on
+    a CUDA tensor that needs gradients (``separable`` None), it runs as two matrix products,
+    whose backward is deterministic (F.interpolate's bilinear backward on CUDA accumulates
+    with atomics and is refused under torch.use_deterministic_algorithms); elsewhere it is
+    F.interpolate itself, bit for bit."""
+    size = tuple(int(s) for s in size)
+    if separable is None:
+        separable = (x.is_cuda and x.requires_grad
+                     and torch.are_deterministic_algorithms_enabled())
+    if not separable:
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+    rows = _interp_matrix(x.shape[-2], size[0], align_corners, x)
+    cols = _interp_matrix(x.shape[-1], size[1], align_corners, x)
+    return torch.matmul(torch.matmul(rows, x), cols.t())
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, 1, 1) spatial mean; a plain mean under deterministic algorithms on CUDA
+    (adaptive_avg_pool2d's CUDA backward is refused there), adaptive_avg_pool2d elsewhere."""
+    if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return x.mean(dim=(-2, -1), keepdim=True)
+    return F.adaptive_avg_pool2d(x, 1)

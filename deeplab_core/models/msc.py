@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deeplab import DeepLab, upsample_to
+from .deeplab import DeepLab, aligns_corners, upsample_to
 
 
 def _scaled_size(size: tuple[int, int], s: float) -> tuple[int, int]:
@@ -43,7 +43,7 @@ class MultiScaleInputs(nn.Module):
                                                   mode="bilinear", align_corners=False)
             maps.append(self.model.score_map(xs))
         size = maps[0].shape[-2:]
-        maps = [upsample_to(m, size) for m in maps]
+        maps = [upsample_to(m, size, aligns_corners(self)) for m in maps]
         fused = maps[0]
         for m in maps[1:]:
             fused = torch.maximum(fused, m)
@@ -55,7 +55,7 @@ class MultiScaleInputs(nn.Module):
     def forward(self, x: torch.Tensor, upsample: bool = True):
         maps = self.score_maps(x) if self.training else [self.score_map(x)]
         if upsample:
-            maps = [upsample_to(m, x.shape[-2:]) for m in maps]
+            maps = [upsample_to(m, x.shape[-2:], aligns_corners(self)) for m in maps]
         return maps if self.training and len(self.scales) > 1 else maps[0]
 
     def set_output_stride(self, output_stride: int) -> None:

@@ -50,9 +50,15 @@ class ArchSpec:
     msc_scales: tuple[float, ...] | None = None   # v2 multi-scale inputs, max fusion
     msc_features: bool = False        # v1 DeepLab-MSc MLP branches on image + pool1..pool4
     msc_feature_channels: int = 128
+    # Bilinear upsampling convention of score maps and decoder features. The papers' code
+    # (Caffe's Interp layer, TensorFlow's resize_bilinear(align_corners=True)) aligns corner
+    # pixels: with 8k+1 crops (321, 513) score-map cell i then sits exactly over input pixel
+    # stride * i, the pixel the score-map labels are sampled at (engine.recipe.score_map_labels).
+    align_corners: bool = False
 
 
-_VGG_V1 = dict(backbone="vgg16", head="v1", output_stride=8)
+_VGG_V1 = dict(backbone="vgg16", head="v1", output_stride=8, align_corners=True)
+_PAPER = dict(align_corners=True)
 
 PRESETS: dict[str, ArchSpec] = {
     # DeepLab v1 (VGG-16, output stride 8)
@@ -63,22 +69,22 @@ PRESETS: dict[str, ArchSpec] = {
     "v1_msc_largefov": ArchSpec(**_VGG_V1, fc6_kernel=3, fc6_rate=12, fc_channels=1024,
                                 msc_features=True),
     # DeepLab v2
-    "v2_aspp_s_vgg16": ArchSpec(backbone="vgg16", head="aspp_v2", output_stride=8,
+    "v2_aspp_s_vgg16": ArchSpec(**_PAPER, backbone="vgg16", head="aspp_v2", output_stride=8,
                                 aspp_rates=(2, 4, 8, 12), aspp_hidden=1024),
-    "v2_aspp_l_vgg16": ArchSpec(backbone="vgg16", head="aspp_v2", output_stride=8,
+    "v2_aspp_l_vgg16": ArchSpec(**_PAPER, backbone="vgg16", head="aspp_v2", output_stride=8,
                                 aspp_rates=(6, 12, 18, 24), aspp_hidden=1024),
-    "v2_aspp_l_resnet101": ArchSpec(backbone="resnet101", head="aspp_v2", output_stride=8,
+    "v2_aspp_l_resnet101": ArchSpec(**_PAPER, backbone="resnet101", head="aspp_v2", output_stride=8,
                                     aspp_rates=(6, 12, 18, 24), aspp_hidden=None,
                                     msc_scales=(1.0, 0.75, 0.5)),
     # DeepLab v3 (ResNet-101, output stride 16 for training)
-    "v3_resnet101_os16_mg124": ArchSpec(backbone="resnet101", head="aspp_v3", output_stride=16,
+    "v3_resnet101_os16_mg124": ArchSpec(**_PAPER, backbone="resnet101", head="aspp_v3", output_stride=16,
                                         multi_grid=(1, 2, 4), aspp_rates=(6, 12, 18)),
-    "v3_resnet101_block7_mg121": ArchSpec(backbone="resnet101", head="cascade", output_stride=16,
+    "v3_resnet101_block7_mg121": ArchSpec(**_PAPER, backbone="resnet101", head="cascade", output_stride=16,
                                           multi_grid=(1, 2, 1), cascade_blocks=3),
     # DeepLab v3+
-    "v3plus_xception65": ArchSpec(backbone="xception65", head="aspp_v3", output_stride=16,
+    "v3plus_xception65": ArchSpec(**_PAPER, backbone="xception65", head="aspp_v3", output_stride=16,
                                   aspp_rates=(6, 12, 18), separable=True, decoder=True),
-    "v3plus_resnet101": ArchSpec(backbone="resnet101", head="aspp_v3", output_stride=16,
+    "v3plus_resnet101": ArchSpec(**_PAPER, backbone="resnet101", head="aspp_v3", output_stride=16,
                                  aspp_rates=(6, 12, 18), decoder=True),
     # CPU presets. light: a small dense BasicBlock trunk (dense 3x3 convs train faster from
     # scratch on a CPU than depthwise ones), ASPP with image pooling, v3+ decoder on stride-4
@@ -153,13 +159,15 @@ def build_from_config(cfg: ArchSpec, num_classes: int = 21) -> nn.Module:
         if cfg.head != "aspp_v3":
             raise ValueError("the v3+ decoder needs head='aspp_v3'")
         decoder = Decoder(cfg.aspp_channels, backbone.low_level_channels, num_classes,
-                          cfg.low_level_channels, cfg.decoder_channels, cfg.separable)
+                          cfg.low_level_channels, cfg.decoder_channels, cfg.separable,
+                          cfg.align_corners)
     msc = None
     if cfg.msc_features:
         if not isinstance(backbone, VGG16):
             raise ValueError("msc_features (DeepLab-MSc) is defined for the VGG-16 backbone")
         msc = MSCFeatureBranches(backbone.tap_channels, backbone.tap_strides(), num_classes,
-                                 cfg.output_stride, cfg.msc_feature_channels)
+                                 cfg.output_stride, cfg.msc_feature_channels,
+                                 cfg.align_corners)
     model: nn.Module = DeepLab(cfg, backbone, head, decoder, msc)
     if cfg.msc_scales and tuple(cfg.msc_scales) != (1.0,):
         model = MultiScaleInputs(model, tuple(cfg.msc_scales))

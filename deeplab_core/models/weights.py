@@ -6,8 +6,16 @@ Checkpoints use torchvision's parameter names: ResNet (``conv1.weight``, ``bn1.*
 fc6 (4096 x 25088) is reshaped to 4096 x 512 x 7 x 7 and spatially decimated to the head's kernel
 (4x4 or 3x3); when the head is narrower than 4096 (LargeFOV: 1024) a seeded random subset of the
 filters is kept in fc6 and the same subset of rows and columns in fc7. ``classifier.6`` (the
-1000-way ImageNet classifier) is ignored. Xception-65 and MobileNetV2 load checkpoints saved in
-this package's own layout (``model.backbone.state_dict()``).
+1000-way ImageNet classifier) is ignored. Xception-65 loads the timm layout of the aligned
+Xception-65 (``timm.create_model("xception65")``, the DeepLab TensorFlow ImageNet checkpoint ported
+by timm as ``tf_xception_65``: ``stem.0.conv``, ``stem.0.bn``, ``blocks.N.stack.convK.conv_dw`` /
+``bn_dw`` / ``conv_pw`` / ``bn_pw``, ``blocks.N.shortcut.conv`` / ``bn``; ``head.fc`` ignored) or
+this package's own layout (``model.backbone.state_dict()``), as MobileNetV2 does. The timm
+tensors map one to one by name and shape, but this package's blocks follow the v3+ paper's
+description (BN + ReLU after every depthwise convolution, ReLU after the residual sum) while the
+TensorFlow/timm module applies ReLU before each separable convolution: the ImageNet weights land
+in the right places, yet the network is not activation for activation the one they were trained
+in (an initialisation, not a feature-exact port).
 """
 
 from __future__ import annotations
@@ -79,6 +87,42 @@ def _read_checkpoint(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
             if isinstance(v, torch.Tensor)}
 
 
+_TIMM_XCEPTION_PARTS = {"conv_dw": "depthwise", "bn_dw": "bn_depth", "conv_pw": "pointwise",
+                        "bn_pw": "bn_point"}
+
+
+def _timm_xception_key(key: str, n_entry: int, n_middle: int) -> str:
+    """A timm aligned-Xception key in this package's Xception65 layout (unchanged when it is
+    not one: ``head.*`` and foreign keys are left for the matcher to report)."""
+    parts = key.split(".")
+    if parts[0] == "stem" and len(parts) >= 3:
+        return ".".join([f"conv{int(parts[1]) + 1}", {"conv": "0", "bn": "1"}.get(parts[2],
+                                                                               parts[2])]
+                        + parts[3:])
+    if parts[0] != "blocks" or len(parts) < 4 or not parts[1].isdigit():
+        return key
+    i = int(parts[1])
+    unit = (f"entry.{i}" if i < n_entry else f"middle.{i - n_entry}"
+            if i < n_entry + n_middle else f"exit.{i - n_entry - n_middle}")
+    if parts[2] == "shortcut":
+        return ".".join([unit, "skip", {"conv": "0", "bn": "1"}.get(parts[3], parts[3])]
+                        + parts[4:])
+    if parts[2] == "stack" and parts[3].startswith("conv") and len(parts) >= 5:
+        sep = f"sep{parts[3][4:]}"
+        return ".".join([unit, sep, _TIMM_XCEPTION_PARTS.get(parts[4], parts[4])] + parts[5:])
+    return key
+
+
+def _from_public_layout(sd: dict[str, torch.Tensor], backbone: nn.Module
+                        ) -> dict[str, torch.Tensor]:
+    """``sd`` renamed into the backbone's layout when it is a public layout this module reads
+    (timm's aligned Xception-65); ResNet and VGG checkpoints already use torchvision's names."""
+    if isinstance(backbone, Xception65) and "stem.0.conv.weight" in sd:
+        ne, nm = len(backbone.entry), len(backbone.middle)
+        return {_timm_xception_key(k, ne, nm): v for k, v in sd.items()}
+    return sd
+
+
 def _locate(model_or_backbone: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     if isinstance(model_or_backbone, _BACKBONES):
         return model_or_backbone, None
@@ -102,6 +146,8 @@ def _backbone_prefixes(backbone: nn.Module) -> tuple[tuple[str, ...], tuple[str,
         return tuple(f"layer{i}." for i in range(5, 5 + backbone.cascade_blocks)), ("fc.",)
     if isinstance(backbone, VGG16):
         return (), ("classifier.",)
+    if isinstance(backbone, Xception65):
+        return (), ("head.",)
     return (), ()
 
 
@@ -164,8 +210,8 @@ def load_backbone_weights(model_or_backbone: nn.Module, path: str | pathlib.Path
     Returns ``{"loaded": [...], "converted": [...], "missing": [...], "unexpected": [...],
     "ignored": [...]}``.
     """
-    sd = _read_checkpoint(path)
     backbone, head = _locate(model_or_backbone)
+    sd = _from_public_layout(_read_checkpoint(path), backbone)
     target = backbone.state_dict()
     report: dict[str, list[str]] = {"loaded": [], "converted": [], "missing": [], "unexpected": [],
                                     "ignored": []}

@@ -71,3 +71,65 @@ def background_service(cmd: list[str], health_url: str, log_path: Path, timeout_
         yield proc
     finally:
         stop_group(proc)
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids below `pid` (children, grandchildren, ...), read from /proc; [] where there
+    is no /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # the command name (field 2) may hold spaces: the parent id follows its ')'
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _kill_all(pids: list[int], sig: int) -> None:
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, sig)
+
+
+def run_group(cmd: list[str], grace_s: float = 30.0) -> int:
+    """Run `cmd` in its own session and wait for it, as subprocess.run would, except that
+    SIGTERM or SIGINT to this process is passed on: SIGTERM to the child's process group and
+    every process below it (torchrun starts its ranks in sessions of their own), SIGKILL to
+    what is left after `grace_s`; whatever of the tree survives the child is killed too.
+    Returns the child's exit status, or 128 + the signal number when a signal stopped it."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    tree: set[int] = set()
+    deadline = None
+    try:
+        while proc.poll() is None:
+            tree.update(descendants(proc.pid))
+            if received and deadline is None:
+                deadline = time.monotonic() + grace_s
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                _kill_all(sorted(tree), signal.SIGTERM)
+            elif deadline is not None and time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                _kill_all(sorted(tree), signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.2)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:
+            stop_group(proc, grace_s)
+        if received:  # ranks still alive once torchrun is gone would train on, orphaned
+            _kill_all(sorted(tree), signal.SIGKILL)
+    return 128 + received[0] if received else proc.returncode

@@ -10,7 +10,7 @@ Input (`model_input`, or `"inputs"` of a served request):
     with an `image_b64` column, in process).
 Output: one uint8 HxW mask per image (JSON: nested lists), in the input's arrangement (one image
 gives one mask, a list gives a list, an NxHxWx3 array an NxHxW array); with the param
-`mask_format="png"` each mask is instead the base64 of a palette PNG (VOC colours) whose pixel
+`mask_format="png"` each mask is instead the base64 of a palette PNG (the dataset's colours) whose pixel
 values are the class indices. Param `crf` (default true) switches the CRF.
 
 Bad input raises `ServingError`, a one-line message naming what was got and what is expected; the
@@ -55,8 +55,6 @@ MASK_FORMATS = ("array", "png")
 # CRF grows with the pixel count times the number of classes.
 MAX_PIXELS = 2048 * 2048
 IMAGE_FORMATS = ("PNG", "JPEG")
-# Encoded image modes converted to RGB; any other (alpha, 16-bit, float) is refused.
-CONVERTIBLE_MODES = ("RGB", "L", "P", "CMYK")
 EXPECTED = "a uint8 RGB image of shape HxWx3 (values 0..255)"
 
 _logger = logging.getLogger(__name__)
@@ -123,8 +121,11 @@ def check_image(obj, where: str = "image") -> np.ndarray:
 
 def decode_image_b64(data: str | bytes, where: str = B64_KEY) -> np.ndarray:
     """The uint8 HxWx3 RGB array of a base64-encoded PNG or JPEG file (a `data:` URL prefix is
-    allowed), or a ServingError. The array is read-only."""
+    allowed), or a ServingError. The array is read-only. Decoded by the one rule of
+    :func:`deeplab_core.data.io.decode_image` (EXIF orientation applied, converted to RGB)."""
     from PIL import Image, UnidentifiedImageError
+
+    from deeplab_core.data.io import ImageReadError, decode_image
 
     if isinstance(data, str):
         data = data.split(",", 1)[1] if data.startswith("data:") else data
@@ -140,24 +141,28 @@ def decode_image_b64(data: str | bytes, where: str = B64_KEY) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
-            if img.format not in IMAGE_FORMATS:
-                raise ServingError(f"{where}: got a {img.format} file; expected PNG or JPEG")
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ServingError(f"{where}: got {h}x{w} pixels; at most {MAX_PIXELS} pixels "
-                                   "are accepted (resize the image)")
-            img.load()
-    except ServingError:
-        raise
+            with Image.open(io.BytesIO(raw)) as img:  # the header: format and size
+                fmt, (w, h) = img.format, img.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ServingError(f"{where}: cannot decode the file ({type(exc).__name__}); expected "
                            "a complete PNG or JPEG file") from None
-    if img.mode not in CONVERTIBLE_MODES:
-        raise ServingError(f"{where}: got a {img.format} image of mode {img.mode}; expected an "
-                           "8-bit RGB, grayscale or palette image")
-    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    if fmt not in IMAGE_FORMATS:
+        raise ServingError(f"{where}: got a {fmt} file; expected PNG or JPEG")
+    if w * h > MAX_PIXELS:
+        raise ServingError(f"{where}: got {h}x{w} pixels; at most {MAX_PIXELS} pixels "
+                           "are accepted (resize the image)")
+    try:
+        rgb = decode_image(raw, name=where).rgb
+    except ImageReadError as exc:
+        cause = exc.__cause__
+        if cause is not None:
+            raise ServingError(f"{where}: cannot decode the file ({type(cause).__name__}); "
+                               "expected a complete PNG or JPEG file") from None
+        raise ServingError(f"{where}: got a {fmt} image: {exc.problem}; expected an 8-bit "
+                           "RGB, greyscale, palette, CMYK or alpha image") from None
+    rgb.flags.writeable = False
+    return rgb
 
 
 def encode_image_b64(image: np.ndarray, fmt: str = "JPEG", quality: int = 90) -> str:
@@ -170,10 +175,11 @@ def encode_image_b64(image: np.ndarray, fmt: str = "JPEG", quality: int = 90) ->
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def encode_mask_png_b64(mask: np.ndarray) -> str:
+def encode_mask_png_b64(mask: np.ndarray, palette: np.ndarray | None = None) -> str:
+    """Base64 of the mask as a palette PNG (VOC colours, or ``palette``: (256, 3) uint8)."""
     from deeplab_core.data.io import encode_label_png
 
-    return base64.b64encode(encode_label_png(mask)).decode("ascii")
+    return base64.b64encode(encode_label_png(mask, palette)).decode("ascii")
 
 
 def decode_mask_png_b64(data: str) -> np.ndarray:
@@ -259,6 +265,11 @@ class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
 
         self.segmenter = Segmenter.from_files(context.artifacts["checkpoint"],
                                               context.artifacts.get("crf_params"))
+        self.palette = None
+        if context.artifacts.get("classes"):
+            from deeplab_core.classes import load_class_list
+
+            self.palette = load_class_list(context.artifacts["classes"]).full_palette()
 
     def predict(self, context, model_input, params=None):
         use_crf, mask_format = _params(params)
@@ -271,7 +282,7 @@ class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
             raise ServingError(f"segmentation failed: {type(exc).__name__}: {first}",
                                error_code=INTERNAL_ERROR) from exc
         if mask_format == "png":
-            masks = [encode_mask_png_b64(m) for m in masks]
+            masks = [encode_mask_png_b64(m, getattr(self, "palette", None)) for m in masks]
         if arrangement == "one":
             return masks[0]
         if arrangement == "stack" and mask_format == "array":
@@ -294,11 +305,15 @@ def model_signature():
     return signature
 
 
-def log_pyfunc_model(checkpoint: Path, crf_params: Path | None, registered_name: str | None):
-    """Log the pyfunc model in the active run; returns the ModelInfo."""
+def log_pyfunc_model(checkpoint: Path, crf_params: Path | None, registered_name: str | None,
+                     classes: Path | None = None):
+    """Log the pyfunc model in the active run (with the dataset's ``classes`` list, whose palette
+    colours the PNG masks); returns the ModelInfo."""
     artifacts = {"checkpoint": str(checkpoint)}
     if crf_params is not None:
         artifacts["crf_params"] = str(crf_params)
+    if classes is not None:
+        artifacts["classes"] = str(classes)
     return mlflow.pyfunc.log_model(
         name="model", python_model=DeepLabPyfunc(), artifacts=artifacts,
         code_paths=[str(REPO / "deeplab_core"), str(REPO / "pipelines")],

@@ -19,7 +19,7 @@ from deeplab_core.crf.evaluator import sort_journal
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import split_cv
 from deeplab_core.engine.probability_cache import build_probability_cache
-from deeplab_core.runtime import resolve_device
+from deeplab_core.runtime import pool_workers, resolve_device
 from pipelines import tracking
 from pipelines.common import get_params, run_stage, update_with_file
 from pipelines.stages.shared import atomic_dir, require_inputs, write_json
@@ -68,7 +68,8 @@ def search(files: list[Path], cfg, num_classes: int, results_path: Path, seed: i
 
     common = dict(w1_grid=cfg.w1_grid, sigma_alpha_grid=cfg.sigma_alpha_grid,
                   sigma_beta_grid=cfg.sigma_beta_grid, w2=cfg.w2, sigma_gamma=cfg.sigma_gamma,
-                  iterations=cfg.iterations, workers=cfg.workers, results_path=results_path,
+                  iterations=cfg.iterations, workers=pool_workers(cfg.workers),
+                  results_path=results_path,
                   progress=True, objective=cfg.objective)
     if cfg.strategy == "full":
         result = s.full_grid_search(files, num_classes, **common)

@@ -16,7 +16,7 @@ from prefect import flow, task
 from deeplab_core.crf.densecrf import CRFParams
 from deeplab_core.engine.checkpoint import load_checkpoint
 from deeplab_core.engine.evaluate import evaluate, split_cv
-from deeplab_core.runtime import resolve_device
+from deeplab_core.runtime import eval_autocast, loader_workers, pool_workers, resolve_device
 from deeplab_core import viz
 from deeplab_core.data.io import read_list_file
 from pipelines import tracking
@@ -64,10 +64,13 @@ def run_eval(model, ids: list[str], val_list, params, crf_params: CRFParams | No
             examples.append({"id": image_id, "image": raw, "label": label, "pred": pred,
                              "probs": probs})
 
-    return evaluate(model, ds, params.base.num_classes, resolve_device(params.base.device),
+    device = resolve_device(params.base.device)
+    return evaluate(model, ds, params.base.num_classes, device,
                     scales=cfg.scales, flip=cfg.flip, trimap_widths=cfg.trimap_widths,
-                    crf_params=crf_params, crf_workers=cfg.crf_workers, class_names=names,
-                    on_prediction=keep)
+                    crf_params=crf_params, crf_workers=pool_workers(cfg.crf_workers),
+                    class_names=names, on_prediction=keep,
+                    num_workers=loader_workers(params.base.num_workers, device),
+                    autocast=eval_autocast(cfg.amp, device))
 
 
 # Scalar metrics of a report that evaluate.json holds (each also with the suffix _crf).

@@ -27,7 +27,8 @@ LEAKAGE = "leakage"
 RUN_ID = RunIdentifier(run_name="validate",
                        run_time=datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc))
 MANIFEST_COLUMNS = ["id", "image_readable", "label_readable", "image_channels", "width",
-                    "height", "size_match", "label_values_valid", "ignore_fraction"]
+                    "height", "size_match", "label_values_valid", "label_palette_ok",
+                    "ignore_fraction"]
 
 
 def split_suite(cfg: ValidateConfig, min_rows: int, expected: int | None, name: str):
@@ -46,6 +47,7 @@ def split_suite(cfg: ValidateConfig, min_rows: int, expected: int | None, name: 
                                           max_value=cfg.max_side),
         gxe.ExpectColumnValuesToBeInSet(column="size_match", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="label_values_valid", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="label_palette_ok", value_set=[True]),
         gxe.ExpectColumnValuesToBeBetween(column="ignore_fraction", min_value=0.0,
                                           max_value=cfg.max_ignore_fraction),
     ):
@@ -55,32 +57,58 @@ def split_suite(cfg: ValidateConfig, min_rows: int, expected: int | None, name: 
 
 def leakage_suite(name: str = "deeplab_leakage"):
     """Splits pairwise disjoint: ``same_id_in`` / ``same_image_in`` name the earlier split
-    (:data:`SPLIT_PRECEDENCE`) holding the row's id / image bytes, and must be empty."""
+    (:data:`SPLIT_PRECEDENCE`) holding the row's id / image bytes, ``near_image_in`` the earlier
+    sample whose image is a near-duplicate of the row's (perceptual hashes within
+    :data:`~deeplab_core.data.manifest.NEAR_DUPLICATE_BITS` bits: a re-encoded, resized or
+    lightly cropped copy); all must be empty."""
     suite = gx.ExpectationSuite(name=name)
-    suite.add_expectation(gxe.ExpectColumnValuesToBeNull(column="same_id_in"))
-    suite.add_expectation(gxe.ExpectColumnValuesToBeNull(column="same_image_in"))
+    for column in LEAKAGE_COLUMNS:
+        suite.add_expectation(gxe.ExpectColumnValuesToBeNull(column=column))
     return suite
 
 
+LEAKAGE_COLUMNS = ("same_id_in", "same_image_in", "near_image_in")
+
+
 def manifest_frame(records: list[dict]) -> pd.DataFrame:
+    """The records as a frame; a column the suite checks that the records lack is added empty
+    (None: a rule over it has nothing to judge, e.g. ``label_palette_ok`` without a palette)."""
     df = pd.DataFrame.from_records(records)
-    return pd.DataFrame(columns=MANIFEST_COLUMNS) if df.empty else df
+    if df.empty:
+        return pd.DataFrame(columns=MANIFEST_COLUMNS)
+    for column in MANIFEST_COLUMNS:
+        if column not in df:
+            df[column] = None
+    return df
 
 
 def leakage_frame(manifests: dict[str, list[dict]]) -> pd.DataFrame:
-    """One row per sample of every split: ``split, id, image_md5, same_id_in, same_image_in``."""
+    """One row per sample of every split: ``split, id, image_md5, same_id_in, same_image_in,
+    near_image_in`` (``"<split>/<id> (<n> bits)"``: the nearest earlier-split image within the
+    near-duplicate threshold, for a row whose bytes match no earlier image)."""
+    from deeplab_core.data.manifest import near_duplicates
+
     rows, first_id, first_md5 = [], {}, {}
+    earlier: list[tuple[str, str, str | None]] = []  # (split, id, phash) of the earlier splits
     order = [s for s in SPLIT_PRECEDENCE if s in manifests] + \
         [s for s in manifests if s not in SPLIT_PRECEDENCE]
     for split in order:
-        for r in manifests[split]:
+        recs = manifests[split]
+        near = near_duplicates([r.get("image_phash") for r in recs], [e[2] for e in earlier])
+        for r, hit in zip(recs, near):
             md5 = r.get("image_md5")
             prev_id = first_id.setdefault(r["id"], split)
             prev_md5 = first_md5.setdefault(md5, split) if md5 else split
-            rows.append({"split": split, "id": r["id"], "image_md5": md5,
+            same_image = prev_md5 if prev_md5 != split else None
+            rows.append({"split": split, "id": r["id"], "image_path": r.get("image_path"),
+                         "image_md5": md5,
                          "same_id_in": prev_id if prev_id != split else None,
-                         "same_image_in": prev_md5 if prev_md5 != split else None})
-    cols = ["split", "id", "image_md5", "same_id_in", "same_image_in"]
+                         "same_image_in": same_image,
+                         "near_image_in": (f"{earlier[hit[0]][0]}/{earlier[hit[0]][1]} "
+                                           f"({hit[1]} bits)")
+                         if hit is not None and same_image is None else None})
+        earlier += [(split, r["id"], r.get("image_phash")) for r in recs]
+    cols = ["split", "id", "image_path", "image_md5", *LEAKAGE_COLUMNS]
     return pd.DataFrame(rows, columns=cols).astype(object)
 
 
@@ -89,6 +117,30 @@ def _plain(v):
     if v is None or (isinstance(v, float) and v != v):
         return None
     return v.item() if hasattr(v, "item") else v
+
+
+def _file_column(column: str | None) -> str:
+    """The manifest column naming the file a rule about ``column`` judges."""
+    label_rule = column is not None and (column.startswith("label_") or column in
+                                         ("size_match", "ignore_fraction"))
+    return "label_path" if label_rule else "image_path"
+
+
+def expected_text(expectation: str, kwargs: dict) -> str:
+    """What an expectation wanted, in words (``expected 1449``, ``expected one of [True]``)."""
+    if "value" in kwargs:
+        return f"expected {kwargs['value']}"
+    if "value_set" in kwargs:
+        return f"expected one of {list(kwargs['value_set'])}"
+    if "min_value" in kwargs or "max_value" in kwargs:
+        return (f"expected between {kwargs.get('min_value')} and {kwargs.get('max_value')}"
+                if kwargs.get("max_value") is not None
+                else f"expected at least {kwargs.get('min_value')}")
+    if expectation.endswith("to_be_null"):
+        return "expected none"
+    if expectation.endswith("to_be_unique"):
+        return "expected each value once"
+    return "expected the rule to hold"
 
 
 def _failures(res, df: pd.DataFrame) -> list[dict]:
@@ -108,7 +160,11 @@ def _failures(res, df: pd.DataFrame) -> list[dict]:
                     "row_level": col is not None,
                     "unexpected": [{"split": rows.at[i, "split"] if "split" in rows else None,
                                     "id": str(rows.at[i, "id"]),
-                                    "value": _plain(rows.at[i, col]) if col else None}
+                                    "value": _plain(rows.at[i, col]) if col else None,
+                                    "file": _plain(rows.at[i, _file_column(col)])
+                                    if _file_column(col) in rows else None,
+                                    "error": _plain(rows.at[i, "error"])
+                                    if "error" in rows else None}
                                    for i in rows.index],
                     "example_ids": [str(i) for i in rows["id"][:10]],
                     "example_values": (r.result.get("partial_unexpected_list") or [])[:10]})

@@ -65,10 +65,12 @@ def locate_real(params: Params) -> dict[str, Path | None]:
 @task
 @tracking.work("data")
 def build_lists(voc: Path, sbd: Path | None, coco: Path | None, build_dir: Path, out_dir: Path,
-                moved: dict[Path, Path], coco_min_area: float, on_error: str) -> dict:
+                moved: dict[Path, Path], coco_min_area: float, on_error: str,
+                workers: int | str = 2) -> dict:
     from deeplab_core.data.prepare import prepare_datasets
+    from deeplab_core.runtime import pool_workers
 
-    return prepare_datasets(voc, sbd, coco, out_dir, progress=True, workers=2,
+    return prepare_datasets(voc, sbd, coco, out_dir, progress=True, workers=pool_workers(workers),
                             coco_min_area=coco_min_area, build_dir=build_dir, moved=moved,
                             on_error=on_error)
 
@@ -82,7 +84,8 @@ def build_generic(params: Params, build_dir: Path, out_dir: Path) -> dict:
     if not root.is_dir():
         raise StageError(f"prepare.generic_root = {params.prepare.generic_root!r}: directory "
                          f"{root} does not exist")
-    return prepare_generic(root, out_dir, build_dir=build_dir)
+    return prepare_generic(root, out_dir, build_dir=build_dir,
+                           on_error=params.validate_.on_error)
 
 
 def _build(params: Params, roots: dict | None, raw_build: Path, prepared_build: Path,
@@ -103,7 +106,7 @@ def _build(params: Params, roots: dict | None, raw_build: Path, prepared_build: 
         voc, sbd, coco = roots["voc_root"], roots["sbd_root"], roots["coco_root"]
     return build_lists(voc, sbd, coco, prepared_build, moved[prepared_build],
                        {raw_build: moved[raw_build]}, params.prepare.coco_min_area,
-                       params.validate_.on_error)
+                       params.validate_.on_error, params.prepare.workers)
 
 
 def summary_metrics(summary: dict) -> dict:

@@ -63,7 +63,8 @@ def register_model(model_name: str, metric: str, min_improvement: float) -> dict
 
     from pipelines.ops.serving import log_pyfunc_model
 
-    info = log_pyfunc_model(ckpt, crf, model_name)
+    info = log_pyfunc_model(ckpt, crf, model_name,
+                            classes=p.classes_file if p.classes_file.is_file() else None)
     client = MlflowClient()
     version = str(info.registered_model_version)
     client.set_model_version_tag(model_name, version, metric_tag(metric), str(value))

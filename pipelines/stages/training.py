@@ -5,7 +5,6 @@ runs the Prefect flow (MLflow, outputs, checkpoints), the other ranks only train
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import traceback
 from dataclasses import dataclass
@@ -21,9 +20,11 @@ from deeplab_core.engine import distributed
 from deeplab_core.engine.checkpoint import build_from_spec, load_checkpoint, model_spec, save_checkpoint
 from deeplab_core.engine.train import train
 from deeplab_core.fileio import atomic_torch_save
+from deeplab_core.models import set_output_stride
 from deeplab_core.runtime import resolve_device, seed_everything
 from pipelines import tracking
 from pipelines.common import StageError, get_params, run_stage, stage_inputs_hash
+from pipelines.ops.procs import run_group
 from pipelines.stages.shared import atomic_dir, write_json
 from pipelines.paths import StagePaths
 
@@ -36,6 +37,7 @@ class TrainingInputs:
     list_file: Path
     init_checkpoint: Path | None = None
     repeat_ids: list[str] | None = None
+    extra_lists: tuple[Path, ...] = ()
 
 
 def train_options(params: Params, run_key: str = "") -> dict:
@@ -43,15 +45,18 @@ def train_options(params: Params, run_key: str = "") -> dict:
     return {"seed": params.base.seed, "run_key": run_key, "num_workers": params.base.num_workers}
 
 
-def load_dataset(list_file: Path, cfg: TrainConfig, repeat_ids: list[str] | None = None):
+def load_dataset(list_file: Path, cfg: TrainConfig, repeat_ids: list[str] | None = None,
+                 extra_lists: tuple[Path, ...] = ()):
     from deeplab_core.data.dataset import SegmentationListDataset
     from deeplab_core.data.transforms import train_transform
 
-    if not list_file.is_file():
-        raise StageError(f"training list not found: {list_file} (run the prepare stage)")
+    for f in (list_file, *extra_lists):
+        if not f.is_file():
+            raise StageError(f"training list not found: {f} (run the prepare stage)")
     tf = train_transform(cfg.crop_size, scale_range=(cfg.scale_min, cfg.scale_max), flip=True)
     # No per-sample seed: augmentations then come from torch's generator, seeded by train().
-    ds = SegmentationListDataset(list_file, transform=tf, repeat_ids=repeat_ids)
+    ds = SegmentationListDataset(list_file, transform=tf, repeat_ids=repeat_ids,
+                                 extra_lists=extra_lists)
     if len(ds) == 0:
         raise StageError(f"training list {list_file} is empty")
     return ds
@@ -69,6 +74,8 @@ def make_model(params: Params, init_checkpoint: Path | None):
             raise StageError(f"{init_checkpoint} holds preset {meta['spec']['preset']!r} with "
                              f"{meta['spec']['num_classes']} classes; params ask for {m.preset!r} "
                              f"with {spec['num_classes']}: re-run pretrain")
+        if spec["output_stride"] and meta["spec"]["output_stride"] != spec["output_stride"]:
+            set_output_stride(model, spec["output_stride"])  # e.g. v3's OS16 -> OS8 stage
         return model, spec
     return build_from_spec(spec, pretrained_backbone=m.pretrained_backbone), spec
 
@@ -109,7 +116,7 @@ def run_training(stage: str, params: Params, inputs: TrainingInputs) -> dict:
         metrics: dict = {"enabled": cfg.enabled, "params_m": n_params / 1e6}
         history: list[dict] = []
         if cfg.enabled:
-            ds = build_dataset(list_file, cfg, repeat_ids)
+            ds = build_dataset(list_file, cfg, repeat_ids, inputs.extra_lists)
             # Resume file: a persistent, uncached out in dvc.yaml, so an interrupted stage
             # continues where it stopped; marked complete at the end of training.
             res = fit(model, ds, cfg, params, paths.checkpoint(stage), stage)
@@ -144,7 +151,7 @@ def train_worker(stage: str, params: Params, inputs: TrainingInputs) -> None:
     if not cfg.enabled:
         return
     model, _ = make_model(params, inputs.init_checkpoint)
-    ds = load_dataset(inputs.list_file, cfg, inputs.repeat_ids)
+    ds = load_dataset(inputs.list_file, cfg, inputs.repeat_ids, inputs.extra_lists)
     _fit(model, ds, cfg, params, StagePaths.of(params).checkpoint(stage), stage, progress=False)
 
 
@@ -159,14 +166,14 @@ def stage_main(stage: str, flow: Callable[[], dict],
                inputs: Callable[[Params], TrainingInputs]) -> None:
     """Entry point of a training stage. With base.nproc > 1 and not yet under torchrun, runs
     `torchrun --standalone --nproc_per_node <nproc> -m pipelines.<stage>` and exits with its
-    status; under torchrun, rank 0 runs the flow and the other ranks `train_worker`."""
+    status (SIGTERM/SIGINT to the stage stop torchrun and every rank: procs.run_group); under torchrun, rank 0 runs the flow and the other ranks `train_worker`."""
     rank = int(os.environ.get("RANK", "0"))
     nproc = _requested_nproc() if distributed.launched_world_size() == 1 else 1
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={nproc}", "-m", f"pipelines.stages.{stage}"]
         print(f"{stage}: {' '.join(cmd[2:])}", flush=True)
-        sys.exit(subprocess.run(cmd).returncode)
+        sys.exit(run_group(cmd))
     if rank == 0:
         run_stage(flow)
         distributed.shutdown()

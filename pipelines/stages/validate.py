@@ -25,9 +25,9 @@ from prefect import flow, task
 from deeplab_core.config import SPLIT_NAMES
 from pipelines import tracking
 from pipelines.common import StageError, get_params, run_stage
+from pipelines.stages.expectations import (LEAKAGE, expected_text, leakage_frame, leakage_suite,
+                                           manifest_frame, run_suites, split_suite)
 from pipelines.stages.shared import atomic_dir, dataset_classes, write_json
-from pipelines.stages.expectations import (leakage_frame, leakage_suite, manifest_frame, run_suites,
-                                    split_suite, LEAKAGE)
 from pipelines.paths import StagePaths
 
 SPLITS = SPLIT_NAMES
@@ -40,7 +40,8 @@ def manifest(list_file, classes) -> list[dict]:
 
     if not Path(list_file).read_text().strip():
         return []
-    return build_manifest(list_file, class_names=classes.names, ignore_index=classes.ignore_index)
+    return build_manifest(list_file, class_names=classes.names, ignore_index=classes.ignore_index,
+                          palette=classes.full_palette())
 
 
 @task
@@ -54,14 +55,33 @@ def check(manifests: dict[str, list[dict]], cfg, docs_dir: Path) -> dict:
     return run_suites(frames, docs_dir)
 
 
-def failure_lines(results: dict, row_level: bool | None = None) -> list[str]:
+def failure_lines(results: dict, row_level: bool | None = None,
+                  base: Path | None = None, examples: int = 3) -> list[str]:
+    """One line per failed rule: the split, the rule, what it expected and what it found, and
+    for a per-sample rule the first ``examples`` samples by id and file (relative to ``base``,
+    the folder the lists' paths are relative to) with the reader's error where there is one."""
+    import os
+
     lines = []
     for split, r in results.items():
         for f in r["failures"]:
-            if row_level is None or f["row_level"] == row_level:
-                lines.append(f"  {split}: {f['rule']} {f['unexpected_count'] or ''} bad; "
-                             f"observed {f['observed']}; e.g. ids {f['example_ids'][:5]} "
-                             f"values {f['example_values'][:5]}")
+            if row_level is not None and f["row_level"] != row_level:
+                continue
+            want = expected_text(f["expectation"], f["kwargs"])
+            if not f["row_level"]:
+                lines.append(f"  {split}: {f['rule']}: {want}, observed {f['observed']}")
+                continue
+            shown = []
+            for u in f["unexpected"][:examples]:
+                where = (f" in {os.path.normpath(base / u['file']) if base else u['file']!r}"
+                         if u.get("file") else "")
+                what = u.get("error") or f"value {u['value']!r}"
+                shown.append(f"{u['split'] + ' ' if u.get('split') else ''}id {u['id']!r}"
+                             f"{where}: {what}")
+            more = len(f["unexpected"]) - len(shown)
+            lines.append(f"  {split}: {f['rule']} failed for {f['unexpected_count']} sample(s) "
+                         f"({want}): " + "; ".join(shown) + (f"; and {more} more" if more > 0
+                                                              else ""))
     return lines
 
 
@@ -118,13 +138,14 @@ def write_clean_lists(paths: StagePaths, out: Path,
     return kept
 
 
-def _outcome(results: dict, cfg) -> list[dict]:
+def _outcome(results: dict, cfg, base: Path | None = None) -> list[dict]:
     """Raise StageError when the stage must fail; else the samples to quarantine."""
     if cfg.on_error == "fail" or any(not f["row_level"] for r in results.values()
                                      for f in r["failures"]):
         if not all(r["success"] for r in results.values()):
             raise StageError("\n".join(["data validation failed (Great Expectations; "
-                                        "data docs logged to MLflow):"] + failure_lines(results)))
+                                        "data docs logged to MLflow):"]
+                                       + failure_lines(results, base=base)))
     return quarantine_entries(results)
 
 
@@ -177,7 +198,7 @@ def validate_flow() -> dict:
                                  f"rejected (e.g. {rejected[0]['split']} id "
                                  f"{rejected[0]['id']!r}: {rejected[0]['problem']}), but "
                                  f"validate.on_error is 'fail': re-run prepare")
-            quarantined = add_rejected(_outcome(results, cfg), rejected)
+            quarantined = add_rejected(_outcome(results, cfg, p.prepared), rejected)
             kept = write_clean_lists(p, tmp / "lists",
                                      {(q["split"], q["id"]) for q in quarantined})
             _require_minimums(kept, cfg)
@@ -185,7 +206,8 @@ def validate_flow() -> dict:
         metrics = summary_metrics(manifests, kept, quarantined, results)
         tracking.publish_metrics(p.metrics_file("validate"), metrics)
     if quarantined:
-        print("validate: quarantined samples:\n" + "\n".join(failure_lines(results, True)))
+        print("validate: quarantined samples:\n"
+              + "\n".join(failure_lines(results, True, base=p.prepared)))
     print(f"validate: {metrics}")
     return report
 

@@ -23,6 +23,8 @@ A grid is a YAML file (the shipped ones are in `ablations/`):
         model: {eval_output_stride: 8}
         compare_to: OS16          # optional: the row its Δ mIoU is taken against (default:
                                   # the first row, or the previous one when cumulative)
+        paper: "78.51 (v3 Table 6)"   # optional: the paper's figure for this row, shown
+                                  # in its own column beside what this run measured
 
 Every configuration is params.yaml, then single-scale, no-flip, no-CRF evaluation at the training
 output stride, then `base`, then its own overlay (applied on top of the previous configuration
@@ -110,6 +112,7 @@ class Config:
     params: Params         # params.yaml with every overlay applied, validated
     settings: dict         # what the configuration sets, resolved (logged as MLflow params)
     compare_to: str | None = None   # the row its Δ mIoU is taken against
+    paper: str = ""                 # the paper's figure for the row (e.g. "76.66 (v3 Table 3)")
 
 
 @dataclass
@@ -256,7 +259,11 @@ def _config(spec: GridFile, i: int, start: dict, prev: dict, earlier: list[Confi
     if compare_to is not None and compare_to not in names:
         raise GridError(f"{where}: compare_to = {compare_to!r}: not the name of an earlier "
                         f"configuration ({', '.join(map(repr, names)) or 'none'})")
-    overlay = {k: v for k, v in entry.items() if k not in ("name", "compare_to")}
+    paper = entry.get("paper", "")
+    if not isinstance(paper, (str, int, float)):
+        raise GridError(f"{where}: paper = {paper!r}: expected the paper's figure as text, "
+                        f"e.g. \"76.66 (v3 Table 3)\"")
+    overlay = {k: v for k, v in entry.items() if k not in ("name", "compare_to", "paper")}
     for key, value in overlay.items():
         if not isinstance(value, dict):
             raise GridError(f"{where}: {key} = {value!r}: expected a params.yaml section "
@@ -272,7 +279,7 @@ def _config(spec: GridFile, i: int, start: dict, prev: dict, earlier: list[Confi
                         f"each configuration from scratch (its network differs from the "
                         f"pretrained one); set it false in base")
     settings = _settings(spec.kind, params, where)
-    return Config(cname, overlay, params, settings, compare_to), merged
+    return Config(cname, overlay, params, settings, compare_to, str(paper)), merged
 
 
 def _input_file(name: str, key: str, given: str | None, listed: str | None, d: Path,
@@ -395,7 +402,7 @@ def check_inputs(grid: Grid) -> None:
 def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
     from deeplab_core.classes import VOC_CLASSES
     from deeplab_core.engine.evaluate import evaluate
-    from deeplab_core.runtime import resolve_device
+    from deeplab_core.runtime import pool_workers, resolve_device
     from pipelines.stages.eval_data import eval_dataset
 
     ev = params.evaluate
@@ -405,7 +412,7 @@ def _evaluate(model, params: Params, grid: Grid, shared: Shared) -> dict:
         res = evaluate(model, ds, params.base.num_classes, resolve_device(params.base.device),
                        scales=ev.scales, flip=ev.flip,
                        crf_params=grid.crf_params if ev.crf else None,
-                       crf_workers=ev.crf_workers, class_names=VOC_CLASSES,
+                       crf_workers=pool_workers(ev.crf_workers), class_names=VOC_CLASSES,
                        progress=shared.progress)
     seconds = time.perf_counter() - t0
     plain = res["plain"]
@@ -568,6 +575,10 @@ def table_rows(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict], lis
     else:
         csv_cols += ["params_m", "final_loss"]
         md_cols += ["params (M)", "final loss"]
+    if any(c.paper for c in grid.configs):
+        csv_cols += ["paper"]
+        md_cols += ["paper's mIoU (%)"]
+    papers = {c.name: c.paper for c in grid.configs}
     miou = {r["config"]: r["metrics"]["miou"] for r in rows}
     out = []
     for i, r in enumerate(rows):
@@ -580,7 +591,8 @@ def table_rows(grid: Grid, rows: list[dict]) -> tuple[list[str], list[dict], lis
                "pixel_acc": m["pixel_acc"], "miou_plain": m["miou_plain"],
                "miou_crf": m.get("miou_crf"),
                "passes_per_image": len(ev["scales"]) * (2 if ev["flip"] else 1),
-               "params_m": m.get("params_m"), "final_loss": m.get("final_loss")}
+               "params_m": m.get("params_m"), "final_loss": m.get("final_loss"),
+               "paper": papers.get(r["config"], "")}
         out.append({c: row[c] for c in csv_cols})
     return csv_cols, out, md_cols
 
@@ -604,6 +616,8 @@ def _md_row(row: dict, cols: list[str], delta: str) -> list[str]:
         cells.append(row["passes_per_image"])
     if "params_m" in row:
         cells += [f"{row['params_m']:.3f}", f"{row['final_loss']:.3f}"]
+    if "paper" in row:
+        cells.append(row["paper"])
     return [str(c).replace("|", "\\|") for c in cells]
 
 

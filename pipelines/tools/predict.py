@@ -4,7 +4,9 @@
     deeplab-predict --model models:/deeplab@champion --input 'photos/*.jpg' --output masks/ \\
         --crf --scales 0.5 0.75 1.0 1.25 1.5 1.75 --flip --output-stride 8
 
-Writes, per image, <name>.png (VOC-palette label image: pixel values are class ids),
+Images are decoded as every stage decodes them (RGB, EXIF orientation applied), so masks come out
+in the orientation viewers show. Writes, per image, <name>.png (palette label image, VOC colours
+or those of --classes: pixel values are class ids),
 <name>_overlay.jpg (the colours over the photo) and with --save-probs <name>_probs.npy (float16
 class probabilities, C x H x W). Images larger than --tile-size on a side are predicted in
 overlapping tiles, so memory stays bounded. A file that cannot be read is named on stderr and the
@@ -44,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "side (0: never tile)")
     ap.add_argument("--tile-overlap", type=int, default=256, help="pixels shared by neighbours")
     ap.add_argument("--save-probs", action="store_true", help="also write <name>_probs.npy")
+    ap.add_argument("--classes", type=Path, help="the dataset's classes.json (e.g. "
+                    "data/prepared/classes.json): its palette colours the masks and overlays "
+                    "(default: the VOC palette)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
@@ -120,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         files = find_inputs(a.input)
+        palette = None
+        if a.classes is not None:
+            from deeplab_core.classes import load_class_list
+
+            palette = load_class_list(a.classes).full_palette()
         segmenter = build_segmenter(a)
     except (FileNotFoundError, ValueError) as err:
         print(f"ERROR [{PROG}]: {err}", file=sys.stderr)
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         tqdm.write(f"ERROR [{PROG}]: {reason}", file=sys.stderr)  # on its own line, bar or not
 
     summary = predict_files(segmenter, files, a.output, use_crf=a.crf, save_probs=a.save_probs,
-                            progress=not a.no_progress, on_error=on_error)
+                            progress=not a.no_progress, on_error=on_error, palette=palette)
     what = "label PNGs, overlays" + (", probabilities" if a.save_probs else "")
     print(f"{PROG}: {len(summary.written)} of {len(files)} images segmented into "
           f"{a.output} ({what})" + (f"; {len(summary.failed)} failed:" if summary.failed else ""))
