@@ -20,6 +20,20 @@ import yaml
 from deeplab_core.config import ConfigError, Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def project_home(repo: Path) -> Path:
+    """The project a checkout belongs to: `repo` itself, or for the copy DVC makes of it for a
+    `dvc exp run --temp` or queued experiment (`<project>/.dvc/tmp/exps/...`), that project, so
+    the experiment logs to the project's tracking store rather than a throw-away one."""
+    parts = repo.parts
+    for i in range(len(parts) - 2):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return repo
+
+
+PROJECT_HOME = project_home(REPO)
 # Set by pipelines.ops.repro for the stages of one pipeline run: the MLflow parent run's id.
 PIPELINE_RUN_ENV = "DEEPLAB_PIPELINE_RUN"
 
@@ -39,14 +53,16 @@ def data_dir(params: Params) -> Path:
 
 
 def git_commit() -> str:
-    """HEAD's sha, with "-dirty" when tracked files differ from it. dvc.lock does not count: DVC
-    rewrites it during the very run being tagged."""
+    """HEAD's sha, with "-dirty" when tracked files differ from it. dvc.lock and the metrics and
+    plots in git (data/metrics, data/plots) do not count: the very run being tagged rewrites
+    them."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, timeout=10)
         sha = out.stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                ".", ":(exclude)dvc.lock"], cwd=REPO, capture_output=True,
+                                ".", ":(exclude)dvc.lock", ":(exclude)data/metrics",
+                                ":(exclude)data/plots"], cwd=REPO, capture_output=True,
                                text=True, timeout=10).stdout.strip()
         return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):

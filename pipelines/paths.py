@@ -2,7 +2,13 @@
 
 Stages take their paths from `StagePaths.of(params)`; `stage_io(stage)` lists each dvc.yaml
 stage's data deps, outs, metrics and plots from the same methods (relative to the project
-root, as dvc.yaml writes them), and tests/test_dvc_deps.py holds dvc.yaml to that list."""
+root, as dvc.yaml writes them), and tests/test_dvc_deps.py holds dvc.yaml to that list.
+
+`metrics/` and `plots/` under the data directory are kept in git (.gitignore lets them through;
+dvc.yaml marks them `cache: false`), so every commit and every `dvc exp` holds its scores and
+figures and `dvc exp show`, `dvc metrics diff` and `dvc plots diff` compare revisions. Only
+evaluate's scores are DVC `metrics` (what `dvc metrics show` prints); the other stages' metric
+files are bookkeeping (counts, timings, losses), plain outs in the same folder."""
 
 from __future__ import annotations
 
@@ -79,7 +85,8 @@ class StagePaths:
         return self.model_dir(stage) / "model.pt"
 
     def checkpoint(self, stage: str) -> Path:
-        """The training stage's resume file (persistent, uncached)."""
+        """The training stage's resume file: a working file DVC does not track (it carries its
+        own resume key), so returning to a revision never leaves the stage dirty."""
         return self.root / "checkpoints" / f"{stage}.pt"
 
     def loss_json(self, stage: str) -> Path:
@@ -101,6 +108,7 @@ class StagePaths:
 
     @property
     def crf_cache(self) -> Path:
+        """crf_search's probability cache: keyed by its settings, untracked like checkpoint()."""
         return self.root / "crf_cache"
 
     # evaluate
@@ -153,7 +161,7 @@ def _stage_io(p: StagePaths) -> dict[str, dict[str, list[Path]]]:
         "pretrain": {"deps": [p.prepared, p.validation]},
         "finetune": {"deps": [p.prepared, p.validation, p.bootstrap, p.model_dir("pretrain")]},
         "crf_search": {"deps": [p.prepared, p.model_dir("finetune")],
-                       "outs": [p.crf_search, p.crf_cache]},
+                       "outs": [p.crf_search]},
         "evaluate": {"deps": [p.prepared, p.model_dir("finetune"), p.best_params],
                      "outs": [p.eval, p.trimap_json], "plots": [p.trimap_png]},
         "register": {"deps": [p.model_dir("finetune"), p.best_params, p.protocol,
@@ -161,11 +169,13 @@ def _stage_io(p: StagePaths) -> dict[str, dict[str, list[Path]]]:
                      "outs": [p.register]},
     }
     for stage in TRAIN_STAGES:
-        io[stage].update(outs=[p.model_dir(stage), p.checkpoint(stage), p.loss_json(stage)],
+        io[stage].update(outs=[p.model_dir(stage), p.loss_json(stage)],
                          plots=[p.loss_png(stage)])
     for stage, entry in io.items():
-        if stage != "register":
-            entry["metrics"] = [p.metrics_file(stage)]
+        if stage == "evaluate":
+            entry["metrics"] = [p.metrics_file(stage)]  # the scores `dvc metrics show` shows
+        elif stage != "register":
+            entry["outs"].append(p.metrics_file(stage))  # bookkeeping, in git all the same
     return io
 
 

@@ -4,7 +4,9 @@ Store: `mlflow.db` (sqlite) at the project root, which is where MLflow's own com
 default, so `mlflow ui` or `mlflow models serve -m models:/deeplab@champion` run from the project
 root need no `MLFLOW_TRACKING_URI`. Artifacts go to `mlruns/` and their locations are stored
 relative to the project root, so the store keeps working after the project directory is moved.
-`MLFLOW_TRACKING_URI` (and `DEEPLAB_ARTIFACT_ROOT`) point elsewhere when set.
+`MLFLOW_TRACKING_URI` (and `DEEPLAB_ARTIFACT_ROOT`) point elsewhere when set; an experiment created
+on another store (a tracking server) takes that store's default artifact location, e.g. the
+server's proxied `mlflow-artifacts:/`, so clients in any directory and on any machine resolve it.
 
 Lineage on every stage run: the git commit, DVC's own md5 of each dep (`dvc.dep.<path>`) and of
 each out the stage wrote (`dvc.out.<path>`), the md5 of its params values (`dvc.params_md5`), and,
@@ -21,12 +23,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipelines.common import PIPELINE_RUN_ENV, REPO, dvc_md5, git_commit, stage_lineage, stage_outs
+from pipelines.common import (PIPELINE_RUN_ENV, PROJECT_HOME, REPO, dvc_md5, git_commit, stage_lineage,
+                              stage_outs)
 from deeplab_core.fileio import atomic_write_json as write_json
 
 EXPERIMENT = os.environ.get("DEEPLAB_EXPERIMENT", "deeplab")
-STORE = REPO / "mlflow.db"
+STORE = PROJECT_HOME / "mlflow.db"  # a `dvc exp run --temp`/queued copy logs to its project's
 ARTIFACTS = "mlruns"  # relative to the project root
+# The experiment kind MLflow 3's UI reads to open an experiment on its training runs (from 3.1x
+# its GenAI / Model training switch decides instead: `#/experiments/<id>?workflowType=
+# machine_learning`, remembered by the browser once switched).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # Seconds of real work this process did, by kind: "compute" (training, CRF search, evaluation)
 # and "data" (generating, converting and validating the datasets); logged as <kind>_seconds.
 WORK_KINDS = ("compute", "data")
@@ -56,17 +63,26 @@ def configure() -> "module":
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    if project_store() and Path.cwd() != REPO:
-        os.chdir(REPO)  # the store's artifact paths are relative to the project root
+    if project_store() and Path.cwd() != PROJECT_HOME:
+        os.chdir(PROJECT_HOME)  # the store's artifact paths are relative to the project root
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         art = os.environ.get("DEEPLAB_ARTIFACT_ROOT")
         try:
-            eid = mlflow.create_experiment(EXPERIMENT, artifact_location=art or ARTIFACTS)
-            if project_store() and not art:
+            # the project's own store: project-relative artifacts; any other store (a tracking
+            # server): its own default (proxied `mlflow-artifacts:/` for `mlflow server
+            # --artifacts-destination`), which every client resolves the same way
+            local = project_store() and not art
+            eid = mlflow.create_experiment(EXPERIMENT, artifact_location=art or (
+                ARTIFACTS if local else None))
+            if local:
                 _store_artifacts_relative(eid)
         except Exception:  # created concurrently by another stage
             pass
-    mlflow.set_experiment(EXPERIMENT)
+    exp = mlflow.set_experiment(EXPERIMENT)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        # MLflow 3's UI opens an experiment without this tag on its GenAI overview
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
+                                                 EXPERIMENT_KIND)
     return mlflow
 
 
@@ -132,22 +148,47 @@ def dvc_exp_tags(environ: dict | None = None) -> dict:
     return {"dvc_exp": name, **({"dvc_exp_baseline": base} if base else {})}
 
 
+def experiment_parent(mlflow, exp: dict) -> str:
+    """The parent run of one `dvc exp run` experiment (tags stage=experiment, dvc_exp,
+    dvc_exp_baseline), created by the first of its stages that runs and found by the others, so
+    an experiment's stage runs sit together under its name."""
+    filt = " and ".join([f"tags.stage = 'experiment'"]
+                        + [f"tags.{k} = '{v}'" for k, v in sorted(exp.items())])
+    found = mlflow.search_runs(experiment_names=[EXPERIMENT], filter_string=filt,
+                               output_format="list", max_results=1)
+    if found:
+        return found[0].info.run_id
+    client = mlflow.MlflowClient()
+    eid = mlflow.get_experiment_by_name(EXPERIMENT).experiment_id
+    run = client.create_run(eid, run_name=f"exp {exp['dvc_exp']}",
+                            tags={"stage": "experiment", "git_commit": git_commit(), **exp})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
 def run_tags(stage: str, lineage_of: str | None = None) -> dict:
-    """Tags of a run of ``stage``: the git commit, the DVC experiment, the pipeline run it
-    belongs to (also its MLflow parent) and, for ``lineage_of`` (a dvc.yaml stage), the DVC
-    lineage of that stage."""
+    """Tags of a run of ``stage``: the git commit, the DVC experiment, the run it is nested under
+    (the pipeline run, or under `dvc exp run` the experiment's parent run) and, for
+    ``lineage_of`` (a dvc.yaml stage), the DVC lineage of that stage."""
+    exp = dvc_exp_tags()
     tags = {"stage": stage, "git_commit": git_commit(),
-            **(lineage_tags(lineage_of) if lineage_of else {}), **dvc_exp_tags()}
+            **(lineage_tags(lineage_of) if lineage_of else {}), **exp}
     parent = os.environ.get(PIPELINE_RUN_ENV)
     if parent:
         tags.update({"pipeline_run": parent, "mlflow.parentRunId": parent})
+    elif exp:
+        import mlflow
+
+        tags["mlflow.parentRunId"] = experiment_parent(mlflow, exp)
     return tags
 
 
 @contextmanager
 def stage_run(stage: str, params_sections: dict) -> Iterator["mlflow.ActiveRun"]:
     """An MLflow run for one stage execution: params, lineage tags, and at the end the DVC
-    hashes of what it wrote and its timing split (`stage_seconds`, `<kind>_seconds`)."""
+    hashes of what it wrote and its timing split (`stage_seconds`, `<kind>_seconds`). It is
+    nested under the pipeline run (pipelines.ops.repro) or, under `dvc exp run`, under the
+    experiment's parent run."""
     mlflow = configure()
     tags = run_tags(stage, stage)
     _WORK.update(dict.fromkeys(WORK_KINDS, 0.0))

@@ -60,7 +60,7 @@ def project(tmp_path_factory, prefect_api_url):
     env = _clean_env()
     _git_project(root, env)
     first = _run([sys.executable, "-m", "pipelines.ops.repro"], root, env)
-    _run(GIT + ["add", "dvc.lock"], root, env)
+    _run(GIT + ["add", "dvc.lock", "data/metrics", "data/plots"], root, env)
     _run(GIT + ["commit", "-qm", "first run"], root, env)
     return root, dict(env, PREFECT_API_URL=prefect_api_url), first
 
@@ -221,6 +221,85 @@ def test_second_repro_runs_nothing_then_crf_change_reruns_only_downstream(projec
     assert best["params"]["sigma_gamma"] == 4
     reg = json.loads((root / "data" / "register" / "registration.json").read_text())
     assert reg["version"] == "2"  # a new version; promoted only if it beat version 1
+
+
+def _back_to_baseline(root: Path, env: dict) -> None:
+    """git restores params, dvc.lock and the scores, plots and registration record; dvc checkout
+    the cached outputs: nothing is left for `dvc status` or `git status` to report."""
+    _run(["git", "checkout", "--", "."], root, env)
+    _run(["dvc", "checkout", "-q"], root, env)
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], root, env).stdout
+    assert _run(["git", "status", "--porcelain"], root, env).stdout == ""
+
+
+def _exp_rows(root: Path, env: dict) -> dict[str, dict]:
+    """`dvc exp show --csv`: {experiment name or "workspace"/branch: row}."""
+    import csv
+    import io
+
+    out = _run(["dvc", "exp", "show", "--csv", "--no-pager"], root, env).stdout
+    return {(r.get("Experiment") or r["rev"]): r for r in csv.DictReader(io.StringIO(out))}
+
+
+def test_dvc_experiments_compare_log_to_the_project_and_never_promote(project):
+    """Two `dvc exp run -S` (one --temp, one in the workspace) after a change left in the
+    workspace: both rows in `dvc exp show` with their scores, their stage runs in the project's
+    MLflow store nested under one parent per experiment, versions registered under
+    `challenger-<exp>` with `champion` and `challenger` untouched, and `dvc checkout` back to
+    the baseline with nothing dirty."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    root, env, _ = project
+    _back_to_baseline(root, env)
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    aliases = dict(client.get_registered_model("deeplab-micro").aliases)
+    exps = {"exp-flip": ["--temp", "-S", "evaluate.flip=true"],
+            "exp-scales": ["-S", "evaluate.scales=[0.75,1.0]"]}
+    for name, args in exps.items():
+        ran = _run(["dvc", "exp", "run", "-n", name, *args], root, env)
+        # both settings reach crf_search (its logits cache follows evaluate's inference)
+        assert _ran_stages(ran.stdout) == {"crf_search", "evaluate", "register"}, \
+            ran.stdout[-3000:]
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
+
+    rows = _exp_rows(root, env)
+    scores = {}
+    for name in exps:
+        row = rows[name]
+        key = next(k for k in row if k.endswith("miou_crf"))
+        scores[name] = float(row[key])
+        assert 0.0 <= scores[name] <= 1.0
+    assert rows["exp-flip"]["evaluate.flip"] == "True"
+    assert rows["exp-scales"]["evaluate.scales"] == "[0.75, 1.0]"
+
+    now = client.get_registered_model("deeplab-micro").aliases
+    assert {k: str(v) for k, v in now.items() if k in ("champion", "challenger")} == \
+        {k: str(v) for k, v in aliases.items() if k in ("champion", "challenger")}
+    mlflow.set_tracking_uri(store)
+    for name in exps:
+        version = str(now[f"challenger-{name}"])
+        assert version not in (str(aliases.get("champion")), str(aliases.get("challenger")))
+        runs = mlflow.search_runs(experiment_names=["deeplab"], output_format="list",
+                                  filter_string=f"tags.dvc_exp = '{name}'")
+        parents = [r for r in runs if r.data.tags["stage"] == "experiment"]
+        assert len(parents) == 1 and parents[0].info.run_name == f"exp {name}"
+        children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "experiment"}
+        assert sorted(children) == ["crf_search", "evaluate", "register"]
+        assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == \
+            {parents[0].info.run_id}
+        assert children["register"].data.metrics["promoted"] == 0.0
+    reg = json.loads((root / "data" / "register" / "registration.json").read_text())
+    assert reg["aliases"] == ["challenger-exp-scales"] and reg["promoted"] is False
+    assert "experiments never promote" in reg["reason"]
+
+    # the workspace experiment's scores against the committed baseline
+    diff = json.loads(_run(["dvc", "metrics", "diff", "HEAD", "--all", "--json"], root,
+                           env).stdout)["data/metrics/evaluate.json"]
+    assert set(diff["miou_crf"]) >= {"old", "new"}
+    assert diff["eval_set_md5"]["old"] != diff["eval_set_md5"]["new"]  # scales are in the set
+    _back_to_baseline(root, env)
 
 
 def test_params_typo_fails_before_any_work(project):

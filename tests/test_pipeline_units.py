@@ -289,6 +289,58 @@ def test_crf_table_lists_full_rows_then_screen_rows(tmp_path):
     assert {r["n_images"] for r in got[2:]} == {"4"}
 
 
+# ------------------------------------------------------------------- operations around stages
+def test_project_home_of_a_dvc_experiment_copy(tmp_path):
+    from pipelines.common import project_home
+
+    proj = tmp_path / "proj"
+    assert project_home(proj) == proj
+    assert project_home(proj / ".dvc" / "tmp" / "exps" / "tmpab12cd") == proj
+    assert project_home(proj / ".dvc" / "tmp" / "other") == proj / ".dvc" / "tmp" / "other"
+
+
+def test_deploy_env_cron_default_and_checks():
+    from pipelines.ops import deploy_env
+
+    assert deploy_env.cron({}) == deploy_env.cron({"DEEPLAB_RETRAIN_CRON": " "}) == "0 3 * * 0"
+    assert deploy_env.cron({"DEEPLAB_RETRAIN_CRON": "30 2 * * 1"}) == "30 2 * * 1"
+    with pytest.raises(deploy_env.DeployEnvError, match="DEEPLAB_RETRAIN_CRON='weekly' is not "
+                                                        "a cron expression"):
+        deploy_env.cron({"DEEPLAB_RETRAIN_CRON": "weekly"})
+    assert deploy_env.image({"DEEPLAB_IMAGE": "reg.example/deeplab:gpu"}) == \
+        "reg.example/deeplab:gpu"
+    for env in ({}, {"DEEPLAB_IMAGE": ""}, {"DEEPLAB_IMAGE": "  "}):
+        with pytest.raises(deploy_env.DeployEnvError, match="DEEPLAB_IMAGE is unset or empty"):
+            deploy_env.image(env)
+
+
+def test_deploy_env_cli_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)}
+    ok = subprocess.run([sys.executable, "-m", "pipelines.ops.deploy_env", "cron"], cwd=tmp_path,
+                        env=env, capture_output=True, text=True, timeout=60)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "0 3 * * 0\n", "")
+    bad = subprocess.run([sys.executable, "-m", "pipelines.ops.deploy_env", "image"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.count("\n") == 1
+    assert bad.stderr.startswith("ERROR [deploy]: DEEPLAB_IMAGE is unset or empty")
+
+
+def test_run_titles_say_what_ran():
+    from pipelines.ops.repro import run_title
+
+    at = 1796612400.0  # 2026-12-07 03:00 UTC
+    assert run_title("retrain", [], None, at) == "retrain 2026-12-07 03:00 · nothing changed"
+    assert run_title("pipeline", ["evaluate", "register"],
+                     {"version": "3", "promoted": True}, at) == \
+        "pipeline 2026-12-07 03:00 · 2 stages: evaluate,register · v3 champion"
+    assert run_title("retrain", ["register"], {"version": "4", "promoted": False}, at) == \
+        "retrain 2026-12-07 03:00 · 1 stage: register · v4 not promoted"
+
+
 # ----------------------------------------------------------------------------- v3 second stage
 def test_finetune_trains_on_trainval_from_an_earlier_model_at_another_stride(tiny_list, tmp_path):
     """finetune.include_val adds the validated val list after train_aug; init_checkpoint starts

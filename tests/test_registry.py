@@ -430,3 +430,190 @@ def test_cli_module_entry_point(client, store, tmp_path):
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr == (f"ERROR [registry]: model {name!r} has no champion; nothing to roll "
                           "back\n")
+
+
+# ------------------------------------------------------------------ history you can walk back
+def _cli_promote(capsys, name: str, *versions: str) -> None:
+    for v in versions:
+        assert cli(capsys, "promote", v, "--model", name)[0] == 0
+
+
+def test_rollback_after_re_promotion_walks_back_not_in_a_cycle(client, capsys):
+    name = new_model(client)
+    v1, v2 = (add_version(client, name, x) for x in (0.30, 0.35))
+    _cli_promote(capsys, name, v2, v1)
+    assert cli(capsys, "rollback", "--model", name)[0] == 0
+    assert champion_version(client, name) == v2
+    code, _, err = cli(capsys, "rollback", "--model", name)
+    assert code == 2 and "nothing to roll back to" in err
+    assert champion_version(client, name) == v2
+
+
+def test_rollback_walks_the_whole_stack(client, capsys):
+    name = new_model(client)
+    v1, v2, v3 = (add_version(client, name, x) for x in (0.30, 0.35, 0.40))
+    _cli_promote(capsys, name, v1, v2, v3, v2)
+    stack = json.loads(client.get_registered_model(name).tags[registry.STACK_TAG])
+    assert stack == [v1, v2, v3, v2]
+    walked = []
+    while cli(capsys, "rollback", "--model", name)[0] == 0:
+        walked.append(champion_version(client, name))
+    assert walked == [v3, v2, v1]
+    assert json.loads(client.get_registered_model(name).tags[registry.STACK_TAG]) == [v1]
+
+
+def _snapshot(client, name: str) -> dict:
+    rm = client.get_registered_model(name)
+    return {"aliases": dict(rm.aliases), "tags": dict(rm.tags), "description": rm.description,
+            "versions": {str(mv.version): dict(mv.tags)
+                         for mv in client.search_model_versions(f"name = '{name}'")}}
+
+
+@pytest.mark.parametrize("where, tag, value", [
+    ("model", "champion_seq", "seven"),
+    ("model", "champion_stack", "[1, 2"),
+    ("model", "champion_stack", '["one"]'),
+    ("champion", "champion_events", "{broken"),
+    ("champion", "champion_events", '[{"at": "x"}]'),
+    ("candidate", "champion_events", "3"),
+])
+def test_corrupt_history_tag_leaves_everything_where_it_was(client, capsys, where, tag, value):
+    name = new_model(client)
+    v1, v2, v3 = (add_version(client, name, x) for x in (0.30, 0.35, 0.50))
+    _cli_promote(capsys, name, v1, v2)
+    if where == "model":
+        client.set_registered_model_tag(name, tag, value)
+    else:
+        client.set_model_version_tag(name, v2 if where == "champion" else v3, tag, value)
+    before = _snapshot(client, name)
+    for argv in (("promote", v3), ("rollback",)):
+        code, out, err = cli(capsys, *argv, "--model", name)
+        assert code == 2 and out == "", argv
+        assert err.count("\n") == 1 and f"tag {tag}" in err and "nothing was changed" in err
+    with pytest.raises(RegistryError, match=f"tag {tag}"):
+        registry.promote_if_better(client, name, v3, METRIC, 0.0)
+    assert _snapshot(client, name) == before
+    assert champion_version(client, name) == v2
+
+
+class FailingDescriptionClient:
+    """A real client whose registered-model description update fails: the last write of a
+    champion change."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def __getattr__(self, attr):
+        return getattr(self._client, attr)
+
+    def update_registered_model(self, name, description=None):
+        raise RuntimeError("store unavailable")
+
+
+def test_failed_write_takes_back_the_alias_and_tags(client, capsys):
+    name = new_model(client)
+    v1, v2 = (add_version(client, name, x) for x in (0.30, 0.35))
+    _cli_promote(capsys, name, v1)
+    before = _snapshot(client, name)
+    failing = FailingDescriptionClient(client)
+    with pytest.raises(RegistryError, match=rf"moving champion to v{v2} failed \(store "
+                                            rf"unavailable\); the champion stays v{v1}"):
+        registry.promote(failing, name, v2)
+    with pytest.raises(RegistryError, match=r"the champion stays v"):
+        registry.promote_if_better(failing, name, v2, METRIC, 0.0)
+    assert _snapshot(client, name) == before
+
+
+def _delete_version_row(store: str, name: str, version: str) -> None:
+    """Removes a version behind the registry's back, leaving its alias behind (what a store
+    restored from an older backup, or edited by hand, can look like)."""
+    import sqlite3
+
+    con = sqlite3.connect(store.removeprefix("sqlite:///"))
+    with con:
+        con.execute("DELETE FROM model_version_tags WHERE name = ? AND version = ?",
+                    (name, int(version)))
+        con.execute("DELETE FROM model_versions WHERE name = ? AND version = ?",
+                    (name, int(version)))
+    con.close()
+
+
+def test_deleted_champion_is_not_no_champion_and_promote_repairs_it(client, capsys):
+    name = new_model(client)
+    v1, v2, v3 = (add_version(client, name, x) for x in (0.30, 0.35, 0.01))
+    _cli_promote(capsys, name, v1, v2)
+    client.delete_model_version(name, v2)  # MLflow drops the alias with the version
+    out = registry.promote_if_better(client, name, v3, METRIC, 0.0)
+    assert out["promoted"] is False
+    assert f"champion v{v2} was deleted" in out["reason"] and "promote VERSION" in out["reason"]
+    assert champion_version(client, name) is None
+    code, text, _ = cli(capsys, "history", "--model", name)
+    assert code == 0 and f"BROKEN CHAMPION: model {name!r}: champion v{v2} was deleted" in text
+    # the deleted version is skipped on the way back
+    code, text, _ = cli(capsys, "rollback", "--model", name)
+    assert code == 0 and text.strip() == f"{name}: champion rolled back from v{v2} to v{v1}"
+    _cli_promote(capsys, name, v3)
+    assert champion_version(client, name) == v3
+    assert "BROKEN" not in cli(capsys, "history", "--model", name)[1]
+
+
+def test_dangling_alias_is_reported_and_repairable(client, store, capsys):
+    name = new_model(client)
+    v1, v2, v3 = (add_version(client, name, x) for x in (0.30, 0.35, 0.40))
+    _cli_promote(capsys, name, v1, v2)
+    _delete_version_row(store, name, v2)
+    assert str(client.get_registered_model(name).aliases[CHAMPION]) == v2  # dangling
+    out = registry.promote_if_better(client, name, v3, METRIC, 0.0)
+    assert out["promoted"] is False
+    assert f"champion alias points to v{v2}, which does not exist" in out["reason"]
+    code, text, err = cli(capsys, "history", "--model", name)
+    assert code == 0 and "BROKEN CHAMPION" in text and err == ""
+    code, text, err = cli(capsys, "promote", v3, "--model", name)
+    assert code == 0 and err == ""
+    assert text.splitlines() == [
+        f"{name}: repaired: model {name!r}: the champion alias points to v{v2}, which does not "
+        "exist (deleted?)", f"{name}: v{v3} is champion (was none)"]
+    assert champion_version(client, name) == v3
+    # rollback pops v3, skips the vanished v2 and lands on v1
+    code, text, _ = cli(capsys, "rollback", "--model", name)
+    assert code == 0 and text.strip() == (f"{name}: champion rolled back from v{v3} to v{v1} "
+                                          f"(skipped v{v2}: deleted)")
+
+
+def test_rollback_repairs_a_dangling_alias(client, store, capsys):
+    name = new_model(client)
+    v1, v2 = (add_version(client, name, x) for x in (0.30, 0.35))
+    _cli_promote(capsys, name, v1, v2)
+    _delete_version_row(store, name, v2)
+    code, text, err = cli(capsys, "rollback", "--model", name)
+    assert code == 0 and err == "" and champion_version(client, name) == v1
+
+
+def test_history_is_a_markdown_table_in_the_model_description(client, capsys):
+    name = new_model(client)
+    client.update_registered_model(name, description="DeepLab on VOC.\n\nOwner: vision team.")
+    v1, v2 = (add_version(client, name, x) for x in (0.30, 0.35))
+    _cli_promote(capsys, name, v1)
+    assert cli(capsys, "promote", v2, "--model", name, "--reason", "a | b")[0] == 0
+    assert cli(capsys, "rollback", "--model", name)[0] == 0
+    text = client.get_registered_model(name).description
+    assert text.startswith("DeepLab on VOC.\n\nOwner: vision team.\n\n### Champion history\n")
+    assert text.count("### Champion history") == 1
+    assert f"Champion stack (oldest first; `rollback` pops it): v{v1}\n" in text
+    table = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    assert table[0] == "| # | when (UTC) | champion | change | by | reason |"
+    assert [ln.split(" | ")[0] for ln in table[1:]] == ["| 3", "| 2", "| 1"]
+    assert f"| v{v1} | rolled back from v{v2} | cli | rolled back from v{v2} |" in table[1]
+    assert f"| v{v2} | promoted over v{v1} | cli | a \\| b |" in table[2]
+    assert f"| v{v1} | promoted (first) | cli | promoted explicitly |" in table[3]
+
+
+def test_long_history_fits_the_description_limit(client, capsys):
+    name = new_model(client)
+    v1, v2 = (add_version(client, name, x) for x in (0.30, 0.35))
+    for i in range(20):
+        registry.promote(client, name, v1 if i % 2 else v2, reason="x" * 300)
+    text = client.get_registered_model(name).description
+    assert len(text) <= registry.DESCRIPTION_LIMIT
+    assert "| 20 |" in text and "| 1 |" not in text
+    assert text.rstrip().endswith("earlier change(s): `python -m pipelines.ops.registry history`")

@@ -21,17 +21,27 @@ labels, and the eval settings) whose `eval_<metric>` tag the candidate beats by 
 `register.min_improvement`. A champion without that tag (the metric was switched) is never
 replaced automatically.
 
-History lives in the registry, as tags: on each version `previous_champion` (the champion it
-replaced when it was last promoted, "" for none) and `champion_events` (a JSON list of the
-champion events it took part in), and on the registered model `champion_seq` (the number of the
-latest event). `rollback` undoes the latest promotion: the champion goes back to its
-`previous_champion`; repeated rollbacks walk back the chain of promotions.
+History lives in the registry. The registered model carries `champion_stack` (a JSON list of
+versions, oldest first, whose last entry is the champion: a promotion pushes, `rollback` pops,
+so repeated rollbacks walk back through every earlier champion and re-promoting a version never
+overwrites what lies below it) and `champion_seq` (the number of the latest event); each version
+carries `champion_events` (a JSON list of the champion events it took part in) and
+`previous_champion` (the champion it replaced when it was last promoted). The registered model's
+description holds the same history as a Markdown table (newest first), so the MLflow UI shows
+it on the model's page; text written above that section is kept.
+
+Every change is computed in full (every tag it builds on parsed) before the first write, and any
+error afterwards takes back what was written: a corrupt tag or a failed write leaves the alias
+where it was. A champion alias that points to a deleted version, or a stack whose top lost its
+alias, is a broken champion: `history` reports it, the automatic promotion refuses to pass it off
+as "no champion yet", and `promote VERSION` (or `rollback`) repairs it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -52,7 +62,11 @@ EVENTS_TAG = "champion_events"
 SEQ_TAG = "champion_seq"
 PROJECT_LOCK = REPO / ".mlflow-registry.lock"
 LOCK_TIMEOUT_S = 120.0
+STACK_TAG = "champion_stack"
 MAX_EVENTS = 100  # kept per version (a tag value holds at most 100,000 characters)
+MAX_STACK = 200  # kept on the registered model (a tag value holds at most 5,000 characters)
+DESCRIPTION_LIMIT = 5000  # a registered model's description, in the SQL stores
+HISTORY_HEADING = "### Champion history"
 
 
 class RegistryError(PicklableErrorMixin, StageError):
@@ -187,12 +201,6 @@ def model_version(client, name: str, version: str):
                         f"{', '.join(map(str, known)) or 'none'}", model=name, version=version)
 
 
-def champion(client, name: str):
-    """The version the `champion` alias points to, or None."""
-    version = registered_model(client, name).aliases.get(CHAMPION)
-    return None if version is None else client.get_model_version(name, str(version))
-
-
 def _ver(mv) -> str:
     """A version's number as a string (the sqlite store gives ints, aliases and tags strings)."""
     return str(mv.version)
@@ -208,45 +216,223 @@ def metric_value(mv, metric: str) -> float | None:
                             version=_ver(mv)) from None
 
 
+# ---------------------------------------------------------------------------- registry state
+def _json_tag(raw: str | None, tag: str, where: str, kind: type, default, expected: str,
+              model: str, version: str | None = None):
+    """A JSON tag's value, checked; a RegistryError naming the tag when it is not what the
+    registry writes (so nothing is changed on the strength of a corrupt history)."""
+    if raw is None or raw == "":
+        return default
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RegistryError(f"model {model!r}: tag {tag} on {where} is {raw[:60]!r}; expected "
+                            f"{expected} (fix or delete the tag; nothing was changed)",
+                            model=model, version=version)
+    return value
+
+
 def events(mv) -> list[dict]:
-    return json.loads(mv.tags.get(EVENTS_TAG) or "[]")
+    found = _json_tag(mv.tags.get(EVENTS_TAG), EVENTS_TAG, f"v{_ver(mv)}", list, [],
+                      "a JSON list of event objects", mv.name, _ver(mv))
+    if not all(isinstance(e, dict) and "seq" in e and "event" in e for e in found):
+        raise RegistryError(f"model {mv.name!r}: tag {EVENTS_TAG} on v{_ver(mv)} holds an entry "
+                            "without 'seq' and 'event'; expected the registry's event objects "
+                            "(fix or delete the tag; nothing was changed)",
+                            model=mv.name, version=_ver(mv))
+    return found
+
+
+def _seq(rm) -> int:
+    return _json_tag(rm.tags.get(SEQ_TAG), SEQ_TAG, "the registered model", int, 0,
+                     "a whole number", rm.name)
+
+
+def _stack(rm) -> list[str]:
+    """The champion stack, oldest first; without the tag (a model promoted before the stack
+    existed) the current alias alone."""
+    if STACK_TAG not in rm.tags:
+        alias = rm.aliases.get(CHAMPION)
+        return [] if alias is None else [str(alias)]
+    found = _json_tag(rm.tags[STACK_TAG], STACK_TAG, "the registered model", list, [],
+                      "a JSON list of version numbers", rm.name)
+    if not all(str(v).isdigit() for v in found):
+        raise RegistryError(f"model {rm.name!r}: tag {STACK_TAG} is {rm.tags[STACK_TAG][:60]!r}"
+                            "; expected a JSON list of version numbers (fix or delete the tag; "
+                            "nothing was changed)", model=rm.name)
+    return [str(v) for v in found]
+
+
+def _version_or_none(client, name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as err:
+        if _is_missing(err):
+            return None
+        raise
+
+
+class DanglingChampion(RegistryError):
+    """The `champion` alias names a version that does not exist."""
+
+
+def champion(client, name: str):
+    """The version the `champion` alias points to, or None when there is no alias; a
+    DanglingChampion error when the alias names a version that no longer exists."""
+    version = registered_model(client, name).aliases.get(CHAMPION)
+    if version is None:
+        return None
+    mv = _version_or_none(client, name, str(version))
+    if mv is None:
+        raise DanglingChampion(f"model {name!r}: the champion alias points to v{version}, which "
+                               "does not exist", model=name, version=str(version))
+    return mv
+
+
+@dataclasses.dataclass
+class State:
+    """What the registry knows of the champion before a change: the live champion (None when
+    there is none or it is broken), `problem` (why the champion cannot be trusted: a dangling
+    alias, a deleted champion, a removed alias), the stack and the event counter."""
+    rm: object
+    champ: object
+    problem: str | None
+    stack: list[str]
+    seq: int
+
+
+REPAIR = "repair with `python -m pipelines.ops.registry promote VERSION`"
+
+
+def read_state(client, name: str) -> State:
+    """The champion as the alias and the stack tell it, checked against each other: a stack
+    whose top has no alias (alias removed, version deleted) is a problem, not 'no champion'."""
+    rm = registered_model(client, name)
+    stack, seq = _stack(rm), _seq(rm)
+    problem = None
+    try:
+        champ = champion(client, name)
+    except DanglingChampion as err:
+        champ, problem = None, f"{err} (deleted?)"
+    if champ is None and problem is None and stack:
+        gone = _version_or_none(client, name, stack[-1]) is None
+        problem = (f"model {name!r}: champion v{stack[-1]} "
+                   + ("was deleted" if gone else "lost its champion alias"))
+    if champ is not None and (not stack or stack[-1] != _ver(champ)):
+        stack = stack + [_ver(champ)]  # the alias was set outside the registry: it counts
+    return State(rm, champ, problem, stack, seq)
 
 
 # -------------------------------------------------------------------------- champion changes
-def _record(client, name: str, mv, event: dict) -> None:
-    kept = (events(mv) + [event])[-MAX_EVENTS:]
-    client.set_model_version_tag(name, _ver(mv), EVENTS_TAG, json.dumps(kept))
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _move_champion(client, name: str, new, old, kind: str, reason: str, by: str) -> str | None:
-    """Point `champion` at `new` (the lock held), confirm by re-reading, then record the event
-    on both versions. Returns None when confirmed, else why not."""
-    if kind == "promoted":
-        client.set_model_version_tag(name, _ver(new), PREVIOUS_TAG, _ver(old) if old else "")
-    client.set_registered_model_alias(name, CHAMPION, _ver(new))
-    now = champion(client, name)
-    if now is None or _ver(now) != _ver(new):
-        return (f"set champion of {name!r} to v{_ver(new)} but it reads "
-                f"{'no champion' if now is None else 'v' + _ver(now)}: a writer outside "
-                "the registry lock changed it")
-    rm = registered_model(client, name)
-    seq = int(rm.tags.get(SEQ_TAG, "0")) + 1
-    at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    base = {"seq": seq, "at": at, "by": by, "reason": reason}
+class _Undo:
+    """Writes to the registry that can be taken back: each records how to restore what it
+    replaced, and `undo` restores them newest first."""
+
+    def __init__(self, client, name: str):
+        self.client, self.name, self.steps = client, name, []
+
+    def alias(self, version: str, before: str | None) -> None:
+        self.client.set_registered_model_alias(self.name, CHAMPION, version)
+        self.steps.append(
+            (lambda: self.client.set_registered_model_alias(self.name, CHAMPION, before))
+            if before is not None else
+            (lambda: self.client.delete_registered_model_alias(self.name, CHAMPION)))
+
+    def version_tag(self, mv, key: str, value: str) -> None:
+        before = mv.tags.get(key)
+        self.client.set_model_version_tag(self.name, _ver(mv), key, value)
+        self.steps.append(
+            (lambda: self.client.set_model_version_tag(self.name, _ver(mv), key, before))
+            if before is not None else
+            (lambda: self.client.delete_model_version_tag(self.name, _ver(mv), key)))
+
+    def model_tag(self, rm, key: str, value: str) -> None:
+        before = rm.tags.get(key)
+        self.client.set_registered_model_tag(self.name, key, value)
+        self.steps.append(
+            (lambda: self.client.set_registered_model_tag(self.name, key, before))
+            if before is not None else
+            (lambda: self.client.delete_registered_model_tag(self.name, key)))
+
+    def description(self, rm, text: str) -> None:
+        before = rm.description or ""
+        self.client.update_registered_model(self.name, description=text)
+        self.steps.append(
+            lambda: self.client.update_registered_model(self.name, description=before))
+
+    def undo(self) -> list[str]:
+        failed = []
+        for step in reversed(self.steps):
+            try:
+                step()
+            except Exception as err:  # noqa: BLE001 - every step is tried; failures reported
+                failed.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        return failed
+
+
+def _change(client, name: str, state: State, new, kind: str, reason: str, by: str,
+            stack: list[str]) -> None:
+    """Point `champion` at `new` and record it: every value is computed (and every tag it
+    builds on parsed) before the first write; the alias moves first and is re-read; then the
+    history tags and the description. Any error takes back what was written, so the alias
+    stays where it was."""
+    old = state.champ
+    seq = state.seq + 1
+    base = {"seq": seq, "at": _now(), "by": by, "reason": reason}
     counter = {"promoted": "replaced", "restored": "rolled_back"}[kind]
-    _record(client, name, new, {**base, "event": kind,
-                                "previous": _ver(old) if old else None})
+    new_events = (events(new) + [{**base, "event": kind,
+                                  "previous": _ver(old) if old else None}])[-MAX_EVENTS:]
+    old_events = None if old is None else \
+        (events(old) + [{**base, "event": counter, "next": _ver(new)}])[-MAX_EVENTS:]
+    logs = {_ver(mv): events(mv) for mv in _all_versions(client, name)}
+    logs[_ver(new)] = new_events
     if old is not None:
-        _record(client, name, old, {**base, "event": counter, "next": _ver(new)})
-    client.set_registered_model_tag(name, SEQ_TAG, str(seq))
-    return None
+        logs[_ver(old)] = old_events
+    stack = stack[-MAX_STACK:]
+    text = _with_history(state.rm.description, name, _changes(logs), stack)
+
+    undo = _Undo(client, name)
+    try:
+        undo.alias(_ver(new), state.rm.aliases.get(CHAMPION) if state.champ else None)
+        now = champion(client, name)
+        if now is None or _ver(now) != _ver(new):
+            raise RegistryError(f"set champion of {name!r} to v{_ver(new)} but it reads "
+                                f"{'no champion' if now is None else 'v' + _ver(now)}: a writer "
+                                "outside the registry lock changed it", model=name,
+                                version=_ver(new))
+        if kind == "promoted":
+            undo.version_tag(new, PREVIOUS_TAG, _ver(old) if old else "")
+        undo.version_tag(new, EVENTS_TAG, json.dumps(new_events))
+        if old is not None:
+            undo.version_tag(old, EVENTS_TAG, json.dumps(old_events))
+        undo.model_tag(state.rm, STACK_TAG, json.dumps(stack))
+        undo.model_tag(state.rm, SEQ_TAG, str(seq))
+        undo.description(state.rm, text)
+    except Exception as err:
+        failed = undo.undo()
+        was = f"v{_ver(old)}" if old else "no champion"
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RegistryError(
+            f"model {name!r}: moving champion to v{_ver(new)} failed ({msg}); "
+            + (f"the champion stays {was}" if not failed else
+               f"restoring the champion to {was} also failed: {'; '.join(failed)}"),
+            model=name, version=_ver(new)) from None
 
 
 def promote_if_better(client, name: str, version: str, metric: str, min_improvement: float,
                       by: str = "register") -> dict:
     """The automatic promotion: under the registry lock, compare version `version` with the
     champion (by their `eval_<metric>` and `eval_set_md5` tags) and make it champion only when
-    `decide_promotion` says so; the alias is re-read to confirm."""
+    `decide_promotion` says so; the alias is re-read to confirm. A broken champion (dangling
+    alias, deleted version) is reported and never taken for 'no champion yet'."""
     with registry_lock(lock_path(_registry_uri(client))):
         cand = model_version(client, name, version)
         value = metric_value(cand, metric)
@@ -254,10 +440,13 @@ def promote_if_better(client, name: str, version: str, metric: str, min_improvem
             raise RegistryError(f"model {name!r} v{_ver(cand)} has no {metric_tag(metric)} "
                                 f"tag; expected the value of {metric!r} to compare",
                                 model=name, version=_ver(cand))
-        champ = champion(client, name)
+        state = read_state(client, name)
+        champ = state.champ
         out = {"version": _ver(cand), "value": value, "promoted": False, "confirmed": True,
                "previous_champion": _ver(champ) if champ else None,
                "previous_champion_value": metric_value(champ, metric) if champ else None}
+        if state.problem:
+            return {**out, "reason": f"{state.problem}; not promoted automatically, {REPAIR}"}
         if champ is not None and _ver(champ) == _ver(cand):
             return {**out, "reason": f"v{_ver(cand)} is already champion"}
         cand_set = cand.tags.get(EVAL_SET_TAG)
@@ -266,70 +455,124 @@ def promote_if_better(client, name: str, version: str, metric: str, min_improvem
         promote, reason = decide_promotion(value, out["previous_champion_value"], same,
                                            min_improvement, out["previous_champion"], metric)
         if promote:
-            failed = _move_champion(client, name, cand, champ, "promoted", reason, by)
-            if failed:
-                return {**out, "confirmed": False, "reason": f"{reason}; {failed}"}
+            _change(client, name, state, cand, "promoted", reason, by,
+                    state.stack + [_ver(cand)])
         return {**out, "promoted": promote, "reason": reason}
 
 
 def promote(client, name: str, version: str, reason: str = "", by: str = "cli") -> dict:
-    """Make `version` champion whatever it measured (under the lock); the champion it replaces
-    is recorded, so `rollback` returns to it."""
+    """Make `version` champion whatever it measured (under the lock) and push it on the
+    champion stack, so `rollback` returns to the champion it replaced. This also repairs a
+    broken champion (dangling alias, deleted version)."""
     with registry_lock(lock_path(_registry_uri(client))):
         new = model_version(client, name, version)
-        old = champion(client, name)
+        state = read_state(client, name)
+        old = state.champ
         out = {"model": name, "version": _ver(new),
-               "previous_champion": _ver(old) if old else None, "changed": False}
+               "previous_champion": _ver(old) if old else None, "changed": False,
+               "repaired": state.problem}
         if old is not None and _ver(old) == _ver(new):
             return out
-        failed = _move_champion(client, name, new, old, "promoted",
-                                reason or "promoted explicitly", by)
-        if failed:
-            raise RegistryError(failed, model=name, version=_ver(new))
+        stack = state.stack if state.stack[-1:] == [_ver(new)] else state.stack + [_ver(new)]
+        _change(client, name, state, new, "promoted", reason or "promoted explicitly", by,
+                stack)
         return {**out, "changed": True}
 
 
 def rollback(client, name: str, reason: str = "", by: str = "cli") -> dict:
-    """Undo the latest promotion: the champion goes back to the version it replaced."""
+    """Undo the latest change of champion: pop the stack and make the champion below it
+    (skipping versions deleted since) champion again; repeated rollbacks walk back the stack."""
     with registry_lock(lock_path(_registry_uri(client))):
-        cur = champion(client, name)
-        if cur is None:
+        state = read_state(client, name)
+        if not state.stack:
             raise RegistryError(f"model {name!r} has no champion; nothing to roll back",
                                 model=name)
-        prev = cur.tags.get(PREVIOUS_TAG)
-        if not prev:
-            raise RegistryError(f"model {name!r}: champion v{_ver(cur)} replaced no earlier "
-                                "champion; nothing to roll back to", model=name,
-                                version=_ver(cur))
-        try:
-            target = model_version(client, name, prev)
-        except RegistryError:
-            raise RegistryError(f"model {name!r}: champion v{_ver(cur)} replaced v{prev}, "
-                                "which no longer exists; `promote` a version explicitly",
-                                model=name, version=prev) from None
-        failed = _move_champion(client, name, target, cur, "restored",
-                                reason or f"rolled back from v{_ver(cur)}", by)
-        if failed:
-            raise RegistryError(failed, model=name, version=_ver(target))
-        return {"model": name, "version": _ver(target), "rolled_back": _ver(cur)}
+        top, below = state.stack[-1], list(state.stack[:-1])
+        skipped, target = [], None
+        while below and target is None:
+            target = _version_or_none(client, name, below[-1])
+            if target is None:
+                skipped.append(below.pop())
+        if target is None:
+            gone = f" (v{', v'.join(skipped)} no longer exist)" if skipped else ""
+            raise RegistryError(f"model {name!r}: champion v{top} replaced no earlier "
+                                f"champion{gone}; nothing to roll back to", model=name,
+                                version=top)
+        if state.champ is None:
+            note = f"rolled back from v{top} ({state.problem.split(': ', 1)[-1]})"
+        else:
+            note = f"rolled back from v{top}"
+        _change(client, name, state, target, "restored", reason or note, by, below)
+        return {"model": name, "version": _ver(target), "rolled_back": top,
+                "skipped": skipped}
 
 
 # ---------------------------------------------------------------------------------- history
-def history(client, name: str) -> list[dict]:
-    """One row per version, oldest first: aliases, metric tags, eval set and champion events."""
-    rm = registered_model(client, name)
+def _all_versions(client, name: str) -> list:
+    return sorted(client.search_model_versions(f"name = '{name}'"), key=lambda m: int(m.version))
+
+
+def _changes(logs: dict[str, list[dict]]) -> list[tuple[str, dict]]:
+    """Every champion change (promotion or restore), oldest first, as (version, event)."""
+    found = [(v, e) for v, evs in logs.items() for e in evs
+             if e["event"] in ("promoted", "restored")]
+    return sorted(found, key=lambda ve: (ve[1]["seq"], int(ve[0])))
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def history_markdown(name: str, changes: list[tuple[str, dict]], stack: list[str],
+                     limit: int = DESCRIPTION_LIMIT) -> str:
+    """The champion history as a Markdown section (newest first), cut to `limit` characters
+    by leaving out the oldest rows."""
+    head = [HISTORY_HEADING, "",
+            f"Champion stack (oldest first; `rollback` pops it): "
+            f"{' → '.join('v' + v for v in stack) or 'empty'}", "",
+            "| # | when (UTC) | champion | change | by | reason |",
+            "|---|---|---|---|---|---|"]
+    rows = [f"| {e['seq']} | {e['at']} | v{v} | "
+            + _md_cell({"promoted": f"promoted over v{e.get('previous')}"
+                        if e.get("previous") else "promoted (first)",
+                        "restored": f"rolled back from v{e.get('previous')}"}[e["event"]])
+            + f" | {_md_cell(e.get('by', ''))} | {_md_cell(e.get('reason', ''))} |"
+            for v, e in reversed(changes)]
+    while True:
+        left = len(changes) - len(rows)
+        tail = ([f"", f"{left} earlier change(s): `python -m pipelines.ops.registry history`"]
+                if left else [])
+        text = "\n".join(head + rows + tail)
+        if len(text) <= limit or not rows:
+            return text
+        rows.pop()
+
+
+def _with_history(description: str | None, name: str, changes, stack) -> str:
+    """The registered model's description with its champion-history section replaced; text
+    written above the section is kept."""
+    kept = (description or "").split(HISTORY_HEADING, 1)[0].rstrip()
+    room = DESCRIPTION_LIMIT - len(kept) - 2
+    section = history_markdown(name, changes, stack, limit=room)
+    return f"{kept}\n\n{section}" if kept else section
+
+
+def history(client, name: str) -> dict:
+    """The champion (stack, problem) and one row per version, oldest first: aliases, metric
+    tags, eval set and champion events."""
+    state = read_state(client, name)
     by_version: dict[str, list[str]] = {}
-    for alias, v in rm.aliases.items():
+    for alias, v in state.rm.aliases.items():
         by_version.setdefault(str(v), []).append(alias)
     rows = []
-    for mv in sorted(client.search_model_versions(f"name = '{name}'"),
-                     key=lambda m: int(m.version)):
+    for mv in _all_versions(client, name):
         metrics = {k.removeprefix("eval_"): v for k, v in sorted(mv.tags.items())
                    if k.startswith("eval_") and k != EVAL_SET_TAG}
         rows.append({"version": _ver(mv), "aliases": sorted(by_version.get(_ver(mv), [])),
                      "metrics": metrics, "eval_set_md5": mv.tags.get(EVAL_SET_TAG),
                      "previous_champion": mv.tags.get(PREVIOUS_TAG), "events": events(mv)})
-    return rows
+    return {"model": name, "champion": _ver(state.champ) if state.champ else None,
+            "stack": state.stack, "problem": state.problem, "versions": rows}
 
 
 def _fmt_metric(raw: str) -> str:
@@ -347,7 +590,8 @@ def _fmt_event(e: dict) -> str:
             + (f": {e['reason']}" if e.get("reason") else ""))
 
 
-def format_history(name: str, rows: list[dict]) -> str:
+def format_history(hist: dict) -> str:
+    rows = hist["versions"]
     head = ("version", "aliases", "metrics", "eval set", "events")
     table = [(r["version"], ",".join(r["aliases"]) or "-",
               " ".join(f"{k}={_fmt_metric(v)}" for k, v in r["metrics"].items()) or "-",
@@ -355,14 +599,17 @@ def format_history(name: str, rows: list[dict]) -> str:
               ", ".join(f"#{e['seq']} {e['event']}" for e in r["events"]) or "-")
              for r in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *table)]
-    lines = [f"model {name!r}: {len(rows)} version(s)",
+    lines = [f"model {hist['model']!r}: {len(rows)} version(s)",
              "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-    log = sorted((e["seq"], r["version"], e) for r in rows for e in r["events"]
-                 if e["event"] in ("promoted", "restored"))
+    lines += ["", "champion stack (oldest first, rollback pops): "
+              + (" ".join(f"v{v}" for v in hist["stack"]) or "empty")]
+    if hist["problem"]:
+        lines += [f"BROKEN CHAMPION: {hist['problem']}; {REPAIR}"]
+    log = _changes({r["version"]: r["events"] for r in rows})
     if log:
         lines += ["", "champion changes:"]
-        lines += [f"  v{v} {_fmt_event(e)}" for _, v, e in log]
+        lines += [f"  v{v} {_fmt_event(e)}" for v, e in log]
     return "\n".join(lines)
 
 
@@ -396,9 +643,11 @@ def main(argv: list[str] | None = None) -> int:
             a.model = get_params().register_.model_name
         client = connect()
         if a.cmd == "history":
-            print(format_history(a.model, history(client, a.model)))
+            print(format_history(history(client, a.model)))
         elif a.cmd == "promote":
             out = promote(client, a.model, a.version, a.reason)
+            if out["repaired"]:
+                print(f"{a.model}: repaired: {out['repaired']}")
             if out["changed"]:
                 was = out["previous_champion"]
                 print(f"{a.model}: v{out['version']} is champion (was "
@@ -407,8 +656,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{a.model}: v{out['version']} is already champion; nothing changed")
         else:
             out = rollback(client, a.model, a.reason)
+            skipped = "".join(f" (skipped v{v}: deleted)" for v in out["skipped"])
             print(f"{a.model}: champion rolled back from v{out['rolled_back']} to "
-                  f"v{out['version']}")
+                  f"v{out['version']}{skipped}")
     except (RegistryError, StageError, ValueError) as err:
         print(f"ERROR [registry]: {err}", file=sys.stderr)
         return 2

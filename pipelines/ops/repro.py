@@ -4,8 +4,9 @@
 
 - one Prefect API for every stage (a temporary local `prefect server`, or `PREFECT_API_URL`),
   so the flow runs of one repro appear together and no stage starts a server of its own;
-- one MLflow parent run (`pipeline`) that every stage run of this repro is nested under and
-  tagged with (`pipeline_run`);
+- one MLflow parent run that every stage run of this repro is nested under and tagged with
+  (`pipeline_run`), named after what ran ("pipeline 2026-12-07 03:00 · 2 stages: evaluate,
+  register · v3 champion"); when no stage ran the parent is deleted, not kept as an empty run;
 - a timing table at the end: per stage, the wall time DVC took, the part spent in training, CRF
   and evaluation (`compute`), the part spent generating, converting and validating data
   (`data`), and the rest (`overhead`: interpreter start-up, imports, Prefect, MLflow, DVC
@@ -34,6 +35,40 @@ RUNNING = "Running stage '"
 def started_stage(line: str) -> str | None:
     """The stage a line of `dvc repro` output starts ("Running stage 'x':"), else None."""
     return line[len(RUNNING):].split("'")[0] if line.startswith(RUNNING) else None
+
+
+def decision(registration: dict | None) -> str:
+    """The registry's decision in a few words ("v3 champion", "v4 not promoted"), "" for none."""
+    if not registration:
+        return ""
+    v = registration.get("version")
+    return f"v{v} champion" if registration.get("promoted") else f"v{v} not promoted"
+
+
+def run_title(kind: str, stages: list[str], registration: dict | None = None,
+              when: float | None = None) -> str:
+    """A run's name that says what ran: "<kind> 2026-12-07 03:00 · 2 stages: evaluate,
+    register · v3 champion", or "… · nothing changed"."""
+    from datetime import datetime, timezone
+
+    at = datetime.fromtimestamp(time.time() if when is None else when, timezone.utc)
+    what = (f"{len(stages)} stage{'s' if len(stages) != 1 else ''}: {','.join(stages)}"
+            if stages else "nothing changed")
+    return " · ".join(x for x in (f"{kind} {at:%Y-%m-%d %H:%M}", what, decision(registration))
+                      if x)
+
+
+def registration_if_ran(stages: list[str]) -> dict | None:
+    """data/register/registration.json when the register stage was among `stages`."""
+    import json
+
+    from pipelines.common import get_params
+    from pipelines.paths import StagePaths
+
+    if "register" not in stages:
+        return None
+    path = StagePaths.of(get_params()).registration
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def dvc_executable() -> str:
@@ -108,7 +143,7 @@ def repro(args: list[str]) -> int:
     from pipelines import tracking
     from pipelines.ops.prefect_server import prefect_api
 
-    t0 = time.perf_counter()
+    t0, t0_wall = time.perf_counter(), time.time()
     # MLflow's import and store set-up overlap the Prefect server's start-up.
     configured: list = []
     setup = threading.Thread(target=lambda: configured.append(tracking.configure()))
@@ -128,6 +163,15 @@ def repro(args: list[str]) -> int:
         try:
             code, walls = run_dvc(args)
             status = "FINISHED" if code == 0 else "FAILED"
+            if code == 0 and not walls:
+                print("\nnothing changed: no stage ran; no pipeline run kept in MLflow",
+                      flush=True)
+                status = "DELETE"
+                return code
+            stages = list(walls)
+            mlflow.set_tag("mlflow.runName", run_title(
+                "pipeline", stages, registration_if_ran(stages) if code == 0 else None, t0_wall))
+            mlflow.set_tag("stages_run", ",".join(stages))
             total = time.perf_counter() - t0
             rows = timing_rows(walls, pipeline_run)
             table = format_timings(rows, total)
@@ -141,7 +185,9 @@ def repro(args: list[str]) -> int:
             return code
         finally:
             os.environ.pop(tracking.PIPELINE_RUN_ENV, None)
-            mlflow.end_run(status=status)
+            mlflow.end_run(status="FINISHED" if status == "DELETE" else status)
+            if status == "DELETE":
+                mlflow.delete_run(pipeline_run)
 
 
 def main() -> None:

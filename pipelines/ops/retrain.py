@@ -10,6 +10,16 @@ Deployments are declared in `prefect.yaml` (work pools `deeplab-cpu`, `deeplab-g
   prefect worker start --pool deeplab-gpu                      # on the GPU machine
   python -m pipelines.ops.retrain serve --cron "0 3 * * 0"        # or: serve without a work pool
 
+Retrains never overlap: the deployments have a concurrency limit of one with the ENQUEUE
+collision strategy (prefect.yaml; `serve` uses global_limit=1), so a run that becomes due while
+one runs waits (AwaitingConcurrencySlot) instead of failing on DVC's lock. Each flow run is
+renamed after what it did ("retrain 2026-12-07 03:00 · 2 stages: evaluate,register · v3
+champion" or "… · nothing changed").
+
+After a retrain that ran stages, `dvc push` sends the new outputs to the project's default DVC
+remote (none configured: a warning, nothing pushed), so a second machine gets them with
+`dvc pull`.
+
 Everything the run does goes to the Prefect run log: the DVC output line by line, the stages that
 ran (or that nothing changed), and the registry's decision.
 """
@@ -17,16 +27,14 @@ ran (or that nothing changed), and the registry's decision.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import subprocess
 import sys
 
 from prefect import flow, get_run_logger, task
 
-from pipelines.common import REPO, StageError, get_params
-from pipelines.paths import StagePaths
-from pipelines.ops.repro import started_stage
+from pipelines.common import REPO, StageError
+from pipelines.ops.repro import registration_if_ran, run_title, started_stage
 
 
 @task
@@ -68,21 +76,68 @@ def dvc_repro(force: bool) -> list[str]:
     return ran
 
 
-@flow(name="retrain")
-def retrain_flow(require_gpu: bool = True, force: bool = False) -> dict:
+def _rename_run(title: str) -> None:
+    """Give this flow run a name that says what it did (Prefect names runs at random)."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    if flow_run.id:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(flow_run.id, name=title)
+
+
+def default_remote() -> str | None:
+    """The DVC remote `dvc push` uses (core.remote), None when the project has none."""
+    from pipelines.ops.repro import dvc_executable
+
+    proc = subprocess.run([dvc_executable(), "config", "core.remote"], cwd=REPO,
+                          capture_output=True, text=True)
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+@task
+def dvc_push() -> str | None:
+    """`dvc push` of every cached output to the default remote, its output in the run log, so
+    another machine (a second clone) gets the data with `dvc pull`. Returns the remote's name,
+    None when none is configured (then nothing is pushed, and the log says so)."""
+    from pipelines.ops.repro import dvc_executable
+
     log = get_run_logger()
+    remote = default_remote()
+    if remote is None:
+        log.warning("no default DVC remote (core.remote): nothing pushed; see docs/mlops.md")
+        return None
+    proc = subprocess.run([dvc_executable(), "push"], cwd=REPO, capture_output=True, text=True)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.strip():
+            log.info("dvc push | %s", line.rsplit("\r", 1)[-1])
+    if proc.returncode != 0:
+        raise StageError(f"`dvc push` to remote {remote!r} failed with exit code "
+                         f"{proc.returncode}; the new outputs are only on this machine")
+    log.info("pushed the pipeline's data to DVC remote %r", remote)
+    return remote
+
+
+@flow(name="retrain")
+def retrain_flow(require_gpu: bool = True, force: bool = False, push: bool = True) -> dict:
+    import time
+
+    log = get_run_logger()
+    started = time.time()
     device = check_device(require_gpu)
     log.info("retraining on %s", device)
     ran = dvc_repro(force)
+    out: dict = {"stages_run": ran, "registry": registration_if_ran(ran)}
+    out["title"] = run_title("retrain", ran, out["registry"], started)
+    _rename_run(out["title"])
     if not ran:
         log.info("nothing changed: no stage ran (data, params and code match dvc.lock); the "
-                 "registry was not touched")
-        return {"stages_run": [], "registry": None}
+                 "registry was not touched and no MLflow run was kept")
+        return out
     log.info("stages that ran: %s", ", ".join(ran))
-    out: dict = {"stages_run": ran, "registry": None}
-    if "register" in ran:
-        reg = StagePaths.of(get_params()).registration
-        out["registry"] = json.loads(reg.read_text())
+    if push:
+        out["pushed_to"] = dvc_push()
+    if out["registry"]:
         r = out["registry"]
         log.info("registry: %s %s (%s)", r["model_uri"],
                  "promoted to champion" if r["promoted"] else "registered, not promoted",
@@ -121,7 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         _exit_on_sigterm()
         try:
-            retrain_flow.serve(name=a.name, cron=a.cron, parameters=params)
+            # global_limit=1: a run due while another runs waits for it (ENQUEUE)
+            retrain_flow.serve(name=a.name, cron=a.cron, parameters=params, global_limit=1)
         except KeyboardInterrupt:
             print("retrain serve: stopped", file=sys.stderr)
 

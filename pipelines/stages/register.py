@@ -4,7 +4,11 @@ when it earned its place) and the searched CRF parameters, so the served model i
 was evaluated; register a new version with alias `challenger`, tagged with the protocol and
 described by a model card (the protocol and the metrics it was promoted on), and promote it to `champion` only when it beats the current
 champion on the same evaluation set by at least `register.min_improvement` (decided under the
-registry lock by pipelines.ops.registry, which also holds the promotion rule)."""
+registry lock by pipelines.ops.registry, which also holds the promotion rule).
+
+Under `dvc exp run` (workspace, queued or --temp) the version is registered with the alias
+`challenger-<experiment>` only: an experiment never moves `challenger` or `champion`, which only
+a pipeline run outside experiments (`dvc repro`, the scheduled retrain) and the registry CLI do."""
 
 from __future__ import annotations
 
@@ -66,6 +70,13 @@ def model_card(protocol, ev: dict, metric: str) -> str:
     return "\n".join(lines)
 
 
+def experiment_alias(exp_name: str) -> str:
+    """`challenger-<experiment>`, with the characters an alias cannot hold replaced."""
+    import re
+
+    return "challenger-" + re.sub(r"[^A-Za-z0-9_-]", "-", exp_name)
+
+
 @task
 def register_model(model_name: str, metric: str, min_improvement: float) -> dict:
     from mlflow import MlflowClient
@@ -95,16 +106,26 @@ def register_model(model_name: str, metric: str, min_improvement: float) -> dict
     for key, val in {**protocol_tags(protocol), **lineage()}.items():
         client.set_model_version_tag(model_name, version, key, val)
     client.update_model_version(model_name, version, description=model_card(protocol, ev, metric))
-    client.set_registered_model_alias(model_name, CHALLENGER, version)
-
-    res = promote_if_better(client, model_name, version, metric, min_improvement, by="register")
+    exp = tracking.dvc_exp_tags().get("dvc_exp")
+    if exp:
+        alias = experiment_alias(exp)
+        client.set_registered_model_alias(model_name, alias, version)
+        res = {"promoted": False, "previous_champion": None, "previous_champion_value": None,
+               "reason": f"experiment {exp!r}: registered as {alias}; experiments never "
+                         "promote (promote it with `python -m pipelines.ops.registry promote "
+                         f"{version}`)"}
+    else:
+        alias = CHALLENGER
+        client.set_registered_model_alias(model_name, CHALLENGER, version)
+        res = promote_if_better(client, model_name, version, metric, min_improvement,
+                                by="register")
     promote = res["promoted"]
     import mlflow
     mlflow.log_metrics({metric: float(value), "promoted": float(promote)})
     return {"model_name": model_name, "version": version, "metric": metric, "value": float(value),
             "eval_set_md5": eval_set, "previous_champion": res["previous_champion"],
             "previous_champion_value": res["previous_champion_value"], "promoted": promote,
-            "reason": res["reason"], "aliases": [CHALLENGER] + ([CHAMPION] if promote else []),
+            "reason": res["reason"], "aliases": [alias] + ([CHAMPION] if promote else []),
             "protocol": protocol.to_dict(), "model_uri": f"models:/{model_name}/{version}"}
 
 
