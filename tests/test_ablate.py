@@ -368,5 +368,5 @@ def test_paper_column_appears_in_the_table(project):
                          "final_loss": 0.1}} for c in grid.configs]
     cols, out, md = ablate.table_rows(grid, rows)
     assert cols[-1] == "paper" and md[-1] == "paper's mIoU (%)"
-    assert [r["paper"] for r in out][:2] == ["75.76 (v3 Table 2; unverified)",
+    assert [r["paper"] for r in out][:2] == ["75.76 (v3 Table 3)",
                                              "76.66 (v3 Table 3)"]
