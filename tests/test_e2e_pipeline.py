@@ -255,8 +255,8 @@ def test_dvc_experiments_compare_log_to_the_project_and_never_promote(project):
     store = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=store, registry_uri=store)
     aliases = dict(client.get_registered_model("deeplab-micro").aliases)
-    exps = {"exp-flip": ["--temp", "-S", "evaluate.flip=true"],
-            "exp-scales": ["-S", "evaluate.scales=[0.75,1.0]"]}
+    exps = {"exp-flip": ["--temp", "-S", "inference.flip=true"],
+            "exp-scales": ["-S", "inference.scales=[0.75,1.0]"]}
     for name, args in exps.items():
         ran = _run(["dvc", "exp", "run", "-n", name, *args], root, env)
         # both settings reach crf_search (its logits cache follows evaluate's inference)
@@ -271,8 +271,8 @@ def test_dvc_experiments_compare_log_to_the_project_and_never_promote(project):
         key = next(k for k in row if k.endswith("miou_crf"))
         scores[name] = float(row[key])
         assert 0.0 <= scores[name] <= 1.0
-    assert rows["exp-flip"]["evaluate.flip"] == "True"
-    assert rows["exp-scales"]["evaluate.scales"] == "[0.75, 1.0]"
+    assert rows["exp-flip"]["inference.flip"] == "True"
+    assert rows["exp-scales"]["inference.scales"] == "[0.75, 1.0]"
 
     now = client.get_registered_model("deeplab-micro").aliases
     assert {k: str(v) for k, v in now.items() if k in ("champion", "challenger")} == \

@@ -24,6 +24,7 @@ from deeplab_core.config import ConfigError
 from deeplab_core.data.io import DataError, ImageReadError, encode_label_png
 from deeplab_core.data.synthetic import generate_synthetic
 from deeplab_core.data.prepare import prepare_datasets
+from deeplab_core.engine.protocol import ProtocolError
 from deeplab_core.data.voc import read_split
 from deeplab_core.engine.train import ResumeMismatch
 from conftest import scratch_project
@@ -266,6 +267,8 @@ def _samples() -> dict[type, BaseException]:
         StageError: StageError("prepare.voc_root = 'x': directory x does not exist"),
         ResumeMismatch: ResumeMismatch("ckpt.pt: written with bfloat16 on cuda, but this "
                                        "process would continue with float32 on cpu"),
+        ProtocolError: ProtocolError("precision = 'fp8': expected one of float32, bfloat16, "
+                                     "float16"),
     }
 
 
