@@ -167,12 +167,9 @@ class InferenceProtocol:
         h, w = image_nchw.shape[-2:]
         tile = self.tile_size or max(h, w)
         overlap = min(self.tile_overlap, tile - 1)
-        if self.precision == "float32":
-            return predict_probs_tiled(model, image_nchw, tile, overlap, self.scales, self.flip)
-        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float16
-        with torch.autocast(image_nchw.device.type, dtype=dtype):
-            return predict_probs_tiled(model, image_nchw, tile, overlap, self.scales,
-                                       self.flip).float()
+        dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        return predict_probs_tiled(model, image_nchw, tile, overlap, self.scales, self.flip,
+                                   autocast=dtype[self.precision])
 
     def refine(self, image_hwc: np.ndarray, probs_chw: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:

@@ -45,14 +45,15 @@ def _ramp(length: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
 @torch.inference_mode()
 def predict_probs_tiled(model: nn.Module, image_nchw: torch.Tensor, tile_size: int,
                         overlap: int, scales: Iterable[float] = (1.0,),
-                        flip: bool = False) -> torch.Tensor:
+                        flip: bool = False, autocast: torch.dtype | None = None) -> torch.Tensor:
     """Softmax probabilities (N, C, H, W) of a normalised image batch, predicted window by
     window (tile_size x tile_size, overlapping by `overlap`) and blended. An image no larger
-    than the tile in both sides is predicted whole, exactly as :func:`predict_probs` does."""
+    than the tile in both sides is predicted whole, exactly as :func:`predict_probs` does
+    (``autocast`` as there)."""
     scales = tuple(scales)
     n, _, h, w = image_nchw.shape
     if h <= tile_size and w <= tile_size:
-        return predict_probs(model, image_nchw, scales, flip)
+        return predict_probs(model, image_nchw, scales, flip, autocast)
     ys, xs = tile_starts(h, tile_size, overlap), tile_starts(w, tile_size, overlap)
     total = weight = None
     for y in ys:
@@ -62,7 +63,7 @@ def predict_probs_tiled(model: nn.Module, image_nchw: torch.Tensor, tile_size: i
             tw = min(tile_size, w)
             wx = _ramp(tw, overlap, x == 0, x + tw >= w)
             tile = image_nchw[:, :, y:y + th, x:x + tw]
-            p = predict_probs(model, tile, scales, flip)
+            p = predict_probs(model, tile, scales, flip, autocast)
             if total is None:  # class count known from the first tile's output
                 total = torch.zeros((n, p.shape[1], h, w), dtype=torch.float32, device=p.device)
                 weight = torch.zeros((h, w), dtype=torch.float32, device=p.device)
