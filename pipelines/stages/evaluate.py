@@ -24,7 +24,7 @@ from deeplab_core.engine.protocol import InferenceProtocol
 from deeplab_core import viz
 from deeplab_core.data.io import read_list_file
 from pipelines import tracking
-from pipelines.common import StageError, get_params, run_stage, update_with_file
+from pipelines.common import StageError, file_md5, get_params, run_stage
 from pipelines.stages.shared import atomic_dir, dataset_classes, require_inputs, write_json
 from pipelines.stages.eval_data import evaluate_ids, read_list_ids, stage_protocol
 from pipelines.paths import StagePaths
@@ -52,7 +52,7 @@ def eval_set_md5(list_file, ids: list[str], settings: dict) -> str:
     for sid in ids:
         h.update(f"\n{sid}".encode())
         for path in files[sid]:
-            h.update(b" " + update_with_file(hashlib.md5(), path).hexdigest().encode())
+            h.update(b" " + file_md5(path).encode())
     return h.hexdigest()
 
 
