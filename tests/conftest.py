@@ -99,6 +99,22 @@ def scratch_project(root: Path, *overlays: dict) -> Path:
     return root
 
 
+GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+
+
+def git_project(root: Path, env: dict, *dvc_commands: list[str]) -> None:
+    """Make the scratch project at ``root`` a git + DVC repository (DVC analytics off, then each
+    of ``dvc_commands``, e.g. ["remote", "add", "-d", ...]) with everything in a first commit."""
+    import subprocess
+
+    cmds = [["git", "init", "-q"], ["dvc", "init", "-q"],
+            ["dvc", "config", "core.analytics", "false"], *(["dvc", *c] for c in dvc_commands),
+            GIT + ["add", "-A"], GIT + ["commit", "-qm", "init"]]
+    for cmd in cmds:
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{cmd} failed: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+
+
 @pytest.fixture(scope="session")
 def prefect_api_url(tmp_path_factory):
     """One real `prefect server` on 127.0.0.1 for the whole session (or PREFECT_API_URL when

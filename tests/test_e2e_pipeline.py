@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import scratch_project
+from conftest import GIT, git_project as _git_project, scratch_project
 
 pytestmark = pytest.mark.e2e
-GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
 
 def _run(args, cwd, env, check=True):
@@ -42,14 +41,6 @@ def _clean_env() -> dict:
                 "PREFECT_API_URL", "DEEPLAB_PIPELINE_RUN"):
         env.pop(key, None)
     return env
-
-
-def _git_project(root: Path, env: dict) -> None:
-    _run(["git", "init", "-q"], root, env)
-    _run(["dvc", "init", "-q"], root, env)
-    _run(["dvc", "config", "core.analytics", "false"], root, env)
-    _run(GIT + ["add", "-A"], root, env)
-    _run(GIT + ["commit", "-qm", "init"], root, env)
 
 
 @pytest.fixture(scope="module")

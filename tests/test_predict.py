@@ -288,6 +288,23 @@ def test_registered_model_is_loaded_from_a_local_mlflow_registry(checkpoint, pho
     assert rc == 2 and "cannot load 'models:/deeplab-test@nobody'" in err and uri in err
 
 
+def test_registered_model_on_a_server_that_does_not_answer_is_one_line(photos, tmp_path,
+                                                                       monkeypatch, capsys):
+    from pipelines.ops.procs import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["--model", "models:/deeplab@champion", "--input", str(photos / "a.jpg"),
+                   "--output", "out", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"ERROR [deeplab-predict]: cannot load 'models:/deeplab@champion': "
+                          f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not accept "
+                          "connections: Connection refused"), err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("hw", [(1, 1), (3, 7), (17, 150), (65, 64)])
 def test_images_of_any_size_with_scales_flip_and_tiles(checkpoint, hw):
     from deeplab_core.engine.checkpoint import load_checkpoint

@@ -421,6 +421,28 @@ def test_cli_errors_are_one_line(client, capsys):
         assert err.count("\n") == 1 and err.startswith(f"ERROR [registry]: {expected}"), err
 
 
+def test_cli_names_a_server_that_does_not_answer_and_a_missing_model_name(capsys, monkeypatch,
+                                                                         tmp_path):
+    """No tracking server at MLFLOW_TRACKING_URI: one line at once (not MLflow's minutes of
+    retries and a traceback); outside a project, no --model: one line asking for it."""
+    from pipelines.ops.procs import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, out, err = cli(capsys, "history", "--model", "m")
+    assert (code, out) == (2, "")
+    assert err == (f"ERROR [registry]: MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does "
+                   "not accept connections: Connection refused; start it (python -m "
+                   "pipelines.ops.services start) or unset MLFLOW_TRACKING_URI to use the "
+                   "project's mlflow.db\n")
+    absent = tmp_path / "params.yaml"
+    monkeypatch.setenv("DEEPLAB_PARAMS", str(absent))
+    code, out, err = cli(capsys, "promote", "1")
+    assert (code, out) == (2, "")
+    assert err == ("ERROR [registry]: no --model given and no register.model_name to default "
+                   f"to (params file not found: {absent}); pass --model NAME\n")
+
+
 def test_cli_module_entry_point(client, store, tmp_path):
     name = new_model(client)
     add_version(client, name, 0.3)

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from conftest import scratch_project
+from heldout import holdout as _holdout, miou as _miou
 
 pytestmark = pytest.mark.e2e
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
@@ -46,27 +47,6 @@ def project(tmp_path_factory, prefect_api_url):
     _run(GIT + ["commit", "-qm", "init"], root, env)
     _run(["dvc", "repro"], root, env)
     return root, env
-
-
-def _holdout(root: Path):
-    """(ids, list file, {id: (image file bytes, label array)}) of evaluate's held-out images."""
-    from deeplab_core.config import load_params
-    from deeplab_core.data.io import read_list_file
-    from deeplab_core.engine.evaluate import split_cv
-    from pipelines.paths import StagePaths
-
-    params = load_params(root / "params.yaml")
-    val_list = StagePaths(root / "data").prepared_list("val")
-    entries = {sid: (img, lab) for sid, img, lab in read_list_file(val_list)}
-    _, holdout = split_cv(sorted(entries), params.crf_search.cv_images, params.base.seed)
-    return holdout, val_list, params.base.num_classes
-
-
-def _miou(masks, labels, num_classes: int) -> float:
-    from deeplab_core import metrics
-
-    conf = sum(metrics.confusion_matrix(m, lab, num_classes) for m, lab in zip(masks, labels))
-    return metrics.summarize(conf)["miou"]
 
 
 def test_served_model_scores_exactly_what_evaluate_measured(project):
