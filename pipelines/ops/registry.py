@@ -620,6 +620,7 @@ def connect():
 
     from pipelines import tracking
 
+    tracking.require_server()
     return MlflowClient(tracking_uri=tracking.tracking_uri())
 
 
@@ -640,7 +641,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.model is None:
             from pipelines.common import get_params
 
-            a.model = get_params().register_.model_name
+            try:
+                a.model = get_params().register_.model_name
+            except (FileNotFoundError, ValueError) as err:
+                raise RegistryError(f"no --model given and no register.model_name to default "
+                                    f"to ({err}); pass --model NAME") from err
         client = connect()
         if a.cmd == "history":
             print(format_history(history(client, a.model)))
@@ -661,6 +666,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"v{out['version']}{skipped}")
     except (RegistryError, StageError, ValueError) as err:
         print(f"ERROR [registry]: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the store itself failed (MlflowException: a server error)
+        from mlflow.exceptions import MlflowException
+        from pipelines import tracking
+
+        if not isinstance(err, MlflowException):
+            raise
+        first = (str(err).splitlines() or [""])[0][:300]
+        print(f"ERROR [registry]: the MLflow store {tracking.tracking_uri()} failed: {first}",
+              file=sys.stderr)
         return 2
     return 0
 

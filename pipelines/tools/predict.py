@@ -82,7 +82,12 @@ def load_registered(uri: str):
     import mlflow.pyfunc
 
     from pipelines import tracking
+    from pipelines.common import StageError
 
+    try:
+        tracking.require_server()
+    except StageError as err:
+        raise ValueError(f"cannot load {uri!r}: {err}") from err
     mlflow.set_tracking_uri(tracking.tracking_uri())
     # The project store keeps artifact paths relative to the project root.
     where = tracking.REPO if tracking.project_store() else Path.cwd()
