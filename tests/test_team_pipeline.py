@@ -33,6 +33,23 @@ STAGES = ["prepare", "validate", "bootstrap", "pretrain", "finetune", "crf_searc
           "register"]
 MODEL = "deeplab-micro"  # register.model_name of tests/micro_params.yaml
 SLOW_S = 2400  # the whole micro pipeline on two shared cores
+# A client with mlflow and torch but without the project's code (no PYTHONPATH, the editable
+# install's finder dropped): the model brings deeplab_core and pipelines as its code paths.
+LOAD_WITHOUT_PROJECT = """
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path  # the finder is a class or an instance
+                   if "editable" not in getattr(f, "__module__", "") + type(f).__module__]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "editable" not in getattr(h, "__module__", "")]
+sys.path_importer_cache.clear()
+try:
+    import pipelines
+    sys.exit("the project's code is importable: " + str(pipelines.__path__))
+except ModuleNotFoundError:
+    pass
+import mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[1])
+print(json.dumps(model.predict(json.loads(sys.stdin.read()), params={"mask_format": "png"})))
+"""
 
 
 def _run(args, cwd, env, timeout=900):
@@ -131,6 +148,17 @@ def test_served_champion_equals_predict_and_evaluate_from_other_directories(team
     assert [m.shape for m in served] == [lab.shape for lab in labels]
     assert miou(served, labels, num_classes) == ev["miou"]
 
+    # the same model loaded in process where the project's code is not installed
+    bare_env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    bare_dir = _empty_dir(base, "no_project_here")
+    proc = subprocess.run([sys.executable, "-c", "import json\n" + LOAD_WITHOUT_PROJECT,
+                           f"models:/{MODEL}@champion"], input=json.dumps(body), cwd=bare_dir,
+                          env=bare_env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    loaded = [decode_mask_png_b64(m) for m in json.loads(proc.stdout.strip().splitlines()[-1])]
+    for i, a, b in zip(ids, served, loaded):
+        assert np.array_equal(a, b), i
+
     inputs = _empty_dir(base, "images")
     for i in ids:
         (inputs / f"{i}{files[i].suffix}").write_bytes(files[i].read_bytes())
@@ -141,8 +169,8 @@ def test_served_champion_equals_predict_and_evaluate_from_other_directories(team
     predicted = [np.array(Image.open(out / f"{i}.png")) for i in ids]
     for i, a, b in zip(ids, served, predicted):
         assert np.array_equal(a, b), i
-    assert sorted(p.name for p in serve_dir.iterdir()) == []
-    assert sorted(p.name for p in predict_dir.iterdir()) == []
+    for d in (serve_dir, predict_dir, bare_dir):
+        assert sorted(p.name for p in d.iterdir()) == [], d
 
 
 def test_registry_cli_walks_and_moves_the_champion_from_another_directory(team):
@@ -171,3 +199,22 @@ def test_registry_cli_walks_and_moves_the_champion_from_another_directory(team):
                               f"name = '{MODEL}' AND alias = 'champion'") == "1"
     assert "champion stack (oldest first, rollback pops): v1" in registry("history")
     assert sorted(p.name for p in cli_dir.iterdir()) == []
+
+
+def test_a_retrain_with_nothing_new_leaves_the_server_as_it_was(team):
+    """The scheduled retrain when nothing changed: no stage runs, no run stays active in
+    MLflow (the empty pipeline parent is deleted), the registry is untouched."""
+    svc, _, clone, env, _ = team
+    count = ("SELECT count(*) FROM runs r JOIN experiments e ON e.experiment_id = "
+             "r.experiment_id WHERE e.name = 'deeplab' AND r.lifecycle_stage = 'active'")
+    aliases = ("SELECT alias || '=' || version FROM registered_model_aliases "
+               f"WHERE name = '{MODEL}' ORDER BY alias")
+    before = svc.psql("mlflow", count), svc.psql("mlflow", aliases)
+    out = _run([sys.executable, "-m", "pipelines.ops.retrain", "run", "--allow-cpu"], clone, env)
+    text = out.stdout + out.stderr
+    assert "Running stage" not in text and "nothing changed: no stage ran" in text, text[-3000:]
+    assert (svc.psql("mlflow", count), svc.psql("mlflow", aliases)) == before
+    names = svc.psql("prefect", "SELECT fr.name FROM flow_run fr JOIN flow f ON f.id = "
+                                "fr.flow_id WHERE f.name = 'retrain' AND fr.state_type = "
+                                "'COMPLETED' ORDER BY fr.start_time").splitlines()
+    assert len(names) == 2 and names[1].endswith(" · nothing changed"), names
