@@ -99,6 +99,11 @@ def test_retrain_logs_registers_and_promotes_on_the_server(team):
     location = svc.psql("mlflow", "SELECT artifact_location FROM experiments "
                                   "WHERE name = 'deeplab'")
     assert location.startswith("mlflow-artifacts:/"), location
+    # every run's and the logged model's artifacts: the server's proxied store, no client path
+    uris = svc.psql("mlflow", "SELECT artifact_uri FROM runs UNION ALL SELECT "
+                              "artifact_location FROM logged_models").splitlines()
+    assert len(uris) == len(STAGES) + 2, uris
+    assert all(u.startswith("mlflow-artifacts:/") for u in uris), uris
     assert svc.psql("mlflow", f"SELECT version FROM model_versions WHERE name = '{MODEL}'") == "1"
     aliases = svc.psql("mlflow", "SELECT alias || '=' || version FROM registered_model_aliases "
                                  f"WHERE name = '{MODEL}' ORDER BY alias")
