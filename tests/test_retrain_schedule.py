@@ -10,49 +10,27 @@ stopping the worker and `retrain serve`."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, scratch_project
+from prefect_runs import FINAL, api as _api, stop as _stop, wait_final as _wait_final
 
 pytestmark = pytest.mark.e2e
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _api(url: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(f"{url}{path}", method="POST" if body is not None else "GET",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read() or b"null")
 
 
 def _run(args, cwd, env):
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"{args}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
-
-
-def _wait_final(url: str, run_id: str, timeout_s: float) -> dict:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        run = _api(url, f"/flow_runs/{run_id}")
-        if run["state_type"] in FINAL:
-            return run
-        time.sleep(2)
-    raise AssertionError(f"flow run {run_id} not finished after {timeout_s} s: "
-                         f"{run['state_type']}")
 
 
 def _logs(url: str, run_id: str, expect: str, timeout_s: float = 120) -> str:
@@ -68,18 +46,6 @@ def _logs(url: str, run_id: str, expect: str, timeout_s: float = 120) -> str:
         if expect in text or time.time() > deadline:
             return text
         time.sleep(2)
-
-
-def _stop(proc: subprocess.Popen, timeout_s: float = 60) -> float:
-    t0 = time.time()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"{proc.args} ignored SIGTERM for {timeout_s} s")
-    return time.time() - t0
 
 
 def _wait_state(url: str, run_id: str, types: set[str], timeout_s: float) -> dict:

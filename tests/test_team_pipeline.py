@@ -6,14 +6,17 @@ runs, the registered version and the `champion` alias land in the server's Postg
 artifacts in the server's artifact store, nothing of MLflow's in the clone, and the retrain's
 `dvc push` fills the clone's DVC remote. Then, from other empty directories with another checkout
 of the code (as on another machine): `mlflow models serve -m models:/…@champion` answers with
-the masks `deeplab-predict --model models:/…@champion` writes and that score exactly evaluate's
-mIoU, and the registry CLI walks and moves the champion on the server."""
+the masks `deeplab-predict --model models:/…@champion` writes, and the model loaded where the
+project's code is not importable, and they score exactly evaluate's mIoU; the registry CLI walks
+and moves the champion on the server. Last, the `retrain-local` deployment, run by a real
+process worker on the PostgreSQL-backed Prefect server, finds nothing new and leaves MLflow as it
+was."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +27,7 @@ import requests
 
 from conftest import REPO, git_project, scratch_project
 from heldout import holdout, miou
+from prefect_runs import api, stop, wait_final
 from team_services import code_env, require_postgres, running_services
 
 pytestmark = pytest.mark.e2e
@@ -74,6 +78,7 @@ def team(tmp_path_factory):
     base = tmp_path_factory.mktemp("team")
     with running_services(base, code_env()) as svc:
         origin = scratch_project(base / "origin", {"base": {"torch_threads": 1}})
+        shutil.copy(REPO / "prefect.yaml", origin / "prefect.yaml")
         remote = base / "dvc-remote"
         git_project(origin, code_env(origin), ["remote", "add", "-d", "shared", str(remote)])
         clone = base / "clone"
@@ -206,20 +211,34 @@ def test_registry_cli_walks_and_moves_the_champion_from_another_directory(team):
     assert sorted(p.name for p in cli_dir.iterdir()) == []
 
 
-def test_a_retrain_with_nothing_new_leaves_the_server_as_it_was(team):
-    """The scheduled retrain when nothing changed: no stage runs, no run stays active in
-    MLflow (the empty pipeline parent is deleted), the registry is untouched."""
+def test_a_retrain_deployment_run_by_a_worker_with_nothing_new_leaves_mlflow_as_it_was(team):
+    """The project's `retrain-local` deployment (prefect.yaml) deployed to the PostgreSQL-backed
+    Prefect server and run by a real process worker in the clone, when nothing changed: it
+    completes as "nothing changed", no run stays active in MLflow (the empty pipeline parent is
+    deleted) and the registry is untouched."""
     svc, _, clone, env, _ = team
+    url = svc.urls["PREFECT_API_URL"]
     count = ("SELECT count(*) FROM runs r JOIN experiments e ON e.experiment_id = "
              "r.experiment_id WHERE e.name = 'deeplab' AND r.lifecycle_stage = 'active'")
     aliases = ("SELECT alias || '=' || version FROM registered_model_aliases "
                f"WHERE name = '{MODEL}' ORDER BY alias")
     before = svc.psql("mlflow", count), svc.psql("mlflow", aliases)
-    out = _run([sys.executable, "-m", "pipelines.ops.retrain", "run", "--allow-cpu"], clone, env)
-    text = out.stdout + out.stderr
-    assert "Running stage" not in text and "nothing changed: no stage ran" in text, text[-3000:]
+    _run(["prefect", "work-pool", "create", "deeplab-cpu", "--type", "process"], clone, env)
+    _run(["prefect", "--no-prompt", "deploy", "--name", "retrain-local"], clone,
+         dict(env, PWD=str(clone)))
+    dep = api(url, "/deployments/name/retrain/retrain-local")
+    worker = subprocess.Popen(["prefect", "worker", "start", "--pool", "deeplab-cpu", "--type",
+                               "process"], cwd=clone, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        run = api(url, f"/deployments/{dep['id']}/create_flow_run", {})
+        run = wait_final(url, run["id"], SLOW_S)
+    finally:
+        stop(worker)
+    assert run["state_type"] == "COMPLETED", run["state_name"]
+    assert run["name"].startswith("retrain ") and run["name"].endswith(" · nothing changed"), \
+        run["name"]
+    assert svc.psql("prefect", "SELECT fr.state_type FROM flow_run fr JOIN deployment d ON "
+                               "d.id = fr.deployment_id WHERE d.name = 'retrain-local' AND "
+                               f"fr.id = '{run['id']}'") == "COMPLETED"
     assert (svc.psql("mlflow", count), svc.psql("mlflow", aliases)) == before
-    names = svc.psql("prefect", "SELECT fr.name FROM flow_run fr JOIN flow f ON f.id = "
-                                "fr.flow_id WHERE f.name = 'retrain' AND fr.state_type = "
-                                "'COMPLETED' ORDER BY fr.start_time").splitlines()
-    assert len(names) == 2 and names[1].endswith(" · nothing changed"), names
