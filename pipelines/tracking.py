@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from pipelines.common import (PIPELINE_RUN_ENV, PROJECT_HOME, REPO, StageError, dvc_md5, git_commit,
-                              stage_lineage, stage_outs)
+from pipelines.common import (PIPELINE_RUN_ENV, PROJECT_HOME, REPO, dvc_md5, git_commit, stage_lineage,
+                              stage_outs)
 from deeplab_core.fileio import atomic_write_json as write_json
 
 EXPERIMENT = os.environ.get("DEEPLAB_EXPERIMENT", "deeplab")
@@ -50,28 +50,6 @@ def project_store() -> bool:
     return tracking_uri() == f"sqlite:///{STORE}"
 
 
-def require_server(uri: str | None = None, timeout_s: float = 10.0) -> None:
-    """For an HTTP(S) tracking URI, a StageError at once when nothing accepts connections at its
-    host and port (MLflow's client would retry for minutes, then fail with a traceback). Only
-    the TCP connection is tried: a busy server that is slow to answer passes."""
-    import socket
-    from urllib.parse import urlsplit
-
-    uri = uri or tracking_uri()
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https"):
-        return
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
-            pass
-    except (OSError, ValueError) as err:
-        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
-        raise StageError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not accept "
-                         f"connections: {reason}; start it (python -m pipelines.ops.services "
-                         "start) or unset MLFLOW_TRACKING_URI to use the project's mlflow.db")
-
-
 def _store_artifacts_relative(experiment_id: str) -> None:
     """MLflow stores a local artifact location as an absolute path; rewrite the new
     experiment's to the project-relative one so runs, logged models and model versions created
@@ -84,7 +62,6 @@ def _store_artifacts_relative(experiment_id: str) -> None:
 def configure() -> "module":
     import mlflow
 
-    require_server()
     mlflow.set_tracking_uri(tracking_uri())
     if project_store() and Path.cwd() != PROJECT_HOME:
         os.chdir(PROJECT_HOME)  # the store's artifact paths are relative to the project root

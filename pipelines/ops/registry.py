@@ -614,13 +614,37 @@ def format_history(hist: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------- CLI
+def require_server(uri: str | None = None, timeout_s: float = 10.0) -> None:
+    """For an HTTP(S) tracking URI (default: the one in use), a StageError at once when nothing
+    accepts connections at its host and port (MLflow's client would retry for minutes, then fail
+    with a traceback). Only the TCP connection is tried: a busy server slow to answer passes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from pipelines import tracking
+
+    uri = uri or tracking.tracking_uri()
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise StageError(f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) does not accept "
+                         f"connections: {reason}; start it (python -m pipelines.ops.services "
+                         "start) or unset MLFLOW_TRACKING_URI to use the project's mlflow.db")
+
+
 def connect():
     """A client on the project's store (or MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI)."""
     from mlflow import MlflowClient
 
     from pipelines import tracking
 
-    tracking.require_server()
+    require_server()
     return MlflowClient(tracking_uri=tracking.tracking_uri())
 
 

@@ -122,8 +122,11 @@ def dvc_push() -> str | None:
 def retrain_flow(require_gpu: bool = True, force: bool = False, push: bool = True) -> dict:
     import time
 
+    from pipelines.ops.registry import require_server
+
     log = get_run_logger()
     started = time.time()
+    require_server()  # before any stage: a tracking server that is down fails the run at once
     device = check_device(require_gpu)
     log.info("retraining on %s", device)
     ran = dvc_repro(force)

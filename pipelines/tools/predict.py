@@ -83,9 +83,10 @@ def load_registered(uri: str):
 
     from pipelines import tracking
     from pipelines.common import StageError
+    from pipelines.ops.registry import require_server
 
     try:
-        tracking.require_server()
+        require_server()
     except StageError as err:
         raise ValueError(f"cannot load {uri!r}: {err}") from err
     mlflow.set_tracking_uri(tracking.tracking_uri())
