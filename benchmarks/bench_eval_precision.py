@@ -90,13 +90,15 @@ def score_deltas(results: dict[str, dict], applied: bool) -> dict[str, dict]:
     for prec, r in results.items():
         res = r["result"]
         iou, iou_ref = served(res)["per_class_iou"], served(ref)["per_class_iou"]
-        deltas = [abs(iou[c] - iou_ref[c]) for c in iou
-                  if iou[c] is not None and iou_ref[c] is not None]
+        deltas = {c: abs(iou[c] - iou_ref[c]) for c in iou
+                  if iou[c] is not None and iou_ref[c] is not None}
+        worst = max(deltas, key=deltas.get, default=None)
         out[prec] = {
             "miou": 100 * served(res)["miou"], "miou_no_crf": 100 * res["plain"]["miou"],
             "delta_miou": 100 * (served(res)["miou"] - served(ref)["miou"]),
             "delta_miou_no_crf": 100 * (res["plain"]["miou"] - ref["plain"]["miou"]),
-            "max_class_delta": 100 * max(deltas, default=0.0),
+            "max_class_delta": 100 * deltas[worst] if worst is not None else 0.0,
+            "max_class": worst if worst is not None and deltas[worst] > 0 else None,
             "label_change": r["label_change"], "max_prob_delta": r["max_prob_delta"]}
     return out
 
@@ -132,8 +134,10 @@ def time_ratios(protocol, model, images: list[torch.Tensor], precisions: list[st
 def format_row(prec: str, s: dict, ratio: float | None) -> str:
     return (f"{prec:>9}  mIoU {s['miou']:6.2f} % ({s['delta_miou']:+.3f} pt)  "
             f"no CRF {s['miou_no_crf']:6.2f} % ({s['delta_miou_no_crf']:+.3f} pt)  "
-            f"max |ΔIoU| {s['max_class_delta']:.3f} pt  labels changed "
-            f"{100 * s['label_change']:.4f} %  max |Δprob| {s['max_prob_delta']:.2e}"
+            f"max |ΔIoU| {s['max_class_delta']:.3f} pt"
+            + (f" ({s['max_class']})" if s["max_class"] else "")
+            + f"  labels changed {100 * s['label_change']:.4f} %  max |Δprob| "
+            f"{s['max_prob_delta']:.2e}"
             + ("" if ratio is None else f"  time x{ratio:.2f}"))
 
 
