@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.stages.shared import dataset_classes
 
     root = a.root.resolve()
+    if not (root / "params.yaml").is_file():
+        print(f"bench_eval_precision: {root / 'params.yaml'} not found (--root: a checkout of "
+              f"the project)", file=sys.stderr)
+        return 2
     params = load_params(root / "params.yaml")
     data = Path(params.base.data_dir)
     data = data if data.is_absolute() else root / data

@@ -83,3 +83,24 @@ def test_lower_precisions_of_the_cpu_and_the_cpu_name():
     assert bep.lower_precisions(torch.device("cpu")) == ["bfloat16"]
     name = bep.cpu_name()
     assert name and ("bf16" in name or "no bf16 instructions" in name)
+
+
+def test_a_checkout_without_pipeline_outputs_is_named_and_exits_2(tmp_path, capsys):
+    assert bep.main(["--root", str(tmp_path)]) == 2
+    assert f"{tmp_path / 'params.yaml'} not found" in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    assert bep.main(["--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'data' / 'models' / 'finetune' / 'model.pt'} not found" in err
+    assert "run the pipeline in" in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--images", "0"], "--images 0: expected an integer >= 1"),
+    (["--repeats", "-1"], "--repeats -1: expected an integer >= 1"),
+    (["--precisions", "float8"], "invalid choice: 'float8'"),
+])
+def test_bad_arguments_exit_2_naming_the_value(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bep.parse_args(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
