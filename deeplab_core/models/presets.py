@@ -41,6 +41,9 @@ class ArchSpec:
     cascade_blocks: int = 0           # v3 cascade: extra copies of block4 (blocks 5..)
     width_mult: float = 1.0           # channel multiplier (MobileNetV2, BasicNet, Xception, VGG)
     mobilenet_settings: tuple[tuple[int, int, int, int], ...] | None = None
+    # Xception-65 activations: "paper" (the v3+ figure) or "tf" (DeepLab's TensorFlow network,
+    # which the public ImageNet checkpoint was trained as; backbones/xception.py)
+    relu_placement: str = "paper"
     low_level_stride: int = 4         # decoder low-level feature stride (MobileNetV2, BasicNet: 2/4)
     # v3+ decoder
     decoder: bool = False
@@ -82,8 +85,11 @@ PRESETS: dict[str, ArchSpec] = {
     "v3_resnet101_block7_mg121": ArchSpec(**_PAPER, backbone="resnet101", head="cascade", output_stride=16,
                                           multi_grid=(1, 2, 1), cascade_blocks=3),
     # DeepLab v3+
+    # The activations of the reference TensorFlow network, whose runs the preset's figures come
+    # from and whose ImageNet checkpoint loads into it exactly.
     "v3plus_xception65": ArchSpec(**_PAPER, backbone="xception65", head="aspp_v3", output_stride=16,
-                                  aspp_rates=(6, 12, 18), separable=True, decoder=True),
+                                  aspp_rates=(6, 12, 18), separable=True, decoder=True,
+                                  relu_placement="tf"),
     "v3plus_resnet101": ArchSpec(**_PAPER, backbone="resnet101", head="aspp_v3", output_stride=16,
                                  aspp_rates=(6, 12, 18), decoder=True),
     # CPU presets. light: a small dense BasicBlock trunk (dense 3x3 convs train faster from
@@ -120,12 +126,16 @@ def get_config(preset: str, **overrides: object) -> ArchSpec:
 
 def _build_backbone(cfg: ArchSpec) -> nn.Module:
     name, os_ = cfg.backbone, cfg.output_stride
+    if cfg.relu_placement != "paper" and name != "xception65":
+        raise ValueError(f"relu_placement {cfg.relu_placement!r} applies to the xception65 "
+                         f"backbone only, not {name!r}")
     if name == "vgg16":
         return VGG16(os_, width_mult=cfg.width_mult)
     if name in ("resnet50", "resnet101", "resnet152"):
         return ResNet(int(name[6:]), os_, cfg.multi_grid, cfg.cascade_blocks)
     if name == "xception65":
-        return Xception65(os_, cfg.multi_grid, width_mult=cfg.width_mult)
+        return Xception65(os_, cfg.multi_grid, width_mult=cfg.width_mult,
+                          relu_placement=cfg.relu_placement)
     if name == "mobilenetv2":
         kw = {"settings": cfg.mobilenet_settings} if cfg.mobilenet_settings else {}
         return MobileNetV2(os_, cfg.width_mult, low_level_stride=cfg.low_level_stride, **kw)
