@@ -426,3 +426,55 @@ def test_unreadable_checkpoint_is_one_clear_error(tmp_path):
         load_backbone_weights(build_model("v3plus_xception65", width_mult=0.125), path)
     msg = str(err.value)
     assert str(path) in msg and "safetensors.torch.load_file" in msg and "\n" not in msg
+
+
+def _tv_bn(x, sd, prefix):
+    return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
+                        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], False, 0.0, 1e-5)
+
+
+def torchvision_resnet_forward(sd, x, blocks):
+    """(layer4, layer1) outputs of torchvision's ResNet written out over its named tensors:
+    7x7/2 stem, 3x3/2 max-pool, bottlenecks with the stride on the 3x3 convolution of each
+    layer's first unit and a 1x1 conv + BN downsample there."""
+    x = F.max_pool2d(F.relu(_tv_bn(F.conv2d(x, sd["conv1.weight"], None, 2, 3), sd, "bn1")),
+                     3, 2, 1)
+    low = None
+    for li, n in enumerate(blocks, start=1):
+        for u in range(n):
+            p, stride = f"layer{li}.{u}", (2 if li > 1 and u == 0 else 1)
+            y = F.relu(_tv_bn(F.conv2d(x, sd[f"{p}.conv1.weight"]), sd, f"{p}.bn1"))
+            y = F.relu(_tv_bn(F.conv2d(y, sd[f"{p}.conv2.weight"], None, stride, 1), sd,
+                              f"{p}.bn2"))
+            y = _tv_bn(F.conv2d(y, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
+            if f"{p}.downsample.0.weight" in sd:
+                x = _tv_bn(F.conv2d(x, sd[f"{p}.downsample.0.weight"], None, stride), sd,
+                           f"{p}.downsample.1")
+            x = F.relu(y + x)
+        if li == 1:
+            low = x
+    return x, low
+
+
+def test_resnet101_torchvision_checkpoint_gives_torchvision_network_at_os32(tmp_path):
+    """At output stride 32 (no atrous convolution) the loaded ResNet-101 computes torchvision's
+    ImageNet network; OS 16 and 8 then run its last blocks atrous as DeepLab does."""
+    blocks = (3, 4, 23, 3)
+    sd = _he_scaled(fake_torchvision_resnet(blocks, seed=2, width=8))
+    path = tmp_path / "resnet101-63fe2227.pth"
+    torch.save(sd, path)
+    x = torch.randn(2, 3, 97, 129, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    ref_out, ref_low = torchvision_resnet_forward({k: v.double() for k, v in sd.items()}, x,
+                                                  blocks)
+    bb = ResNet(blocks, output_stride=32, width=8)
+    assert load_backbone_weights(bb, path)["missing"] == []
+    bb = bb.double().eval()
+    with torch.no_grad():
+        feats = bb(x)
+    assert feats["out"].shape == ref_out.shape == (2, 256, 4, 5)
+    assert _max_rel_diff(feats["out"], ref_out) < 1e-12
+    assert _max_rel_diff(feats["low_level"], ref_low) < 1e-12
+    bb.set_output_stride(16)
+    with torch.no_grad():
+        assert bb(x)["out"].shape[-2:] == (7, 9)
