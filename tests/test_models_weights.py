@@ -274,9 +274,13 @@ def _timm_conv(x, w, stride=1, dilation=1, groups=1):
     return F.conv2d(x, w, None, stride, pad, dilation, groups)
 
 
-def _timm_bn(x, sd, prefix):
+def _eval_bn(x, sd, prefix, eps):
     return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
-                        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], False, 0.0, TIMM_BN_EPS)
+                        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], False, 0.0, eps)
+
+
+def _timm_bn(x, sd, prefix):
+    return _eval_bn(x, sd, prefix, TIMM_BN_EPS)
 
 
 def timm_xception65_forward(sd, x, output_stride, multi_grid=(1, 1, 1)):
@@ -429,8 +433,7 @@ def test_unreadable_checkpoint_is_one_clear_error(tmp_path):
 
 
 def _tv_bn(x, sd, prefix):
-    return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
-                        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], False, 0.0, 1e-5)
+    return _eval_bn(x, sd, prefix, 1e-5)  # torchvision's BatchNorm2d default
 
 
 def torchvision_resnet_forward(sd, x, blocks):
