@@ -8,7 +8,8 @@ at stride 1 and the rate of the following units is multiplied by that stride.
 Two placements of the activations, over the same parameters (``relu_placement``):
 
 * ``"paper"``: as the v3+ paper's figure describes it, BatchNorm + ReLU after every 3x3 depthwise
-  convolution, ReLU after each pointwise BatchNorm and after the residual sum.
+  convolution; ReLU after the pointwise BatchNorm of a block's first two separable convolutions
+  and after the residual sum (the last exit-flow block, without residual: after all three).
 * ``"tf"``: the network of DeepLab's TensorFlow code, which the public ImageNet checkpoint (and
   timm's ``xception65``) was trained as: in every block but the last, a ReLU before each of the
   three separable convolutions, none inside them (depthwise -> BN -> pointwise -> BN), and the
