@@ -241,6 +241,10 @@ GOOD = {"kind": "inference", "model": "model.pt", "configs": [{"name": "a"}]}
      "configs[0] ('mg'): model.overrides.multi_grid = [1, 2, 4] has no effect on backbone "
      "'mobilenetv2'"),
     ({"kind": "train", "base": {"finetune": {"init_from_pretrain": False}},
+      "configs": [{"name": "tf", "model": {"overrides": {"relu_placement": "tf"}}}]},
+     "configs[0] ('tf'): model.preset / model.overrides: relu_placement 'tf' applies to the "
+     "xception65 backbone only, not 'mobilenetv2'"),
+    ({"kind": "train", "base": {"finetune": {"init_from_pretrain": False}},
       "configs": [{"name": "x", "model": {"overrides": {"aspp_rate": [1]}}}]},
      "configs[0] ('x'): model.preset / model.overrides: unknown override key(s) ['aspp_rate']"),
     ({"kind": "train", "configs": [{"name": "x"}]}, "finetune.init_from_pretrain is true"),

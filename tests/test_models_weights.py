@@ -481,3 +481,4 @@ def test_resnet101_torchvision_checkpoint_gives_torchvision_network_at_os32(tmp_
     bb.set_output_stride(16)
     with torch.no_grad():
         assert bb(x)["out"].shape[-2:] == (7, 9)
+

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .backbones import VGG16, BasicNet, MobileNetV2, ResNet, Xception65
+from .backbones.xception import RELU_PLACEMENTS
 from .deeplab import DeepLab, set_output_stride
 from .heads import ASPP, ASPPv2, ClassifierHead, Decoder, MSCFeatureBranches, V1Head, V3Head
 from .msc import MultiScaleInputs
@@ -121,14 +122,21 @@ def get_config(preset: str, **overrides: object) -> ArchSpec:
         raise ValueError(f"unknown override key(s) {unknown} for preset {preset!r}; "
                          f"allowed keys: {', '.join(allowed)}")
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return dataclasses.replace(PRESETS[preset], **fixed)
+    return _check_relu_placement(dataclasses.replace(PRESETS[preset], **fixed))
+
+
+def _check_relu_placement(cfg: ArchSpec) -> ArchSpec:
+    if cfg.relu_placement not in RELU_PLACEMENTS:
+        raise ValueError(f"relu_placement must be one of {', '.join(RELU_PLACEMENTS)}, "
+                         f"got {cfg.relu_placement!r}")
+    if cfg.relu_placement != "paper" and cfg.backbone != "xception65":
+        raise ValueError(f"relu_placement {cfg.relu_placement!r} applies to the xception65 "
+                         f"backbone only, not {cfg.backbone!r}")
+    return cfg
 
 
 def _build_backbone(cfg: ArchSpec) -> nn.Module:
-    name, os_ = cfg.backbone, cfg.output_stride
-    if cfg.relu_placement != "paper" and name != "xception65":
-        raise ValueError(f"relu_placement {cfg.relu_placement!r} applies to the xception65 "
-                         f"backbone only, not {name!r}")
+    name, os_ = _check_relu_placement(cfg).backbone, cfg.output_stride
     if name == "vgg16":
         return VGG16(os_, width_mult=cfg.width_mult)
     if name in ("resnet50", "resnet101", "resnet152"):
