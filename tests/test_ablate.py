@@ -359,6 +359,11 @@ def test_paper_ablation_grids_set_the_papers_rows(project, name):
             [(1, 1, 1), (1, 2, 1), (1, 2, 3), (1, 2, 4), (2, 2, 2)]
     if name == "v3_output_stride":
         assert [c.settings["model"]["output_stride"] for c in grid.configs] == [8, 16, 32]
+    if name == "v3plus_decoder":  # Table 1's decoder: one [3x3, 256] refinement, channels vary
+        rows = [c.settings["model"] for c in grid.configs]
+        assert [r["decoder"] for r in rows] == [False] + [True] * 5
+        assert [(r["low_level_channels"], r["decoder_convs"]) for r in rows[1:]] == \
+            [(c, 1) for c in (8, 16, 32, 48, 64)]
     if name == "v2_aspp_vgg16":
         assert [c.settings["model"]["aspp_rates"] if c.settings["model"]["head"] == "aspp_v2"
                 else c.settings["model"]["fc6_rate"] for c in grid.configs] == \

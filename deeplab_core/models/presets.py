@@ -50,6 +50,7 @@ class ArchSpec:
     decoder: bool = False
     decoder_channels: int = 256
     low_level_channels: int = 48
+    decoder_convs: int = 2            # 3x3 convs after the concat (v3+ Table 2: two)
     # multi-scale
     msc_scales: tuple[float, ...] | None = None   # v2 multi-scale inputs, max fusion
     msc_features: bool = False        # v1 DeepLab-MSc MLP branches on image + pool1..pool4
@@ -178,7 +179,7 @@ def build_from_config(cfg: ArchSpec, num_classes: int = 21) -> nn.Module:
             raise ValueError("the v3+ decoder needs head='aspp_v3'")
         decoder = Decoder(cfg.aspp_channels, backbone.low_level_channels, num_classes,
                           cfg.low_level_channels, cfg.decoder_channels, cfg.separable,
-                          cfg.align_corners)
+                          cfg.align_corners, cfg.decoder_convs)
     msc = None
     if cfg.msc_features:
         if not isinstance(backbone, VGG16):
