@@ -77,7 +77,9 @@ def _schedule(cell: str) -> dict[str, float]:
 
 
 def test_both_tables_list_every_preset_with_the_same_cells():
-    tables = [_rows(p) for p in DOCS]
+    """Same cells in both; a Markdown link's target may differ (each page links relatively)."""
+    tables = [{k: [re.sub(r"\]\([^)]*\)", "]", c) for c in v] for k, v in _rows(p).items()}
+              for p in DOCS]
     assert sorted(tables[0]) == PRESETS
     assert tables[0] == tables[1]
 
