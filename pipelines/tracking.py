@@ -42,8 +42,27 @@ WORK_KINDS = ("compute", "data")
 _WORK = dict.fromkeys(WORK_KINDS, 0.0)
 
 
+def from_project(uri: str, cwd: Path | None = None, repo: Path = REPO,
+                 home: Path = PROJECT_HOME) -> str:
+    """`uri` as the project sees it. MLflow takes a relative sqlite path from the working
+    directory, which for a `dvc exp run --temp` or queued experiment is inside DVC's
+    throw-away copy of the project (`repo`), so `MLFLOW_TRACKING_URI=sqlite:///mlflow.db` would
+    log there and be deleted with it: inside such a copy the path is taken from the same place
+    in the project (`home`) instead. Anywhere else, and for absolute paths, `:memory:` and
+    servers, `uri` is returned as it is."""
+    cwd = Path.cwd() if cwd is None else cwd
+    if repo == home or not cwd.is_relative_to(repo):
+        return uri
+    prefix = "sqlite:///"
+    path = uri[len(prefix):] if uri.startswith(prefix) else ""
+    if not path or path.startswith(("/", ":memory:")):
+        return uri
+    return f"{prefix}{home / cwd.relative_to(repo) / path}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return from_project(uri) if uri else f"sqlite:///{STORE}"
 
 
 def project_store() -> bool:
