@@ -30,9 +30,11 @@ from deeplab_core.fileio import atomic_write_json as write_json
 EXPERIMENT = os.environ.get("DEEPLAB_EXPERIMENT", "deeplab")
 STORE = PROJECT_HOME / "mlflow.db"  # a `dvc exp run --temp`/queued copy logs to its project's
 ARTIFACTS = "mlruns"  # relative to the project root
-# The experiment kind MLflow 3's UI reads to open an experiment on its training runs (from 3.1x
-# its GenAI / Model training switch decides instead: `#/experiments/<id>?workflowType=
-# machine_learning`, remembered by the browser once switched).
+# The experiment kind ("Machine learning") that MLflow 3 UIs without the "GenAI | Model training"
+# switch read to open an experiment on its training runs. The pinned UI (3.17) ignores it: the
+# switch decides (the URL's `?workflowType=machine_learning`, else the choice the browser
+# remembers, GenAI by default), and no tag or server setting changes that default
+# (tests/test_mlflow_ui.py).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # Seconds of real work this process did, by kind: "compute" (training, CRF search, evaluation)
 # and "data" (generating, converting and validating the datasets); logged as <kind>_seconds.
@@ -40,8 +42,27 @@ WORK_KINDS = ("compute", "data")
 _WORK = dict.fromkeys(WORK_KINDS, 0.0)
 
 
+def from_project(uri: str, cwd: Path | None = None, repo: Path = REPO,
+                 home: Path = PROJECT_HOME) -> str:
+    """`uri` as the project sees it. MLflow takes a relative sqlite path from the working
+    directory, which for a `dvc exp run --temp` or queued experiment is inside DVC's
+    throw-away copy of the project (`repo`), so `MLFLOW_TRACKING_URI=sqlite:///mlflow.db` would
+    log there and be deleted with it: inside such a copy the path is taken from the same place
+    in the project (`home`) instead. Anywhere else, and for absolute paths, `:memory:` and
+    servers, `uri` is returned as it is."""
+    cwd = Path.cwd() if cwd is None else cwd
+    if repo == home or not cwd.is_relative_to(repo):
+        return uri
+    prefix = "sqlite:///"
+    path = uri[len(prefix):] if uri.startswith(prefix) else ""
+    if not path or path.startswith(("/", ":memory:")):
+        return uri
+    return f"{prefix}{home / cwd.relative_to(repo) / path}"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{STORE}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return from_project(uri) if uri else f"sqlite:///{STORE}"
 
 
 def project_store() -> bool:
@@ -80,7 +101,7 @@ def configure() -> "module":
             pass
     exp = mlflow.set_experiment(EXPERIMENT)
     if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        # MLflow 3's UI opens an experiment without this tag on its GenAI overview
+        # read by MLflow 3 UIs without the workflow switch (see EXPERIMENT_KIND_TAG)
         mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG,
                                                  EXPERIMENT_KIND)
     return mlflow

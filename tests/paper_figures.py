@@ -77,6 +77,10 @@ FIGURES: tuple[Figure, ...] = (
     Figure("v3", "Table 6", 79.77, "ASPP model: eval OS8 + multi-scale + flip", True),
     Figure("v3", "Table 6", 82.70, "ASPP model pretrained on COCO, eval OS8 + MS + flip", True),
     # v3+ Table 3: ResNet-101 encoder (ImageNet), train OS16
+    # v3+ Table 1: the decoder's 1x1 projection of the Conv2 features (ResNet-101, OS16, one
+    # [3x3, 256] refinement), by its output channels
+    *(Figure("v3+", "Table 1", v, f"decoder, low-level projection to {c} channels", False)
+      for c, v in ((8, 77.61), (16, 77.92), (32, 78.16), (48, 78.21), (64, 77.94))),
     Figure("v3+", "Table 3", 77.21, "ResNet-101, no decoder, eval OS16, single scale", True),
     Figure("v3+", "Table 3", 78.85, "ResNet-101 + decoder, eval OS16, single scale", True),
     Figure("v3+", "Table 3", 80.57, "ResNet-101 + decoder, eval OS8 + multi-scale + flip", True),

@@ -241,6 +241,10 @@ GOOD = {"kind": "inference", "model": "model.pt", "configs": [{"name": "a"}]}
      "configs[0] ('mg'): model.overrides.multi_grid = [1, 2, 4] has no effect on backbone "
      "'mobilenetv2'"),
     ({"kind": "train", "base": {"finetune": {"init_from_pretrain": False}},
+      "configs": [{"name": "tf", "model": {"overrides": {"relu_placement": "tf"}}}]},
+     "configs[0] ('tf'): model.preset / model.overrides: relu_placement 'tf' applies to the "
+     "xception65 backbone only, not 'mobilenetv2'"),
+    ({"kind": "train", "base": {"finetune": {"init_from_pretrain": False}},
       "configs": [{"name": "x", "model": {"overrides": {"aspp_rate": [1]}}}]},
      "configs[0] ('x'): model.preset / model.overrides: unknown override key(s) ['aspp_rate']"),
     ({"kind": "train", "configs": [{"name": "x"}]}, "finetune.init_from_pretrain is true"),
@@ -355,6 +359,11 @@ def test_paper_ablation_grids_set_the_papers_rows(project, name):
             [(1, 1, 1), (1, 2, 1), (1, 2, 3), (1, 2, 4), (2, 2, 2)]
     if name == "v3_output_stride":
         assert [c.settings["model"]["output_stride"] for c in grid.configs] == [8, 16, 32]
+    if name == "v3plus_decoder":  # Table 1's decoder: one [3x3, 256] refinement, channels vary
+        rows = [c.settings["model"] for c in grid.configs]
+        assert [r["decoder"] for r in rows] == [False] + [True] * 5
+        assert [(r["low_level_channels"], r["decoder_convs"]) for r in rows[1:]] == \
+            [(c, 1) for c in (8, 16, 32, 48, 64)]
     if name == "v2_aspp_vgg16":
         assert [c.settings["model"]["aspp_rates"] if c.settings["model"]["head"] == "aspp_v2"
                 else c.settings["model"]["fc6_rate"] for c in grid.configs] == \

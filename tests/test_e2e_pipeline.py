@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -232,13 +234,39 @@ def _exp_rows(root: Path, env: dict) -> dict[str, dict]:
     return {(r.get("Experiment") or r["rev"]): r for r in csv.DictReader(io.StringIO(out))}
 
 
+def _experiment_stage_runs(store: str, name: str) -> dict:
+    """The stage runs of `dvc exp run` experiment `name` in the MLflow store, by stage, after
+    checking that they sit under one parent run named and tagged after the experiment."""
+    import mlflow
+
+    mlflow.set_tracking_uri(store)
+    runs = mlflow.search_runs(experiment_names=["deeplab"], output_format="list",
+                              filter_string=f"tags.dvc_exp = '{name}'")
+    parents = [r for r in runs if r.data.tags["stage"] == "experiment"]
+    assert len(parents) == 1 and parents[0].info.run_name == f"exp {name}", \
+        [r.info.run_name for r in runs]
+    children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "experiment"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == \
+        {parents[0].info.run_id}
+    return children
+
+
+def _assert_only_challengers_added(before: dict, after: dict, names) -> None:
+    """`champion` and `challenger` are where they were; each experiment in `names` has its
+    own `challenger-<name>` alias on a version that is neither of them."""
+    production = ("champion", "challenger")
+    assert {k: str(v) for k, v in after.items() if k in production} == \
+        {k: str(v) for k, v in before.items() if k in production}
+    for name in names:
+        assert str(after[f"challenger-{name}"]) not in {str(before.get(k)) for k in production}
+
+
 def test_dvc_experiments_compare_log_to_the_project_and_never_promote(project):
     """Two `dvc exp run -S` (one --temp, one in the workspace) after a change left in the
     workspace: both rows in `dvc exp show` with their scores, their stage runs in the project's
     MLflow store nested under one parent per experiment, versions registered under
     `challenger-<exp>` with `champion` and `challenger` untouched, and `dvc checkout` back to
     the baseline with nothing dirty."""
-    import mlflow
     from mlflow import MlflowClient
 
     root, env, _ = project
@@ -266,20 +294,10 @@ def test_dvc_experiments_compare_log_to_the_project_and_never_promote(project):
     assert rows["exp-scales"]["inference.scales"] == "[0.75, 1.0]"
 
     now = client.get_registered_model("deeplab-micro").aliases
-    assert {k: str(v) for k, v in now.items() if k in ("champion", "challenger")} == \
-        {k: str(v) for k, v in aliases.items() if k in ("champion", "challenger")}
-    mlflow.set_tracking_uri(store)
+    _assert_only_challengers_added(aliases, now, exps)
     for name in exps:
-        version = str(now[f"challenger-{name}"])
-        assert version not in (str(aliases.get("champion")), str(aliases.get("challenger")))
-        runs = mlflow.search_runs(experiment_names=["deeplab"], output_format="list",
-                                  filter_string=f"tags.dvc_exp = '{name}'")
-        parents = [r for r in runs if r.data.tags["stage"] == "experiment"]
-        assert len(parents) == 1 and parents[0].info.run_name == f"exp {name}"
-        children = {r.data.tags["stage"]: r for r in runs if r.data.tags["stage"] != "experiment"}
+        children = _experiment_stage_runs(store, name)
         assert sorted(children) == ["crf_search", "evaluate", "register"]
-        assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == \
-            {parents[0].info.run_id}
         assert children["register"].data.metrics["promoted"] == 0.0
     reg = json.loads((root / "data" / "register" / "registration.json").read_text())
     assert reg["aliases"] == ["challenger-exp-scales"] and reg["promoted"] is False
@@ -291,6 +309,115 @@ def test_dvc_experiments_compare_log_to_the_project_and_never_promote(project):
     assert set(diff["miou_crf"]) >= {"old", "new"}
     assert diff["eval_set_md5"]["old"] != diff["eval_set_md5"]["new"]  # scales are in the set
     _back_to_baseline(root, env)
+
+
+# settings no earlier run used (DVC would restore a repeated one from its run cache, running
+# nothing); both reach register through `inference`
+QUEUED = {"queued-flip": ["-S", "inference.flip=true", "-S", "inference.scales=[0.75,1.0]"],
+          "queued-trimap": ["-S", "inference.scales=[1.0,1.25]",
+                            "-S", "evaluate.trimap_widths=[2,6]"]}
+
+
+@pytest.fixture(scope="module")
+def queued(project):
+    """Two experiments queued with `dvc exp run --queue -S` and run by `dvc queue start` (one
+    worker, each in DVC's temporary copy under .dvc/tmp/exps), waited for through `dvc queue
+    status`, with MLFLOW_TRACKING_URI=sqlite:///mlflow.db as MLflow's docs write it (a path
+    MLflow takes from the working directory, here the copy). Returns the project and the
+    registry aliases from before the queue ran."""
+    from mlflow import MlflowClient
+
+    root, env, _ = project
+    env = dict(env, MLFLOW_TRACKING_URI="sqlite:///mlflow.db")
+    _back_to_baseline(root, env)
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    before = dict(MlflowClient(tracking_uri=store, registry_uri=store)
+                  .get_registered_model("deeplab-micro").aliases)
+    for name, args in QUEUED.items():
+        _run(["dvc", "exp", "run", "--queue", "-n", name, *args], root, env)
+    _run(["dvc", "queue", "start"], root, env)
+    try:
+        deadline = time.time() + 1500
+        while True:
+            status = _run(["dvc", "queue", "status"], root, env).stdout
+            states = {line.split()[1]: line.split()[-1] for line in status.splitlines()
+                      if line.split()[1:2] and line.split()[1] in QUEUED}
+            if states and all(state in ("Success", "Failed") for state in states.values()):
+                break
+            assert time.time() < deadline, status
+            time.sleep(5)
+    finally:
+        _run(["dvc", "queue", "stop"], root, env, check=False)
+    for name, state in states.items():
+        assert state == "Success", (name, _run(["dvc", "queue", "logs", name], root, env,
+                                               check=False).stdout[-4000:])
+    return root, env, store, before
+
+
+def test_queued_experiments_log_to_the_project_and_never_promote(queued, tmp_path):
+    """Queued experiments (`dvc exp run --queue` + `dvc queue start`), which DVC runs in a
+    throw-away copy of the project: their rows in `dvc exp show`, their stage runs in the
+    project's own MLflow store under one parent per experiment (nothing left under
+    .dvc/tmp), their models loadable from the project, `challenger-<exp>` registered and
+    `champion` untouched, and the workspace as it was."""
+    from mlflow import MlflowClient
+
+    root, env, store, before = queued
+    rows = _exp_rows(root, env)
+    for name in QUEUED:
+        assert rows[name]["State"] == "Success", rows[name]
+        score = next(v for k, v in rows[name].items() if k.endswith("miou_crf"))
+        assert 0.0 <= float(score) <= 1.0
+    assert rows["queued-flip"]["inference.flip"] == "True"
+    assert rows["queued-flip"]["inference.scales"] == "[0.75, 1.0]"
+    assert rows["queued-trimap"]["evaluate.trimap_widths"] == "[2, 6]"
+    tmp = root / ".dvc" / "tmp"
+    assert not [p for p in tmp.rglob("*") if p.name in ("mlflow.db", "mlruns")]
+
+    after = MlflowClient(tracking_uri=store, registry_uri=store) \
+        .get_registered_model("deeplab-micro").aliases
+    _assert_only_challengers_added(before, after, QUEUED)
+    cli_env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}
+    for name in QUEUED:
+        children = _experiment_stage_runs(store, name)
+        assert sorted(children) == ["crf_search", "evaluate", "register"]
+        assert children["register"].data.metrics["promoted"] == 0.0
+        # logged to the project's mlruns/, not into the copy DVC has deleted since
+        dest = tmp_path / name
+        _run(["mlflow", "artifacts", "download", "-u",
+              f"models:/deeplab-micro@challenger-{name}", "-d", str(dest)], root, cli_env)
+        assert (dest / "MLmodel").is_file()
+    assert _run(["git", "status", "--porcelain"], root, env).stdout == ""
+
+
+def test_dvc_plots_diff_shows_baseline_and_experiment_offline(queued, tmp_path):
+    """`dvc plots diff HEAD <exp>`: every plot for both revisions, each image the one that
+    revision committed (the experiment's trimap drawn for its own widths), and the HTML page
+    shows them from files beside it, with no script or address to fetch."""
+    root, env, _, _ = queued
+    exp_rev = _exp_rows(root, env)["queued-trimap"]["rev"]
+    out = json.loads(_run(["dvc", "plots", "diff", "HEAD", "queued-trimap", "--json", "-o",
+                           str(tmp_path / "json")], root, env).stdout)["data"]
+    assert sorted(out) == ["data/plots/finetune_loss.png", "data/plots/pretrain_loss.png",
+                           "data/plots/trimap.png"]
+    images = {}
+    for plot, entries in out.items():
+        assert sorted(e["revisions"][0] for e in entries) == ["HEAD", "queued-trimap"], entries
+        for entry in entries:
+            rev = {"HEAD": "HEAD", "queued-trimap": exp_rev}[entry["revisions"][0]]
+            committed = subprocess.run(["git", "show", f"{rev}:{plot}"], cwd=root,
+                                       capture_output=True, check=True).stdout
+            images[plot, rev] = Path(entry["url"]).read_bytes()
+            assert images[plot, rev] == committed and committed[:4] == b"\x89PNG"
+    assert images["data/plots/trimap.png", "HEAD"] != \
+        images["data/plots/trimap.png", exp_rev]
+
+    _run(["dvc", "plots", "diff", "HEAD", "queued-trimap", "-o", str(tmp_path / "html")],
+         root, env)
+    page = (tmp_path / "html" / "index.html").read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == 6 and all((tmp_path / "html" / s).stat().st_size > 1000 for s in srcs)
+    assert "<script" not in page and "http://" not in page and "https://" not in page
 
 
 def test_params_typo_fails_before_any_work(project):
@@ -347,7 +474,6 @@ def test_killed_training_leaves_outputs_intact_and_resumes(project, tmp_path):
     run resumes from the last checkpoint instead of starting over."""
     import hashlib
     import signal
-    import time
 
     import torch
 

@@ -101,6 +101,18 @@ def test_overrides_change_the_model():
         assert fine.score_map(torch.randn(1, 3, 64, 64)).shape[-1] == 32  # decoder at stride 2
 
 
+
+def test_decoder_refines_with_the_number_of_3x3_convs_asked_for():
+    two, one = build_model("micro").eval(), build_model("micro", decoder_convs=1).eval()
+    assert (len(two.decoder.fuse), len(one.decoder.fuse)) == (2, 1)
+    assert count_parameters("micro", decoder_convs=1) < count_parameters("micro")
+    with torch.no_grad():
+        x = torch.randn(1, 3, 64, 64)
+        assert one(x).shape == two(x).shape == (1, 21, 64, 64)
+    with pytest.raises(ValueError, match="decoder_convs = 0: expected at least one"):
+        build_model("micro", decoder_convs=0)
+
+
 def test_multiscale_inputs_train_list_eval_tensor():
     torch.manual_seed(0)
     model = build_model("micro", num_classes=3, msc_scales=(1.0, 0.75, 0.5))

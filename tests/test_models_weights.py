@@ -4,6 +4,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from deeplab_core.models import build_model, convert_vgg_fc, load_backbone_weights, unwrap
 from deeplab_core.models.backbones import ResNet
@@ -256,3 +257,228 @@ def test_resnet101_torchvision_layout_loads_every_block(tmp_path):
     report = load_backbone_weights(bb, path)
     assert report["missing"] == [] and report["unexpected"] == []
     assert torch.equal(bb.layer3[22].conv3.weight, sd["layer3.22.conv3.weight"])
+
+
+# --- timm's Xception-65 computed independently ----------------------------------------------
+# The blocks of timm's xception65 (timm/models/xception_aligned.py): (stride, start_with_relu,
+# no_skip). Entry flow 3, middle flow 16, exit flow 2; the last block starts without a ReLU, keeps
+# ReLUs inside its separable convolutions and adds no residual.
+TIMM_X65_BLOCKS = ([(2, True, False)] * 3 + [(1, True, False)] * 16
+                   + [(2, True, False), (1, False, True)])
+TIMM_BN_EPS = 1e-3  # timm builds xception65 with BatchNorm2d(eps=.001), TensorFlow's epsilon
+
+
+def _timm_conv(x, w, stride=1, dilation=1, groups=1):
+    # timm's default padding '' is symmetric: ((stride - 1) + dilation * (k - 1)) // 2
+    pad = ((stride - 1) + dilation * (w.shape[-1] - 1)) // 2
+    return F.conv2d(x, w, None, stride, pad, dilation, groups)
+
+
+def _eval_bn(x, sd, prefix, eps):
+    return F.batch_norm(x, sd[f"{prefix}.running_mean"], sd[f"{prefix}.running_var"],
+                        sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], False, 0.0, eps)
+
+
+def _timm_bn(x, sd, prefix):
+    return _eval_bn(x, sd, prefix, TIMM_BN_EPS)
+
+
+def timm_xception65_forward(sd, x, output_stride, multi_grid=(1, 1, 1)):
+    """(features, stride-4 feature) of timm's xception65 written out over the timm-named
+    tensors: stem, then every block as timm's XceptionModule runs it, its dilation set as
+    XceptionAligned does for ``output_stride`` (a block whose stride is dropped keeps the
+    current rate; later blocks multiply it). ``multi_grid`` multiplies the rates of the last
+    block's three convolutions as DeepLab's TensorFlow code does (timm has none). The stride-4
+    feature is timm's feature_info ``blocks.1.stack.act3``."""
+    for i in (0, 1):
+        x = F.relu(_timm_bn(_timm_conv(x, sd[f"stem.{i}.conv.weight"], 2 - i), sd, f"stem.{i}.bn"))
+    cur_stride, rate, low = 2, 1, None
+    for n, (stride, start_with_relu, no_skip) in enumerate(TIMM_X65_BLOCKS):
+        dilation = rate
+        if stride > 1:
+            if cur_stride * stride > output_stride:
+                rate, stride = rate * stride, 1
+            else:
+                cur_stride *= stride
+        grid = multi_grid if n == len(TIMM_X65_BLOCKS) - 1 else (1, 1, 1)
+        y = x
+        for k in (1, 2, 3):
+            p = f"blocks.{n}.stack.conv{k}"
+            if start_with_relu:
+                y = F.relu(y)
+                if n == 1 and k == 3:
+                    low = y
+            y = _timm_bn(_timm_conv(y, sd[f"{p}.conv_dw.weight"], stride if k == 3 else 1,
+                                    dilation * grid[k - 1], groups=y.shape[1]), sd, f"{p}.bn_dw")
+            if not start_with_relu:
+                y = F.relu(y)
+            y = _timm_bn(_timm_conv(y, sd[f"{p}.conv_pw.weight"]), sd, f"{p}.bn_pw")
+            if not start_with_relu:
+                y = F.relu(y)
+        if f"blocks.{n}.shortcut.conv.weight" in sd:
+            x = _timm_bn(_timm_conv(x, sd[f"blocks.{n}.shortcut.conv.weight"], stride), sd,
+                         f"blocks.{n}.shortcut.bn")
+        x = y if no_skip else y + x
+    return x, low
+
+
+def _he_scaled(sd):
+    """Convolution weights at He scale (std sqrt(1 / fan-in)), so that activations keep their
+    size through the 65 layers and every ReLU cuts a real share of negative values."""
+    return {k: (v / v[0].numel() ** 0.5 if k.endswith("weight") and v.dim() == 4 else v)
+            for k, v in sd.items()}
+
+
+def _max_rel_diff(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("output_stride,multi_grid", [(16, (1, 1, 1)), (8, (1, 1, 1)),
+                                                      (16, (1, 2, 4))])
+def test_timm_xception65_checkpoint_gives_timm_network_exactly(tmp_path, output_stride,
+                                                              multi_grid):
+    """A checkpoint in timm's layout loaded through pretrained_backbone into the
+    v3plus_xception65 preset computes what timm's network computes with those tensors; in the
+    paper's activation placement the same tensors compute something else."""
+    sd = _he_scaled(fake_timm_xception65(width_mult=0.125, seed=3))
+    path = tmp_path / "xception65-timm.pth"
+    torch.save(sd, path)
+    x = torch.randn(2, 3, 67, 81, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ref_out, ref_low = timm_xception65_forward({k: v.double() for k, v in sd.items()}, x,
+                                               output_stride, multi_grid)
+    assert ref_out.shape[-2:] == ((67 - 1) // output_stride + 1, (81 - 1) // output_stride + 1)
+    assert ref_low.shape[-2:] == (17, 21) and (ref_low == 0).float().mean() > 0.2
+
+    diffs = {}
+    for placement in ("tf", "paper"):
+        model = build_model("v3plus_xception65", num_classes=3, width_mult=0.125,
+                            output_stride=output_stride, multi_grid=multi_grid,
+                            relu_placement=placement, pretrained_backbone=path)
+        bb = unwrap(model).backbone.double().eval()
+        assert bb.relu_placement == placement
+        with torch.no_grad():
+            feats = bb(x)
+        diffs[placement] = (_max_rel_diff(feats["out"], ref_out),
+                            _max_rel_diff(feats["low_level"], ref_low))
+    assert max(diffs["tf"]) < 1e-12, diffs
+    assert min(diffs["paper"]) > 0.05, diffs
+
+
+def test_v3plus_xception65_preset_uses_tf_placement_and_default_stays_paper():
+    from deeplab_core.models.backbones import Xception65
+
+    with torch.device("meta"):
+        preset = unwrap(build_model("v3plus_xception65")).backbone
+        default = Xception65()
+    assert preset.relu_placement == "tf" and default.relu_placement == "paper"
+    bns = [m for m in preset.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.eps == TIMM_BN_EPS for m in bns)
+    assert all(m.eps == 1e-5 for m in default.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # one state dict fits both placements: same names, same shapes
+    assert ({k: tuple(v.shape) for k, v in preset.state_dict().items()}
+            == {k: tuple(v.shape) for k, v in default.state_dict().items()})
+    with pytest.raises(ValueError, match="relu_placement must be one of paper, tf, got 'caffe'"):
+        Xception65(middle_blocks=1, width_mult=0.125, relu_placement="caffe")
+    with pytest.raises(ValueError, match="xception65 backbone only, not 'resnet101'"):
+        build_model("v3plus_resnet101", relu_placement="tf")
+
+
+def test_tf_placement_switch_in_place_and_trains():
+    """set_relu_placement changes the computation, not the weights, and back again; the TF
+    placement's in-place ReLUs leave a graph that back-propagates."""
+    from deeplab_core.models.backbones import Xception65
+
+    torch.manual_seed(0)
+    bb = Xception65(8, (1, 2, 4), middle_blocks=2, width_mult=0.125).eval()
+    x = torch.randn(1, 3, 33, 33)
+    with torch.no_grad():
+        paper = bb(x)["out"]
+        bb.set_relu_placement("tf")
+        tf = bb(x)["out"]
+        bb.set_relu_placement("paper")
+        torch.testing.assert_close(bb(x)["out"], paper, rtol=0, atol=0)
+    assert not torch.allclose(tf, paper)
+    bb.set_relu_placement("tf")
+    bb.train()
+    feats = bb(torch.randn(2, 3, 33, 33))
+    (feats["out"].square().mean() + feats["low_level"].mean()).backward()
+    assert bb.entry[0].sep1.depthwise.weight.grad.abs().sum() > 0
+
+
+def test_timm_checkpoint_into_paper_placement_is_reported(tmp_path, caplog):
+    sd = fake_timm_xception65(width_mult=0.125)
+    path = tmp_path / "xception65.pth"
+    torch.save(sd, path)
+    with caplog.at_level(logging.WARNING):
+        exact = load_backbone_weights(build_model("v3plus_xception65", width_mult=0.125), path)
+    assert exact["notes"] == [] and not caplog.records
+    paper = build_model("v3plus_xception65", width_mult=0.125, relu_placement="paper")
+    with caplog.at_level(logging.WARNING):
+        report = load_backbone_weights(paper, path)
+    assert len(report["notes"]) == 1 and "relu_placement='paper'" in report["notes"][0]
+    assert str(path) in report["notes"][0]
+    assert [r.getMessage() for r in caplog.records] == report["notes"]
+    assert torch.equal(unwrap(paper).backbone.conv1[0].weight, sd["stem.0.conv.weight"])
+
+
+def test_unreadable_checkpoint_is_one_clear_error(tmp_path):
+    """timm's Hub weights come as model.safetensors, which torch.load cannot read."""
+    header = b'{"stem.0.conv.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + b"\0\0\0\0")
+    with pytest.raises(ValueError) as err:
+        load_backbone_weights(build_model("v3plus_xception65", width_mult=0.125), path)
+    msg = str(err.value)
+    assert str(path) in msg and "safetensors.torch.load_file" in msg and "\n" not in msg
+
+
+def _tv_bn(x, sd, prefix):
+    return _eval_bn(x, sd, prefix, 1e-5)  # torchvision's BatchNorm2d default
+
+
+def torchvision_resnet_forward(sd, x, blocks):
+    """(layer4, layer1) outputs of torchvision's ResNet written out over its named tensors:
+    7x7/2 stem, 3x3/2 max-pool, bottlenecks with the stride on the 3x3 convolution of each
+    layer's first unit and a 1x1 conv + BN downsample there."""
+    x = F.max_pool2d(F.relu(_tv_bn(F.conv2d(x, sd["conv1.weight"], None, 2, 3), sd, "bn1")),
+                     3, 2, 1)
+    low = None
+    for li, n in enumerate(blocks, start=1):
+        for u in range(n):
+            p, stride = f"layer{li}.{u}", (2 if li > 1 and u == 0 else 1)
+            y = F.relu(_tv_bn(F.conv2d(x, sd[f"{p}.conv1.weight"]), sd, f"{p}.bn1"))
+            y = F.relu(_tv_bn(F.conv2d(y, sd[f"{p}.conv2.weight"], None, stride, 1), sd,
+                              f"{p}.bn2"))
+            y = _tv_bn(F.conv2d(y, sd[f"{p}.conv3.weight"]), sd, f"{p}.bn3")
+            if f"{p}.downsample.0.weight" in sd:
+                x = _tv_bn(F.conv2d(x, sd[f"{p}.downsample.0.weight"], None, stride), sd,
+                           f"{p}.downsample.1")
+            x = F.relu(y + x)
+        if li == 1:
+            low = x
+    return x, low
+
+
+def test_resnet101_torchvision_checkpoint_gives_torchvision_network_at_os32(tmp_path):
+    """At output stride 32 (no atrous convolution) the loaded ResNet-101 computes torchvision's
+    ImageNet network; OS 16 and 8 then run its last blocks atrous as DeepLab does."""
+    blocks = (3, 4, 23, 3)
+    sd = _he_scaled(fake_torchvision_resnet(blocks, seed=2, width=8))
+    path = tmp_path / "resnet101-63fe2227.pth"
+    torch.save(sd, path)
+    x = torch.randn(2, 3, 97, 129, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    ref_out, ref_low = torchvision_resnet_forward({k: v.double() for k, v in sd.items()}, x,
+                                                  blocks)
+    bb = ResNet(blocks, output_stride=32, width=8)
+    assert load_backbone_weights(bb, path)["missing"] == []
+    bb = bb.double().eval()
+    with torch.no_grad():
+        feats = bb(x)
+    assert feats["out"].shape == ref_out.shape == (2, 256, 4, 5)
+    assert _max_rel_diff(feats["out"], ref_out) < 1e-12
+    assert _max_rel_diff(feats["low_level"], ref_low) < 1e-12
+    bb.set_output_stride(16)
+    with torch.no_grad():
+        assert bb(x)["out"].shape[-2:] == (7, 9)
+

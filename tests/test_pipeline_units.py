@@ -380,3 +380,23 @@ def test_finetune_trains_on_trainval_from_an_earlier_model_at_another_stride(tin
     with pytest.raises(StageError, match=r"finetune.init_checkpoint = '.*nowhere\.pt': file not "
                                          r"found"):
         finetune.inputs(parse_params(raw))
+
+
+def test_relative_tracking_uri_of_a_dvc_experiment_copy_is_the_projects(tmp_path):
+    """MLFLOW_TRACKING_URI=sqlite:///mlflow.db (a relative path, as MLflow's docs write it) in a
+    `dvc exp run --temp`/queued copy means the project's store, not one in the copy; in the
+    project itself, and for absolute paths and servers, the URI is MLflow's as given."""
+    from pipelines.tracking import from_project
+
+    proj = tmp_path / "proj"
+    copy = proj / ".dvc" / "tmp" / "exps" / "tmpab12cd"
+    where = {"repo": copy, "home": proj}
+    assert from_project("sqlite:///mlflow.db", cwd=copy, **where) == f"sqlite:///{proj}/mlflow.db"
+    assert from_project("sqlite:///st/m.db", cwd=copy / "data", **where) == \
+        f"sqlite:///{proj}/data/st/m.db"
+    for uri in ("sqlite:////abs/mlflow.db", "sqlite:///:memory:", "http://127.0.0.1:5000",
+                "postgresql://u@h/db", "databricks", "file:///abs/mlruns"):
+        assert from_project(uri, cwd=copy, **where) == uri
+    assert from_project("sqlite:///mlflow.db", cwd=proj, repo=proj, home=proj) == \
+        "sqlite:///mlflow.db"
+    assert from_project("sqlite:///mlflow.db", cwd=tmp_path, **where) == "sqlite:///mlflow.db"

@@ -198,16 +198,19 @@ class ClassifierHead(nn.Module):
 
 class Decoder(nn.Module):
     """DeepLab v3+ decoder: low-level 1x1 projection, concat with the upsampled encoder output,
-    two 3x3 convs, 1x1 classifier. The output is at the low-level feature's stride (4)."""
+    ``convs`` 3x3 convs (the paper's choice: two; its Table 1 fixes one), 1x1 classifier. The
+    output is at the low-level feature's stride (4)."""
 
     def __init__(self, enc_channels: int, low_channels: int, num_classes: int,
                  low_proj: int = 48, channels: int = 256, separable: bool = False,
-                 align_corners: bool = False):
+                 align_corners: bool = False, convs: int = 2):
         super().__init__()
+        if convs < 1:
+            raise ValueError(f"decoder_convs = {convs}: expected at least one 3x3 convolution")
         self.align_corners = align_corners
         self.project = ConvBNReLU(low_channels, low_proj, 1)
-        self.fuse = nn.Sequential(conv3x3_block(enc_channels + low_proj, channels, 1, separable),
-                                  conv3x3_block(channels, channels, 1, separable))
+        self.fuse = nn.Sequential(*(conv3x3_block(enc_channels + low_proj if k == 0 else channels,
+                                                  channels, 1, separable) for k in range(convs)))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         init_weights(self)
         init_classifier(self.classifier)
@@ -217,7 +220,7 @@ class Decoder(nn.Module):
         return self.classifier(self.fuse(torch.cat([enc, self.project(low)], 1)))
 
     def rf_layers(self) -> list[RFLayer]:
-        return [(3, 1, 1), (3, 1, 1)]
+        return [(3, 1, 1)] * len(self.fuse)
 
 
 class MSCFeatureBranches(nn.Module):

@@ -78,10 +78,13 @@ class ConvBNReLU(nn.Sequential):
 
 
 class SeparableConv2d(nn.Module):
-    """Depthwise k x k (atrous) conv + BN + ReLU, then pointwise 1x1 conv + BN (+ ReLU)."""
+    """Depthwise k x k (atrous) conv + BN (+ ReLU), then pointwise 1x1 conv + BN (+ ReLU).
+
+    ``inner_relu`` is the ReLU between the two halves, ``last_relu`` the one after the pointwise
+    BN; TensorFlow's aligned Xception runs most of its separable convolutions with neither."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, dilation: int = 1,
-                 last_relu: bool = True):
+                 last_relu: bool = True, inner_relu: bool = True):
         super().__init__()
         self.depthwise = nn.Conv2d(cin, cin, kernel, stride, same_padding(kernel, dilation),
                                    dilation, groups=cin, bias=False)
@@ -89,12 +92,15 @@ class SeparableConv2d(nn.Module):
         self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn_point = nn.BatchNorm2d(cout)
         self.last_relu = last_relu
+        self.inner_relu = inner_relu
 
     def set_geometry(self, stride: int | None = None, dilation: int | None = None) -> None:
         set_conv_geometry(self.depthwise, stride, dilation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn_depth(self.depthwise(x)), inplace=True)
+        x = self.bn_depth(self.depthwise(x))
+        if self.inner_relu:
+            x = F.relu(x, inplace=True)
         x = self.bn_point(self.pointwise(x))
         return F.relu(x, inplace=True) if self.last_relu else x
 

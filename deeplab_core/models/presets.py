@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .backbones import VGG16, BasicNet, MobileNetV2, ResNet, Xception65
+from .backbones.xception import RELU_PLACEMENTS
 from .deeplab import DeepLab, set_output_stride
 from .heads import ASPP, ASPPv2, ClassifierHead, Decoder, MSCFeatureBranches, V1Head, V3Head
 from .msc import MultiScaleInputs
@@ -41,11 +42,15 @@ class ArchSpec:
     cascade_blocks: int = 0           # v3 cascade: extra copies of block4 (blocks 5..)
     width_mult: float = 1.0           # channel multiplier (MobileNetV2, BasicNet, Xception, VGG)
     mobilenet_settings: tuple[tuple[int, int, int, int], ...] | None = None
+    # Xception-65 activations: "paper" (the v3+ figure) or "tf" (DeepLab's TensorFlow network,
+    # which the public ImageNet checkpoint was trained as; backbones/xception.py)
+    relu_placement: str = "paper"
     low_level_stride: int = 4         # decoder low-level feature stride (MobileNetV2, BasicNet: 2/4)
     # v3+ decoder
     decoder: bool = False
     decoder_channels: int = 256
     low_level_channels: int = 48
+    decoder_convs: int = 2            # 3x3 convs after the concat (v3+ Table 2: two)
     # multi-scale
     msc_scales: tuple[float, ...] | None = None   # v2 multi-scale inputs, max fusion
     msc_features: bool = False        # v1 DeepLab-MSc MLP branches on image + pool1..pool4
@@ -82,8 +87,11 @@ PRESETS: dict[str, ArchSpec] = {
     "v3_resnet101_block7_mg121": ArchSpec(**_PAPER, backbone="resnet101", head="cascade", output_stride=16,
                                           multi_grid=(1, 2, 1), cascade_blocks=3),
     # DeepLab v3+
+    # The activations of the reference TensorFlow network, whose runs the preset's figures come
+    # from and whose ImageNet checkpoint loads into it exactly.
     "v3plus_xception65": ArchSpec(**_PAPER, backbone="xception65", head="aspp_v3", output_stride=16,
-                                  aspp_rates=(6, 12, 18), separable=True, decoder=True),
+                                  aspp_rates=(6, 12, 18), separable=True, decoder=True,
+                                  relu_placement="tf"),
     "v3plus_resnet101": ArchSpec(**_PAPER, backbone="resnet101", head="aspp_v3", output_stride=16,
                                  aspp_rates=(6, 12, 18), decoder=True),
     # CPU presets. light: a small dense BasicBlock trunk (dense 3x3 convs train faster from
@@ -115,17 +123,28 @@ def get_config(preset: str, **overrides: object) -> ArchSpec:
         raise ValueError(f"unknown override key(s) {unknown} for preset {preset!r}; "
                          f"allowed keys: {', '.join(allowed)}")
     fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return dataclasses.replace(PRESETS[preset], **fixed)
+    return _check_relu_placement(dataclasses.replace(PRESETS[preset], **fixed))
+
+
+def _check_relu_placement(cfg: ArchSpec) -> ArchSpec:
+    if cfg.relu_placement not in RELU_PLACEMENTS:
+        raise ValueError(f"relu_placement must be one of {', '.join(RELU_PLACEMENTS)}, "
+                         f"got {cfg.relu_placement!r}")
+    if cfg.relu_placement != "paper" and cfg.backbone != "xception65":
+        raise ValueError(f"relu_placement {cfg.relu_placement!r} applies to the xception65 "
+                         f"backbone only, not {cfg.backbone!r}")
+    return cfg
 
 
 def _build_backbone(cfg: ArchSpec) -> nn.Module:
-    name, os_ = cfg.backbone, cfg.output_stride
+    name, os_ = _check_relu_placement(cfg).backbone, cfg.output_stride
     if name == "vgg16":
         return VGG16(os_, width_mult=cfg.width_mult)
     if name in ("resnet50", "resnet101", "resnet152"):
         return ResNet(int(name[6:]), os_, cfg.multi_grid, cfg.cascade_blocks)
     if name == "xception65":
-        return Xception65(os_, cfg.multi_grid, width_mult=cfg.width_mult)
+        return Xception65(os_, cfg.multi_grid, width_mult=cfg.width_mult,
+                          relu_placement=cfg.relu_placement)
     if name == "mobilenetv2":
         kw = {"settings": cfg.mobilenet_settings} if cfg.mobilenet_settings else {}
         return MobileNetV2(os_, cfg.width_mult, low_level_stride=cfg.low_level_stride, **kw)
@@ -160,7 +179,7 @@ def build_from_config(cfg: ArchSpec, num_classes: int = 21) -> nn.Module:
             raise ValueError("the v3+ decoder needs head='aspp_v3'")
         decoder = Decoder(cfg.aspp_channels, backbone.low_level_channels, num_classes,
                           cfg.low_level_channels, cfg.decoder_channels, cfg.separable,
-                          cfg.align_corners)
+                          cfg.align_corners, cfg.decoder_convs)
     msc = None
     if cfg.msc_features:
         if not isinstance(backbone, VGG16):

@@ -7,15 +7,15 @@ fc6 (4096 x 25088) is reshaped to 4096 x 512 x 7 x 7 and spatially decimated to 
 (4x4 or 3x3); when the head is narrower than 4096 (LargeFOV: 1024) a seeded random subset of the
 filters is kept in fc6 and the same subset of rows and columns in fc7. ``classifier.6`` (the
 1000-way ImageNet classifier) is ignored. Xception-65 loads the timm layout of the aligned
-Xception-65 (``timm.create_model("xception65")``, the DeepLab TensorFlow ImageNet checkpoint ported
-by timm as ``tf_xception_65``: ``stem.0.conv``, ``stem.0.bn``, ``blocks.N.stack.convK.conv_dw`` /
-``bn_dw`` / ``conv_pw`` / ``bn_pw``, ``blocks.N.shortcut.conv`` / ``bn``; ``head.fc`` ignored) or
-this package's own layout (``model.backbone.state_dict()``), as MobileNetV2 does. The timm
-tensors map one to one by name and shape, but this package's blocks follow the v3+ paper's
-description (BN + ReLU after every depthwise convolution, ReLU after the residual sum) while the
-TensorFlow/timm module applies ReLU before each separable convolution: the ImageNet weights land
-in the right places, yet the network is not activation for activation the one they were trained
-in (an initialisation, not a feature-exact port).
+Xception-65 (``timm.create_model("xception65")``, whose ``tf_in1k`` weights are DeepLab's TensorFlow
+ImageNet checkpoint, ``tf_xception_65-c9ae96e8.pth`` in older timm releases: ``stem.N.conv`` /
+``bn``, ``blocks.N.stack.convK.conv_dw`` / ``bn_dw`` / ``conv_pw`` / ``bn_pw``,
+``blocks.N.shortcut.conv`` / ``bn``; ``head.fc`` ignored) or this package's own layout
+(``model.backbone.state_dict()``), as MobileNetV2 does. The timm tensors map one to one by name
+and shape; the network they were trained in places its activations as TensorFlow's DeepLab does,
+which ``Xception65(relu_placement="tf")`` reproduces exactly (the ``v3plus_xception65`` preset
+builds it). Loading them into the paper placement is allowed (an initialisation of a different
+network): the report's ``notes`` and a logged warning say so.
 """
 
 from __future__ import annotations
@@ -77,7 +77,15 @@ def _read_checkpoint(path: str | pathlib.Path) -> dict[str, torch.Tensor]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone checkpoint not found: {path}")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch.save file (safetensors, truncated, foreign)
+        hint = (" (a safetensors file: torch.load reads it through the safetensors package "
+                "when that is installed; or convert it with safetensors.torch.load_file and "
+                "torch.save)" if path.suffix == ".safetensors" else "")
+        raise ValueError(f"cannot read backbone checkpoint {path} with torch.load{hint}: "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                         ) from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -114,13 +122,26 @@ def _timm_xception_key(key: str, n_entry: int, n_middle: int) -> str:
 
 
 def _from_public_layout(sd: dict[str, torch.Tensor], backbone: nn.Module
-                        ) -> dict[str, torch.Tensor]:
+                        ) -> tuple[dict[str, torch.Tensor], str | None]:
     """``sd`` renamed into the backbone's layout when it is a public layout this module reads
-    (timm's aligned Xception-65); ResNet and VGG checkpoints already use torchvision's names."""
+    (timm's aligned Xception-65), and that layout's name (None: ResNet and VGG checkpoints
+    already use torchvision's names, or the checkpoint is in this package's layout)."""
     if isinstance(backbone, Xception65) and "stem.0.conv.weight" in sd:
         ne, nm = len(backbone.entry), len(backbone.middle)
-        return {_timm_xception_key(k, ne, nm): v for k, v in sd.items()}
-    return sd
+        return {_timm_xception_key(k, ne, nm): v for k, v in sd.items()}, "timm xception65"
+    return sd, None
+
+
+def _placement_note(path: str | pathlib.Path, layout: str | None, backbone: nn.Module
+                    ) -> str | None:
+    """Why the loaded network is not the one a timm Xception-65 checkpoint was trained as (None
+    when it is, or the checkpoint is not in that layout)."""
+    if layout != "timm xception65" or backbone.relu_placement == "tf":
+        return None
+    return (f"{path} is in timm's xception65 layout, trained with TensorFlow's activation "
+            f"placement, but the Xception65 uses relu_placement={backbone.relu_placement!r}: "
+            f"the weights initialise a different network (relu_placement='tf', as the "
+            f"v3plus_xception65 preset sets, is the exact one)")
 
 
 def _locate(model_or_backbone: nn.Module) -> tuple[nn.Module, nn.Module | None]:
@@ -208,13 +229,15 @@ def load_backbone_weights(model_or_backbone: nn.Module, path: str | pathlib.Path
     Shape mismatches raise ValueError naming the key and both shapes. Missing and unexpected keys
     are gathered into one message: a ValueError when ``strict``, else one logged warning.
     Returns ``{"loaded": [...], "converted": [...], "missing": [...], "unexpected": [...],
-    "ignored": [...]}``.
+    "ignored": [...], "notes": [...]}``; ``notes`` (also logged as warnings) says when the
+    network differs from the one the checkpoint was trained in (a timm Xception-65 checkpoint
+    loaded into the paper's activation placement).
     """
     backbone, head = _locate(model_or_backbone)
-    sd = _from_public_layout(_read_checkpoint(path), backbone)
+    sd, layout = _from_public_layout(_read_checkpoint(path), backbone)
     target = backbone.state_dict()
     report: dict[str, list[str]] = {"loaded": [], "converted": [], "missing": [], "unexpected": [],
-                                    "ignored": []}
+                                    "ignored": [], "notes": []}
     updates = _match_backbone_keys(sd, backbone, target, report)
     head_updates = _convert_vgg_head(sd, backbone, head, seed, report)
 
@@ -232,4 +255,8 @@ def load_backbone_weights(model_or_backbone: nn.Module, path: str | pathlib.Path
         for mod, v, p, _ in head_updates:
             getattr(mod, p).copy_(v)
     report["loaded"] = sorted(updates)
+    note = _placement_note(path, layout, backbone)
+    if note:
+        report["notes"].append(note)
+        log.warning(note)
     return report

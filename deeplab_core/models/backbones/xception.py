@@ -1,10 +1,24 @@
 """Aligned Xception-65 (DeepLab v3+ variant).
 
 Entry flow (3 blocks), middle flow (16 blocks), exit flow (2 blocks). Every max-pool of the
-original Xception is replaced by a depthwise-separable convolution with stride 2, and BatchNorm +
-ReLU follow each 3x3 depthwise convolution. Output stride 8/16/32 is set by atrous convolution:
-once the target stride is reached, later strided units run at stride 1 and the rate of the
-following units is multiplied by that stride.
+original Xception is replaced by a depthwise-separable convolution with stride 2. Output stride
+8/16/32 is set by atrous convolution: once the target stride is reached, later strided units run
+at stride 1 and the rate of the following units is multiplied by that stride.
+
+Two placements of the activations, over the same parameters (``relu_placement``):
+
+* ``"paper"``: as the v3+ paper's figure describes it, BatchNorm + ReLU after every 3x3 depthwise
+  convolution; ReLU after the pointwise BatchNorm of a block's first two separable convolutions
+  and after the residual sum (the last exit-flow block, without residual: after all three).
+* ``"tf"``: the network of DeepLab's TensorFlow code, which the public ImageNet checkpoint (and
+  timm's ``xception65``) was trained as: in every block but the last, a ReLU before each of the
+  three separable convolutions, none inside them (depthwise -> BN -> pointwise -> BN), and the
+  block's un-activated input (or its 1x1 conv + BN shortcut) added to the result with no ReLU
+  after the sum; the last exit-flow block has ReLU after both BatchNorms of each separable
+  convolution and no residual. BatchNorm epsilon is 1e-3 (TensorFlow's) instead of 1e-5.
+
+Both tap the stride-4 low-level feature at the same point: the ReLU output that enters the third
+separable convolution of entry block 2 (timm's ``blocks.1.stack.act3``).
 """
 
 from __future__ import annotations
@@ -16,8 +30,15 @@ from torch import nn
 from ..layers import ConvBNReLU, RFLayer, SeparableConv2d, init_weights, stride_rate_schedule
 
 
+RELU_PLACEMENTS = ("paper", "tf")
+_BN_EPS = {"paper": 1e-5, "tf": 1e-3}
+
+
 class XceptionBlock(nn.Module):
-    """Three separable convs; the last may subsample. Skip: 'conv' (1x1 + BN), 'sum' or 'none'."""
+    """Three separable convs; the last may subsample. Skip: 'conv' (1x1 + BN), 'sum' or 'none'.
+
+    ``pre_relu`` (the TensorFlow placement of a block with a skip): ReLU before each separable
+    conv instead of inside it, and none after the residual sum."""
 
     def __init__(self, cin: int, depths: tuple[int, int, int], stride: int = 1, skip: str = "conv"):
         super().__init__()
@@ -33,6 +54,14 @@ class XceptionBlock(nn.Module):
         elif skip == "sum" and (cin != depths[2] or stride != 1):
             raise ValueError("a 'sum' skip needs equal channels and stride 1")
         self.out_channels = depths[2]
+        self.pre_relu = False
+
+    def set_relu_placement(self, placement: str) -> None:
+        self.pre_relu = placement == "tf" and self.skip_type != "none"
+        for sep in (self.sep1, self.sep2, self.sep3):
+            sep.inner_relu = not self.pre_relu
+        self.sep1.last_relu = self.sep2.last_relu = not self.pre_relu
+        self.sep3.last_relu = self.skip_type == "none"
 
     def set_geometry(self, stride: int, rates: tuple[int, int, int]) -> None:
         self.sep1.set_geometry(1, rates[0])
@@ -42,6 +71,11 @@ class XceptionBlock(nn.Module):
             self.skip[0].stride = (stride, stride)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pre_relu:
+            y = self.sep2(F.relu(self.sep1(F.relu(x)), inplace=True))
+            mid = F.relu(y, inplace=True)
+            y = self.sep3(mid)
+            return y + (self.skip(x) if self.skip is not None else x), mid
         y = self.sep1(x)
         mid = self.sep2(y)
         y = self.sep3(mid)
@@ -57,7 +91,7 @@ class XceptionBlock(nn.Module):
 
 class Xception65(nn.Module):
     def __init__(self, output_stride: int = 16, multi_grid: tuple[int, int, int] = (1, 1, 1),
-                 middle_blocks: int = 16, width_mult: float = 1.0):
+                 middle_blocks: int = 16, width_mult: float = 1.0, relu_placement: str = "paper"):
         super().__init__()
 
         def c(v: int) -> int:
@@ -81,6 +115,20 @@ class Xception65(nn.Module):
         self.multi_grid = tuple(multi_grid)
         init_weights(self)
         self.set_output_stride(output_stride)
+        self.set_relu_placement(relu_placement)
+
+    def set_relu_placement(self, placement: str) -> None:
+        """Switch between the paper's and TensorFlow's activation placement (module docstring)
+        in place; parameters and buffers are untouched, BatchNorm epsilon follows."""
+        if placement not in RELU_PLACEMENTS:
+            raise ValueError(f"relu_placement must be one of {', '.join(RELU_PLACEMENTS)}, "
+                             f"got {placement!r}")
+        for unit in self._units():
+            unit.set_relu_placement(placement)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eps = _BN_EPS[placement]
+        self.relu_placement = placement
 
     def _units(self) -> list[XceptionBlock]:
         return list(self.entry) + list(self.middle) + list(self.exit)
