@@ -182,3 +182,20 @@ def test_project_app_changes_only_the_page(stock, deeplab):
     assert answers[api][0] == 200 and b'"experiment_id"' in answers[api][1]
     assert answers[asset][0] == 200 and len(answers[asset][1]) > 100_000  # the UI's bundle
     assert answers["no-such-page"][0] == 404
+
+
+def test_project_app_under_gunicorn_changes_only_the_page(store, stock):
+    """`--gunicorn-opts` makes MLflow serve a WSGI app: the project's app is then the wrapped
+    Flask app, with the same page and the same pass-through."""
+    from pipelines.ops import mlflow_ui
+
+    uri, tmp, _ = store
+    with shots.mlflow_ui(uri, tmp, tmp / "server-gunicorn.log", app=mlflow_ui.APP_NAME,
+                         extra=("--gunicorn-opts", "--timeout 300")) as url:
+        status, page, kind = _get(f"{url}/")
+        assert (tmp / "server-gunicorn.log").read_text().count("Starting gunicorn") == 1
+        _, stock_page, stock_kind = _get(f"{stock[0]}/")
+        assert status == 200 and kind == stock_kind
+        assert page == stock_page.replace(b"<head>", b"<head>" + mlflow_ui.SCRIPT, 1)
+        for path in ("version", "static-files/favicon.ico"):
+            assert _get(f"{url}/{path}") == _get(f"{stock[0]}/{path}"), path

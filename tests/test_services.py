@@ -14,11 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from pipelines.ops import mlflow_ui
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("psycopg", reason="psycopg (requirements.lock) drives MLflow on PostgreSQL")
@@ -99,6 +101,9 @@ def test_services_on_postgres_serve_clients_in_any_directory(tmp_path):
         root = Path(text.split("services ready in ", 1)[1].split(" ", 1)[0])
         assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{ml}" in text
         assert f"export PREFECT_API_URL=http://127.0.0.1:{pf}/api" in text
+        # MLflow runs as the project's app: its UI page opens experiments on the training runs
+        with urllib.request.urlopen(f"http://127.0.0.1:{ml}/", timeout=120) as page:
+            assert mlflow_ui.SCRIPT in page.read()
 
         client_env = dict(env, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{ml}",
                           PREFECT_API_URL=f"http://127.0.0.1:{pf}/api")
