@@ -151,13 +151,15 @@ def test_project_app_keeps_a_browser_choosing_genai(deeplab, browser):
     page.context.close()
 
 
-def _get(url: str) -> tuple[int, bytes, str]:
-    """(status, body, content type) of a GET, errors included."""
+def _get(url: str, headers: dict | None = None, header: str = "Content-Type"
+         ) -> tuple[int, bytes, str]:
+    """(status, body, the `header` answered) of a GET, errors included."""
     try:
-        with urllib.request.urlopen(url, timeout=WAIT_MS / 1000) as r:
-            return r.status, r.read(), r.headers["Content-Type"]
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                    timeout=WAIT_MS / 1000) as r:
+            return r.status, r.read(), r.headers[header]
     except urllib.error.HTTPError as err:
-        return err.code, err.read(), err.headers["Content-Type"]
+        return err.code, err.read(), err.headers[header]
 
 
 def test_project_app_changes_only_the_page(stock, deeplab):
@@ -182,6 +184,18 @@ def test_project_app_changes_only_the_page(stock, deeplab):
     assert answers[api][0] == 200 and b'"experiment_id"' in answers[api][1]
     assert answers[asset][0] == 200 and len(answers[asset][1]) > 100_000  # the UI's bundle
     assert answers["no-such-page"][0] == 404
+
+
+def test_project_app_never_lets_a_browser_keep_a_stock_page(stock, deeplab):
+    """A browser revalidating a page it cached from MLflow's own server (same ETag: same file)
+    gets the whole page with the script, not a 304 that would keep the stock page."""
+    from pipelines.ops import mlflow_ui
+
+    _, stock_page, etag = _get(f"{stock[0]}/", header="ETag")
+    assert etag and _get(f"{stock[0]}/", {"If-None-Match": etag})[0] == 304
+    status, page, _ = _get(f"{deeplab[0]}/", {"If-None-Match": etag})
+    assert status == 200 and page.startswith(stock_page.split(b"<head>")[0] + b"<head>"
+                                             + mlflow_ui.SCRIPT)
 
 
 def test_project_app_under_gunicorn_changes_only_the_page(store, stock):
