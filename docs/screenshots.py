@@ -45,16 +45,20 @@ def find_browser(given: str | None) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_ui(store: str, cwd: Path, log: Path, timeout_s: float = 600) -> Iterator[str]:
+def mlflow_ui(store: str, cwd: Path, log: Path, timeout_s: float = 600,
+              app: str | None = "deeplab", extra: tuple[str, ...] = ()) -> Iterator[str]:
     """A real `mlflow server` on `store` (run from `cwd`, where relative artifact paths
-    resolve) on a free local port; yields its URL and stops it on exit."""
+    resolve) on a free local port, as the project's app (pipelines/ops/mlflow_ui.py) or,
+    with `app=None`, MLflow's stock one (`extra`: more `mlflow server` options); yields its
+    URL and stops it on exit."""
     from pipelines.ops.procs import background_service, free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     exe = Path(sys.executable).with_name("mlflow")
     with background_service([str(exe), "server", "--backend-store-uri", store, "--host",
-                             "127.0.0.1", "--port", str(port), "--workers", "1"],
+                             "127.0.0.1", "--port", str(port), "--workers", "1",
+                             *(["--app-name", app] if app else []), *extra],
                             f"{url}/health", log, timeout_s, cwd=cwd):
         yield url
 

@@ -25,7 +25,8 @@ PIPELINE_ALLOWED = {
     "pipelines.tracking": ("pipelines.common",),
     # any other operation: the floor and the local process helpers
     "pipelines.ops": ("pipelines.common", "pipelines.paths", "pipelines.tracking",
-                      "pipelines.ops.procs", "pipelines.ops.prefect_server"),
+                      "pipelines.ops.procs", "pipelines.ops.prefect_server",
+                      "pipelines.ops.mlflow_ui"),
     # services the stages call
     "pipelines.ops.registry": ("pipelines.common", "pipelines.paths", "pipelines.tracking"),
     "pipelines.ops.serving": ("pipelines.common", "pipelines.paths", "pipelines.tracking",

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
+from pipelines.ops import mlflow_ui
 from team_services import code_env, python_json, require_postgres, running_services
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +59,9 @@ def test_services_on_postgres_serve_clients_in_any_directory(tmp_path):
         root, ml, pf = svc.root, svc.mlflow, svc.prefect
         assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{ml}" in text
         assert f"export PREFECT_API_URL=http://127.0.0.1:{pf}/api" in text
+        # MLflow runs as the project's app: its UI page opens experiments on the training runs
+        with urllib.request.urlopen(f"http://127.0.0.1:{ml}/", timeout=120) as page:
+            assert mlflow_ui.SCRIPT in page.read()
 
         client_env = svc.client_env(code_env())
         dirs = [tmp_path / d for d in ("one", "two", "three")]

@@ -19,7 +19,9 @@ With those set, `dvc repro`, `python -m pipelines.ops.repro`, the retrain flow, 
 `mlflow models serve -m models:/deeplab@champion` and `deeplab-predict --model models:/...` log to
 and load from the server from any directory: artifacts travel through the server
 (`mlflow-artifacts:/`), never as paths of one machine. MLflow talks to PostgreSQL through
-psycopg (requirements.lock), Prefect through asyncpg. PostgreSQL listens on `--host` only, with
+psycopg (requirements.lock), Prefect through asyncpg. MLflow runs as the project's app
+(`--app-name deeplab`, pipelines/ops/mlflow_ui.py): its UI opens the experiment on its training
+runs. PostgreSQL listens on `--host` only, with
 `trust` authentication for the `deeplab` role: put it on a private network or change
 `pg_hba.conf` before exposing it.
 """
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipelines.common import REPO, StageError
+from pipelines.ops.mlflow_ui import APP_NAME, require_installed
 from pipelines.ops.prefect_server import _prefect_executable
 from pipelines.ops.procs import background_service
 
@@ -122,6 +125,7 @@ def services(root: Path, host: str, pg_port: int, mlflow_port: int, prefect_port
     root = Path(root).absolute()
     logs = root / "logs"
     with contextlib.ExitStack() as stack:
+        require_installed()
         pg = stack.enter_context(postgres(root, host, pg_port))
         mlflow_url = f"http://{host}:{mlflow_port}"
         env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true")
@@ -129,7 +133,8 @@ def services(root: Path, host: str, pg_port: int, mlflow_port: int, prefect_port
             _venv_program("mlflow") + [
                 "server", "--backend-store-uri", f"postgresql+psycopg://{pg}/mlflow",
                 "--artifacts-destination", str(root / "artifacts"),
-                "--host", host, "--port", str(mlflow_port), "--workers", str(workers)],
+                "--host", host, "--port", str(mlflow_port), "--workers", str(workers),
+                "--app-name", APP_NAME],
             f"{mlflow_url}/health", logs / "mlflow.log", START_TIMEOUT_S, cwd=root, env=env,
             hint=" (DEEPLAB_SERVICES_START_TIMEOUT)"))
         prefect_url = f"http://{host}:{prefect_port}/api"
