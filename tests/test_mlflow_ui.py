@@ -93,6 +93,23 @@ def _open(browser, url: str, tab: str):
     return page
 
 
+def _pick(page, view: str) -> None:
+    """Click the sidebar's "GenAI | Model training" switch. MLflow's GenAI overview may pop up
+    a feature tour over the page (a "Got it" dialog, at a time of its own); dismiss it first."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(20):
+        tour = page.get_by_role("button", name="Got it")
+        if tour.count() and tour.first.is_visible():
+            tour.first.click()
+        try:
+            page.get_by_text(view, exact=True).first.click(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not click {view!r} in the MLflow UI's sidebar")
+
+
 def _shows_training_runs(page) -> None:
     assert "workflowType=machine_learning" in page.url
     page.wait_for_selector(f"text={RUN_NAME}", timeout=WAIT_MS)  # the runs table's row
@@ -115,7 +132,7 @@ def test_plain_link_opens_training_runs_once_model_training_is_picked(ui):
     exp_url, browser = ui
     page = _open(browser, exp_url, "overview")
     assert "workflowType=genai" in page.url, page.url
-    page.get_by_text("Model training", exact=True).first.click()
+    _pick(page, "Model training")
     page.wait_for_url("**/#/experiments/*/runs**", timeout=WAIT_MS)
     again = page.context.new_page()  # the same browser profile
     again.goto(exp_url, timeout=WAIT_MS)
@@ -138,7 +155,7 @@ def test_project_app_keeps_a_browser_choosing_genai(deeplab, browser):
     included, served again) stays on the GenAI overview."""
     page = _open(browser, deeplab[1], "runs")
     _shows_training_runs(page)
-    page.get_by_text("GenAI", exact=True).first.click()
+    _pick(page, "GenAI")
     page.wait_for_url("**/#/experiments/*/overview**", timeout=WAIT_MS)
     again = page.context.new_page()  # the same browser profile
     again.goto(deeplab[1], timeout=WAIT_MS)
