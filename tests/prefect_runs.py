@@ -7,18 +7,30 @@ import json
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+# Answers a Prefect server gives while busy (a sqlite database locked by a running flow's writes
+# on a loaded machine): Prefect's own client retries them, and so does this one.
+RETRY_STATUSES, RETRIES = (429, 502, 503), 8
+
+
 def api(url: str, path: str, body: dict | None = None):
     """GET `url``path`, or POST `body` as JSON; the decoded answer."""
-    req = urllib.request.Request(f"{url}{path}", method="POST" if body is not None else "GET",
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read() or b"null")
+    for attempt in range(RETRIES + 1):
+        req = urllib.request.Request(f"{url}{path}", method="POST" if body is not None else "GET",
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            if err.code not in RETRY_STATUSES or attempt == RETRIES:
+                raise
+            time.sleep(min(2 ** attempt, 30))
 
 
 def wait_final(url: str, run_id: str, timeout_s: float) -> dict:
