@@ -33,8 +33,8 @@ ARTIFACTS = "mlruns"  # relative to the project root
 # The experiment kind ("Machine learning") that MLflow 3 UIs without the "GenAI | Model training"
 # switch read to open an experiment on its training runs. The pinned UI (3.17) ignores it: the
 # switch decides (the URL's `?workflowType=machine_learning`, else the choice the browser
-# remembers, GenAI by default), and no tag or server setting changes that default
-# (tests/test_mlflow_ui.py).
+# remembers, GenAI by default). The project's MLflow app (`--app-name deeplab`,
+# pipelines/ops/mlflow_ui.py) makes "Model training" that default (tests/test_mlflow_ui.py).
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # Seconds of real work this process did, by kind: "compute" (training, CRF search, evaluation)
 # and "data" (generating, converting and validating the datasets); logged as <kind>_seconds.
