@@ -4,8 +4,10 @@ one-line errors for bad input, compact PNG masks, and read-only arrays through t
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -225,3 +227,45 @@ def test_logged_model_colours_png_masks_with_the_dataset_palette(tmp_path, monke
         assert mask.size == (40, 24)  # displayed: 24 high, 40 wide (stored 40 x 24)
         pal = np.array(mask.getpalette()[:12], dtype=np.uint8).reshape(-1, 3)
     np.testing.assert_array_equal(pal, np.array(colours, dtype=np.uint8))
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie awaiting its parent)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states in /proc")
+def test_crf_workers_die_on_sigterm_under_a_server_that_catches_it():
+    """A served model's CRF workers are forked from the server's process, whose SIGTERM handler
+    (uvicorn's) only flags a loop they do not run: they take SIGTERM's default back, so stopping
+    the server's process group stops them; a plain pool's worker would live on."""
+    import os
+    import signal
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    from pipelines.ops.serving import model as served
+
+    pools, pids = {}, {}
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)  # as the server does
+    try:
+        pools = {"project": served.crf_pool(), "plain": ProcessPoolExecutor(max_workers=1)}
+        pids = {k: p.submit(os.getpid).result(timeout=120) for k, p in pools.items()}
+        for pid in pids.values():
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while _alive(pids["project"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pids["project"])
+        assert _alive(pids["plain"])  # the inherited handler swallowed it
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for p in pools.values():
+            p.shutdown(wait=False, cancel_futures=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -79,6 +80,19 @@ def _crf_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _default_signals() -> None:
+    """In a CRF worker: SIGTERM and SIGINT back to their defaults. Forked from the server's
+    process (uvicorn), a worker inherits handlers that only flag the server's loop, which it
+    does not run, so a SIGTERM to the server's process group would leave it running, orphaned."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def crf_pool() -> ProcessPoolExecutor:
+    """The worker processes that run a batch's CRFs; they die with the server's process group."""
+    return ProcessPoolExecutor(max_workers=_crf_workers(), initializer=_default_signals)
+
+
 class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
     searched_crf = None   # the CRF a request's crf: true applies (None: the protocol's)
     palette = None        # the dataset's colours for PNG masks (None: VOC's)
@@ -125,7 +139,7 @@ class DeepLabPyfunc(mlflow.pyfunc.PythonModel):
         if protocol.crf is None or len(images) == 1:
             return [protocol.refine(im, p)[0] for im, p in zip(images, probs)]
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=_crf_workers())
+            self._pool = crf_pool()
         futures = [self._pool.submit(refine_labels, protocol, im, p) for im, p in zip(images, probs)]
         return [f.result() for f in futures]
 
